@@ -1,0 +1,182 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The contract between the BPF programs and user space: the metadata record
+ * and every map key/value. Nothing else defines these layouts; the Python
+ * mirror (dropwatch/abi.py) is checked against the compiled objects' BTF by
+ * tests/bpf/test_abi.py.
+ */
+#ifndef DROPWATCH_H
+#define DROPWATCH_H
+
+#ifndef __DW_USER_TYPES
+#include <linux/types.h>
+#endif
+
+/* ---- metadata record (written by the XDP labeler, read on kfree_skb) ---- */
+
+#define DW_META_MAGIC	0xD70Bu
+#define DW_META_VERSION	1
+/* Before 6.8 the XDP metadata area holds at most 32 bytes (kernel-notes). */
+#define DW_META_MAX_OLD	32
+/* From 6.8 (2ebe81c81435) up to 252; the reader accepts anything up to this. */
+#define DW_META_MAX	252
+
+enum dw_side {
+	DW_SIDE_UNKNOWN = 0,
+	DW_SIDE_EYEBALL = 1,
+	DW_SIDE_ORIGIN = 2,
+	DW_SIDE__COUNT = 4,	/* array stride in dw_pkt_counts */
+};
+
+/*
+ * 16 bytes, a multiple of 4 as adjust_meta requires. The check value covers
+ * the first 12 bytes; the last 2 bytes (tail_pad) carry nothing, because on
+ * forwarding neigh_hh_output() copies 16 bytes ending at the new MAC header
+ * and so overwrites the 2 bytes just before it.
+ */
+struct dw_meta {
+	__u16 magic;
+	__u8 version;
+	__u8 rec_len;		/* sizeof(struct dw_meta) */
+	__u32 label_id;		/* 0: matched no label rule */
+	__u16 pop_id;		/* landing PoP, 0 = unknown (reserved for encap) */
+	__u8 side;		/* enum dw_side */
+	__u8 flags;
+	__u16 check;		/* dw_meta_check() over the 12 bytes above + key */
+	__u16 tail_pad;		/* may be overwritten; never read */
+};
+
+/*
+ * A 16-bit mix of the first three words and a per-load key. The key makes
+ * a record forged by a remote sender (or left over from an earlier daemon)
+ * fail the check, so it counts as corrupt, never under someone's label.
+ * Mirrored by dropwatch.abi.meta_check().
+ */
+static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
+{
+	__u32 h = key ^ 0x2545F491u;
+
+	h ^= w0; h *= 0x9E3779B1u; h ^= h >> 15;
+	h ^= w1; h *= 0x85EBCA77u; h ^= h >> 13;
+	h ^= w2; h *= 0xC2B2AE3Du; h ^= h >> 16;
+	return (__u16)(h ^ (h >> 16));
+}
+
+/* ---- rule maps (filled by user space, read by the labeler) ---- */
+
+/* Rules are double-buffered: a reload fills generation !active, then flips
+ * dw_config.active_gen in one 4-byte write, so a packet never sees half a
+ * rule set. */
+#define DW_GENS		2
+#define DW_FD_V4_SRC	0
+#define DW_FD_V4_DST	1
+#define DW_FD_V6_SRC	2
+#define DW_FD_V6_DST	3
+#define DW_FD_COUNT	4
+
+#define DW_MAX_CANDS	8	/* rules that can apply to one prefix */
+#define DW_MAX_PLENS	129	/* prefix lengths 0..128 */
+#define DW_MAX_LABELS	16384	/* label ids 1..16383; 0 = unlabeled */
+#define DW_MAX_PREFIXES	(1 << 20)	/* entries in dw_prefixes, both gens */
+#define DW_MAX_PAIRS	(1 << 16)
+#define DW_MAX_DROP_KEYS 65536
+
+struct dw_config {
+	__u32 active_gen;	/* 0 or 1 */
+	__u32 meta_key;		/* mixed into dw_meta.check */
+};
+
+struct dw_prefix_key {
+	__u32 prefixlen;
+	__u8 gen;
+	__u8 fd;		/* DW_FD_* */
+	__u8 pad[2];
+	__u8 addr[16];		/* network order, masked to prefixlen */
+};
+
+/* A candidate rule: the packet must match proto (0 = any) and dport range
+ * (0..65535 = any; a packet without a port only matches "any"). */
+struct dw_cand {
+	__u32 label_id;		/* 0: the rule sets no label */
+	__u32 prio;		/* lower wins: specificity, then rule order */
+	__u16 dport_lo;
+	__u16 dport_hi;
+	__u8 proto;
+	__u8 side;		/* DW_SIDE_UNKNOWN: the rule sets no side */
+	__u8 pad[2];
+};
+
+struct dw_cand_list {
+	__u32 prefix_id;	/* key for dw_pairs; 0 = none */
+	__u8 n;
+	__u8 pad[3];
+	struct dw_cand c[DW_MAX_CANDS];
+};
+
+/* Masks are precomputed by user space so the per-length loop body has no
+ * branches: branchy mask code multiplies verifier states per iteration. */
+struct dw_plen_entry {
+	__u32 prefixlen;
+	__u32 mask[4];		/* network order; IPv4 uses mask[0] */
+};
+
+struct dw_plen_list {
+	__u32 n;		/* entries in use, longest prefix first */
+	struct dw_plen_entry e[DW_MAX_PLENS];
+};
+
+struct dw_pair_key {
+	__u32 src_prefix_id;
+	__u32 dst_prefix_id;
+	__u32 gen;
+};
+
+/* Per generation: rules without any prefix, and the default side. */
+struct dw_ruleset {
+	__u32 has_pairs;
+	__u32 default_side;
+	struct dw_cand_list wildcard;
+};
+
+/* ---- counters ---- */
+
+struct dw_pkt_val {
+	__u64 packets;
+	__u64 bytes;
+};
+
+enum dw_source {
+	DW_SRC_NONE = 0,	/* no record: never labeled, or lost on the way */
+	DW_SRC_META = 1,	/* a valid record */
+	DW_SRC_CORRUPT = 2,	/* our magic, failed version/length/check */
+};
+
+struct dw_drop_key {
+	__u64 location;		/* kernel text address that freed the skb */
+	__u32 label_id;
+	__u32 reason;		/* enum skb_drop_reason, raw (subsystem bits kept) */
+	__u32 ifindex;		/* skb->skb_iif at the drop */
+	__u16 pop_id;
+	__u8 side;
+	__u8 source;		/* enum dw_source */
+};
+
+enum dw_stat {
+	/* labeler */
+	DW_STAT_XDP_PACKETS = 0,
+	DW_STAT_XDP_META_WRITTEN,
+	DW_STAT_XDP_META_FAILED,	/* adjust_meta refused: driver lacks support, or no room */
+	DW_STAT_XDP_FOREIGN_META,	/* another program's metadata was already there */
+	DW_STAT_XDP_PARSE_STOP,		/* truncated/unknown headers: classified on what was parsed */
+	DW_STAT_XDP_LABEL_RANGE,	/* label id out of range in rule maps (a bug) */
+	/* reader */
+	DW_STAT_DROPS = 8,
+	DW_STAT_DROPS_LABELED,
+	DW_STAT_CORRUPT_RECORDS,
+	DW_STAT_MAP_FULL,		/* drop key could not be inserted: counted here only */
+	DW_STAT_FOREIGN_META,		/* meta_len set, not our magic */
+	DW_STAT_META_BAD_BOUNDS,	/* meta_len failed the guards */
+	DW_STAT__COUNT = 16,
+};
+
+#endif /* DROPWATCH_H */

@@ -1,0 +1,50 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The few kernel structs the drop reader touches, declared with
+ * preserve_access_index so libbpf relocates every field offset against the
+ * running kernel's BTF at load. Only fields we read are listed; their real
+ * offsets (and e.g. mac_header living in an anonymous struct_group) come from
+ * the kernel, not from here.
+ */
+#ifndef DW_KERNEL_TYPES_H
+#define DW_KERNEL_TYPES_H
+
+#include <linux/types.h>
+
+#pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
+
+struct sk_buff {
+	unsigned char *head;
+	__u16 mac_header;
+	unsigned int end;	/* sk_buff_data_t: an offset from head on 64-bit */
+	int skb_iif;
+};
+
+struct skb_shared_info {
+	__u8 meta_len;
+};
+
+/*
+ * Proposed upstream (RFC "Decouple skb metadata tracking from MAC header
+ * offset", not merged as of 6.19): the metadata ends at head + meta_end
+ * instead of at the MAC header. Only used if the running kernel has it.
+ */
+struct skb_shared_info___meta_end {
+	__u16 meta_end;
+};
+
+enum skb_drop_reason {
+	SKB_DROP_REASON___DW_PLACEHOLDER = 0,
+};
+
+/* The classic tracepoint's record; reason arrived in 5.17 (c504e5c2f964),
+ * rx_sk in 6.11 moved protocol/reason: offsets come from BTF. */
+struct trace_event_raw_kfree_skb {
+	void *skbaddr;
+	void *location;
+	enum skb_drop_reason reason;
+};
+
+#pragma clang attribute pop
+
+#endif

@@ -1,0 +1,422 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * XDP labeler: classify each packet by source/destination prefix, L4
+ * protocol and destination port into (label, side), count it, and write a
+ * struct dw_meta record into the XDP metadata area for the drop reader.
+ * Observing never changes the verdict: every path returns XDP_PASS.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "dropwatch.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader before load; the same key is given to the reader. */
+const volatile __u32 dw_meta_key = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dw_config);
+} dw_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_GENS * DW_FD_COUNT);
+	__type(key, __u32);
+	__type(value, struct dw_plen_list);
+} dw_plens SEC(".maps");
+
+/* One hash table for all prefix lengths: the key carries the length. A
+ * packet probes only the lengths in use, longest first (dw_plens). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DW_MAX_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dw_prefix_key);
+	__type(value, struct dw_cand_list);
+} dw_prefixes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DW_MAX_PAIRS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dw_pair_key);
+	__type(value, struct dw_cand_list);
+} dw_pairs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_GENS);
+	__type(key, __u32);
+	__type(value, struct dw_ruleset);
+} dw_rulesets SEC(".maps");
+
+/* Indexed by label_id * DW_SIDE__COUNT + side: array lookups are inlined
+ * by the verifier, cheaper than a hash on every packet. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DW_MAX_LABELS * DW_SIDE__COUNT);
+	__type(key, __u32);
+	__type(value, struct dw_pkt_val);
+} dw_pkt_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DW_STAT__COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} dw_stats SEC(".maps");
+
+/* adjust_meta failures by ingress ifindex: a native-mode driver without
+ * metadata support shows up here, so user space can name the interface. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64);
+} dw_meta_fail SEC(".maps");
+
+struct pkt_info {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__u8 family;		/* 4, 6, or 0: not IP, nothing to classify */
+	__u8 proto;
+	__u8 has_port;		/* first fragment with an L4 header carrying ports */
+	__u8 truncated;
+	__u16 dport;
+};
+
+struct dw_result {
+	__u32 label_id;
+	__u32 label_prio;
+	__u32 side_prio;
+	__u8 side;
+};
+
+/* Headers deeper than this are not parsed: bounds the verifier's view of
+ * the packet offset and the work per packet. */
+#define DW_PARSE_MAX_OFF 512
+#define DW_MAX_VLANS	2
+#define DW_MAX_V6_EXT	6
+
+static __always_inline void stat_inc(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&dw_stats, &idx);
+
+	if (v)
+		*v += 1;	/* per-CPU, XDP runs in softirq: no nesting */
+}
+
+static __always_inline void parse_l4(void *data, void *end, __u32 off,
+				     struct pkt_info *pi)
+{
+	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP)
+		return;
+	if (off > DW_PARSE_MAX_OFF) {
+		pi->truncated = 1;
+		return;
+	}
+	/* dport sits at bytes 2..3 of both TCP and UDP headers */
+	void *l4 = data + off;
+
+	/* Without this clang rebuilds data + off after the bounds check, and
+	 * the verifier sees an unchecked pointer. */
+	barrier_var(l4);
+	if (l4 + 4 > end) {
+		pi->truncated = 1;
+		return;
+	}
+	pi->dport = bpf_ntohs(*(__u16 *)(l4 + 2));
+	pi->has_port = 1;
+}
+
+static __always_inline void parse_ipv4(void *data, void *end, __u32 off,
+				       struct pkt_info *pi)
+{
+	struct iphdr *iph = data + off;
+
+	if ((void *)(iph + 1) > end) {
+		pi->truncated = 1;
+		return;
+	}
+	pi->family = 4;
+	pi->saddr[0] = iph->saddr;
+	pi->daddr[0] = iph->daddr;
+	pi->proto = iph->protocol;
+	/* An invalid IHL is dropped by ip_rcv_core; we still label it by its
+	 * addresses (whose packet was it?) but trust no L4 offset. */
+	if (iph->ihl < 5) {
+		pi->truncated = 1;
+		return;
+	}
+	/* Only the first fragment carries the L4 header. */
+	if (iph->frag_off & bpf_htons(0x1fff))
+		return;
+	parse_l4(data, end, off + iph->ihl * 4, pi);
+}
+
+static __always_inline void parse_ipv6(void *data, void *end, __u32 off,
+				       struct pkt_info *pi)
+{
+	struct ipv6hdr *ip6 = data + off;
+
+	if ((void *)(ip6 + 1) > end) {
+		pi->truncated = 1;
+		return;
+	}
+	pi->family = 6;
+	__builtin_memcpy(pi->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(pi->daddr, &ip6->daddr, 16);
+	__u8 nexthdr = ip6->nexthdr;
+
+	off += sizeof(*ip6);
+#pragma unroll
+	for (int i = 0; i < DW_MAX_V6_EXT; i++) {
+		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING &&
+		    nexthdr != IPPROTO_DSTOPTS && nexthdr != IPPROTO_FRAGMENT)
+			break;
+		if (off > DW_PARSE_MAX_OFF) {
+			pi->truncated = 1;
+			pi->proto = nexthdr;
+			return;
+		}
+		__u8 *ext = data + off;
+
+		if ((void *)(ext + 8) > end) {
+			pi->truncated = 1;
+			pi->proto = nexthdr;
+			return;
+		}
+		if (nexthdr == IPPROTO_FRAGMENT) {
+			__u16 frag = ((__u16)ext[2] << 8 | ext[3]) & 0xfff8;
+
+			nexthdr = ext[0];
+			off += 8;
+			if (frag) {	/* not the first fragment: no ports */
+				pi->proto = nexthdr;
+				return;
+			}
+			continue;
+		}
+		nexthdr = ext[0];
+		off += ((__u32)ext[1] + 1) * 8;
+	}
+	pi->proto = nexthdr;
+	parse_l4(data, end, off, pi);
+}
+
+static __always_inline void parse_packet(void *data, void *end, struct pkt_info *pi)
+{
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+
+	if ((void *)(eth + 1) > end) {
+		pi->truncated = 1;
+		return;
+	}
+	__u16 h_proto = eth->h_proto;
+
+	/* 802.1ad outer tag, then 802.1Q (QinQ), in any combination of two. */
+#pragma unroll
+	for (int i = 0; i < DW_MAX_VLANS; i++) {
+		if (h_proto != bpf_htons(ETH_P_8021Q) && h_proto != bpf_htons(ETH_P_8021AD))
+			break;
+		__u16 *tag = data + off;
+
+		if ((void *)(tag + 2) > end) {
+			pi->truncated = 1;
+			return;
+		}
+		h_proto = tag[1];
+		off += 4;
+	}
+	if (h_proto == bpf_htons(ETH_P_IP))
+		parse_ipv4(data, end, off, pi);
+	else if (h_proto == bpf_htons(ETH_P_IPV6))
+		parse_ipv6(data, end, off, pi);
+}
+
+/* Longest-prefix match as one exact lookup per prefix length in use. */
+static __always_inline const struct dw_cand_list *
+match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
+{
+	__u32 idx = gen * DW_FD_COUNT + fd;
+	struct dw_plen_list *plens = bpf_map_lookup_elem(&dw_plens, &idx);
+	struct dw_prefix_key key = {};
+	__u32 *ka = (__u32 *)key.addr;
+
+	if (!plens)
+		return NULL;
+	__u32 n = plens->n;
+
+	key.gen = gen;
+	key.fd = fd;
+	for (__u32 i = 0; i < (v6 ? 129 : 33); i++) {
+		if (i >= n)
+			break;
+		const struct dw_plen_entry *e = &plens->e[i];
+
+		key.prefixlen = e->prefixlen;
+		ka[0] = addr[0] & e->mask[0];
+		if (v6) {
+			ka[1] = addr[1] & e->mask[1];
+			ka[2] = addr[2] & e->mask[2];
+			ka[3] = addr[3] & e->mask[3];
+		}
+		const struct dw_cand_list *l = bpf_map_lookup_elem(&dw_prefixes, &key);
+
+		if (l)
+			return l;
+	}
+	return NULL;
+}
+
+static __always_inline void eval_list(const struct dw_cand_list *l,
+				      const struct pkt_info *pi, struct dw_result *r)
+{
+	__u32 n = l->n;
+
+	for (int i = 0; i < DW_MAX_CANDS; i++) {
+		if (i >= n)
+			break;
+		const struct dw_cand *c = &l->c[i];
+
+		if (c->proto && c->proto != pi->proto)
+			continue;
+		if (c->dport_lo != 0 || c->dport_hi != 0xffff) {
+			if (!pi->has_port || pi->dport < c->dport_lo || pi->dport > c->dport_hi)
+				continue;
+		}
+		if (c->label_id && c->prio < r->label_prio) {
+			r->label_id = c->label_id;
+			r->label_prio = c->prio;
+		}
+		if (c->side && c->prio < r->side_prio) {
+			r->side = c->side;
+			r->side_prio = c->prio;
+		}
+	}
+}
+
+/*
+ * The whole classifier: (packet) -> (label_id, side). Kept behind this one
+ * function so a faster longest-prefix-match design can replace it.
+ */
+static __always_inline void classify(const struct pkt_info *pi, struct dw_result *r)
+{
+	__u32 zero = 0;
+	struct dw_config *cfg = bpf_map_lookup_elem(&dw_config, &zero);
+
+	if (!cfg)
+		return;
+	__u32 gen = cfg->active_gen & 1;
+	struct dw_ruleset *rs = bpf_map_lookup_elem(&dw_rulesets, &gen);
+
+	if (!rs)
+		return;
+	r->side = rs->default_side;
+	eval_list(&rs->wildcard, pi, r);
+
+	const struct dw_cand_list *src, *dst;
+
+	if (pi->family == 6) {
+		src = match_prefix(gen, DW_FD_V6_SRC, pi->saddr, 1);
+		dst = match_prefix(gen, DW_FD_V6_DST, pi->daddr, 1);
+	} else {
+		src = match_prefix(gen, DW_FD_V4_SRC, pi->saddr, 0);
+		dst = match_prefix(gen, DW_FD_V4_DST, pi->daddr, 0);
+	}
+
+	if (src)
+		eval_list(src, pi, r);
+	if (dst)
+		eval_list(dst, pi, r);
+	if (rs->has_pairs && src && dst) {
+		struct dw_pair_key pk = {
+			.src_prefix_id = src->prefix_id,
+			.dst_prefix_id = dst->prefix_id,
+			.gen = gen,
+		};
+		const struct dw_cand_list *pair = bpf_map_lookup_elem(&dw_pairs, &pk);
+
+		if (pair)
+			eval_list(pair, pi, r);
+	}
+}
+
+static __always_inline void count_packet(__u32 label_id, __u32 side, __u64 bytes)
+{
+	__u32 idx = label_id * DW_SIDE__COUNT + (side & (DW_SIDE__COUNT - 1));
+	struct dw_pkt_val *v = bpf_map_lookup_elem(&dw_pkt_counts, &idx);
+
+	if (v) {
+		v->packets += 1;
+		v->bytes += bytes;
+	}
+}
+
+SEC("xdp")
+int dw_labeler(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct pkt_info pi = {};
+	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
+
+	stat_inc(DW_STAT_XDP_PACKETS);
+	parse_packet(data, end, &pi);
+	if (pi.truncated)
+		stat_inc(DW_STAT_XDP_PARSE_STOP);
+	if (pi.family)
+		classify(&pi, &r);
+	if (r.label_id >= DW_MAX_LABELS) {
+		stat_inc(DW_STAT_XDP_LABEL_RANGE);
+		r.label_id = 0;
+	}
+	count_packet(r.label_id, r.side, end - data);
+
+	/* Nothing to say about a frame we could not read an address from. */
+	if (!pi.family)
+		return XDP_PASS;
+
+	if ((void *)(long)ctx->data_meta < data)
+		stat_inc(DW_STAT_XDP_FOREIGN_META);
+	/* Prepend: metadata written by a program before us stays intact right
+	 * in front of the MAC header; ours starts the area, where the reader
+	 * looks (skb head + mac_header - meta_len). */
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct dw_meta))) {
+		__u32 ifindex = ctx->ingress_ifindex;
+		__u64 one = 1, *v = bpf_map_lookup_elem(&dw_meta_fail, &ifindex);
+
+		stat_inc(DW_STAT_XDP_META_FAILED);
+		if (v)
+			*v += 1;
+		else
+			bpf_map_update_elem(&dw_meta_fail, &ifindex, &one, BPF_NOEXIST);
+		return XDP_PASS;
+	}
+	struct dw_meta *m = (void *)(long)ctx->data_meta;
+
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return XDP_PASS;
+	m->magic = DW_META_MAGIC;
+	m->version = DW_META_VERSION;
+	m->rec_len = sizeof(*m);
+	m->label_id = r.label_id;
+	m->pop_id = 0;
+	m->side = r.side;
+	m->flags = 0;
+	__u32 *w = (__u32 *)m;
+
+	m->check = dw_meta_mix(w[0], w[1], w[2], dw_meta_key);
+	m->tail_pad = 0;
+	stat_inc(DW_STAT_XDP_META_WRITTEN);
+	return XDP_PASS;
+}

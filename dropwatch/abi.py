@@ -1,0 +1,174 @@
+"""Python mirror of bpf/dropwatch.h: the metadata record and map keys/values.
+
+bpf/dropwatch.h is the definition; tests/bpf/test_abi.py checks every struct
+here against the BTF of the compiled objects (size and each field's offset),
+and every constant against the header text.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+DW_META_MAGIC = 0xD70B
+DW_META_VERSION = 1
+DW_META_MAX = 252
+
+DW_GENS = 2
+DW_FD_V4_SRC, DW_FD_V4_DST, DW_FD_V6_SRC, DW_FD_V6_DST = 0, 1, 2, 3
+DW_FD_COUNT = 4
+DW_MAX_CANDS = 8
+DW_MAX_PLENS = 129
+DW_MAX_LABELS = 16384
+DW_MAX_PREFIXES = 1 << 20
+DW_MAX_PAIRS = 1 << 16
+DW_MAX_DROP_KEYS = 65536
+DW_SIDE_COUNT = 4
+
+
+class Side(enum.IntEnum):
+    UNKNOWN = 0
+    EYEBALL = 1
+    ORIGIN = 2
+
+    @property
+    def text(self) -> str:
+        return self.name.lower()
+
+
+class Source(enum.IntEnum):
+    NONE = 0
+    META = 1
+    CORRUPT = 2
+
+
+class Stat(enum.IntEnum):
+    XDP_PACKETS = 0
+    XDP_META_WRITTEN = 1
+    XDP_META_FAILED = 2
+    XDP_FOREIGN_META = 3
+    XDP_PARSE_STOP = 4
+    XDP_LABEL_RANGE = 5
+    DROPS = 8
+    DROPS_LABELED = 9
+    CORRUPT_RECORDS = 10
+    MAP_FULL = 11
+    FOREIGN_META = 12
+    META_BAD_BOUNDS = 13
+
+
+DW_STAT_COUNT = 16
+
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+
+class Meta(ctypes.Structure):
+    _fields_ = [
+        ("magic", u16), ("version", u8), ("rec_len", u8), ("label_id", u32),
+        ("pop_id", u16), ("side", u8), ("flags", u8), ("check", u16), ("tail_pad", u16),
+    ]
+
+
+class Config(ctypes.Structure):
+    _fields_ = [("active_gen", u32), ("meta_key", u32)]
+
+
+class PrefixKey(ctypes.Structure):
+    _fields_ = [("prefixlen", u32), ("gen", u8), ("fd", u8), ("pad", u8 * 2), ("addr", u8 * 16)]
+
+
+class Cand(ctypes.Structure):
+    _fields_ = [
+        ("label_id", u32), ("prio", u32), ("dport_lo", u16), ("dport_hi", u16),
+        ("proto", u8), ("side", u8), ("pad", u8 * 2),
+    ]
+
+
+class CandList(ctypes.Structure):
+    _fields_ = [("prefix_id", u32), ("n", u8), ("pad", u8 * 3), ("c", Cand * DW_MAX_CANDS)]
+
+
+class PlenEntry(ctypes.Structure):
+    _fields_ = [("prefixlen", u32), ("mask", u32 * 4)]
+
+
+class PlenList(ctypes.Structure):
+    _fields_ = [("n", u32), ("e", PlenEntry * DW_MAX_PLENS)]
+
+
+class PairKey(ctypes.Structure):
+    _fields_ = [("src_prefix_id", u32), ("dst_prefix_id", u32), ("gen", u32)]
+
+
+class Ruleset(ctypes.Structure):
+    _fields_ = [("has_pairs", u32), ("default_side", u32), ("wildcard", CandList)]
+
+
+class PktVal(ctypes.Structure):
+    _fields_ = [("packets", u64), ("bytes", u64)]
+
+
+class DropKey(ctypes.Structure):
+    _fields_ = [
+        ("location", u64), ("label_id", u32), ("reason", u32), ("ifindex", u32),
+        ("pop_id", u16), ("side", u8), ("source", u8),
+    ]
+
+
+# C struct name -> mirror, for the ABI test.
+MIRRORS: dict[str, type[ctypes.Structure]] = {
+    "dw_meta": Meta,
+    "dw_config": Config,
+    "dw_prefix_key": PrefixKey,
+    "dw_cand": Cand,
+    "dw_cand_list": CandList,
+    "dw_plen_entry": PlenEntry,
+    "dw_plen_list": PlenList,
+    "dw_pair_key": PairKey,
+    "dw_ruleset": Ruleset,
+    "dw_pkt_val": PktVal,
+    "dw_drop_key": DropKey,
+}
+
+
+def _mix(w0: int, w1: int, w2: int, key: int) -> int:
+    m = 0xFFFFFFFF
+    h = (key ^ 0x2545F491) & m
+    h ^= w0
+    h = (h * 0x9E3779B1) & m
+    h ^= h >> 15
+    h ^= w1
+    h = (h * 0x85EBCA77) & m
+    h ^= h >> 13
+    h ^= w2
+    h = (h * 0xC2B2AE3D) & m
+    h ^= h >> 16
+    return (h ^ (h >> 16)) & 0xFFFF
+
+
+def meta_check(rec: Meta, key: int) -> int:
+    """dw_meta_mix() over the first 12 bytes of a record (see dropwatch.h)."""
+    raw = bytes(rec)
+    w = [int.from_bytes(raw[i:i + 4], "little") for i in (0, 4, 8)]
+    return _mix(w[0], w[1], w[2], key)
+
+
+def make_meta(label_id: int, side: int, key: int, pop_id: int = 0) -> Meta:
+    rec = Meta(magic=DW_META_MAGIC, version=DW_META_VERSION, rec_len=ctypes.sizeof(Meta),
+               label_id=label_id, pop_id=pop_id, side=side)
+    rec.check = meta_check(rec, key)
+    return rec
+
+
+def decode_meta(raw: bytes, key: int) -> tuple[Source, Meta | None]:
+    """What the drop reader concludes from the bytes at the start of the area."""
+    if len(raw) < ctypes.sizeof(Meta):
+        return Source.NONE, None
+    rec = Meta.from_buffer_copy(raw[: ctypes.sizeof(Meta)])
+    if rec.magic != DW_META_MAGIC:
+        return Source.NONE, None
+    if (rec.version != DW_META_VERSION or rec.rec_len != ctypes.sizeof(Meta)
+            or rec.check != meta_check(rec, key) or rec.label_id >= DW_MAX_LABELS
+            or rec.side >= DW_SIDE_COUNT):
+        return Source.CORRUPT, rec
+    return Source.META, rec

@@ -1,0 +1,511 @@
+"""Lifecycle of the BPF side: open -> configure -> load -> attach -> read ->
+detach, in reverse on close.
+
+Every attachment is a bpf_link owned by this process (an fd): if the process
+dies, the kernel detaches everything. Nothing is pinned.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from . import abi
+from .btf import Btf
+from .libbpf import (BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, LibbpfError,
+                     libbpf)
+from .netns import entered
+from .rules import CompiledRules
+
+log = logging.getLogger("dropwatch.loader")
+
+DEFAULT_BPF_DIR = Path(__file__).parent / "bpfobj"
+LABELER_OBJ = "labeler.bpf.o"
+READER_OBJ = "drop_reader.bpf.o"
+XDP_MODES = ("auto", "native", "generic")
+TRACEPOINT_MODES = ("auto", "btf", "classic")
+# After flipping the active generation, an XDP run that started before the
+# flip may still be reading the old one; it finishes within microseconds
+# (RCU read side). Wait well past that before deleting the old entries.
+GEN_GRACE_S = 0.05
+_BATCH = 4096
+
+
+class DropwatchError(Exception):
+    """A startup or runtime error with a one-line message for the user."""
+
+
+class VerifierError(DropwatchError):
+    def __init__(self, program: str, obj: str, err: OSError, log_tail: list[str]) -> None:
+        self.program = program
+        self.log_tail = log_tail
+        tail = "\n".join(log_tail[-25:])
+        super().__init__(f"{obj}: program {program!r} rejected by the kernel ({err.strerror}); "
+                         f"verifier log tail:\n{tail}")
+
+
+class AttachError(DropwatchError):
+    pass
+
+
+def bpf_dir() -> Path:
+    return Path(os.environ.get("DROPWATCH_BPF_DIR", str(DEFAULT_BPF_DIR)))
+
+
+def _verifier_tail(lines: list[str]) -> list[str]:
+    start = None
+    for i, line in enumerate(lines):
+        if "BEGIN PROG LOAD LOG" in line:
+            start = i + 1
+        if "END PROG LOAD LOG" in line and start is not None:
+            return lines[start:i]
+    return lines[-30:]
+
+
+@dataclass
+class XdpAttachment:
+    iface: str
+    ifindex: int
+    netns: str | None
+    mode: str  # "native" or "generic"
+    link_fd: int
+
+
+@dataclass
+class _BpfObject:
+    path: Path
+    obj: int
+    maps: dict[str, int] = field(default_factory=dict)  # name -> fd
+
+
+def _set_rodata_u32(lb: Libbpf, obj: int, path: Path, var: str, value: int) -> None:
+    offsets = Btf.from_elf(path).datasec_vars(".rodata")
+    off, size = offsets[var]
+    if size != 4:
+        raise DropwatchError(f"{path}: {var} is {size} bytes, expected 4")
+    m = lb.find_map(obj, ".rodata")
+    addr, total = lb.map_initial_value(m)
+    if off + 4 > total:
+        raise DropwatchError(f"{path}: .rodata too small for {var}")
+    ctypes.memmove(addr + off, ctypes.byref(ctypes.c_uint32(value)), 4)
+
+
+class Loader:
+    """Owns both BPF objects, their maps and every link."""
+
+    def __init__(self, *, obj_dir: Path | None = None, meta_key: int | None = None,
+                 tracepoint_mode: str = "auto", lib: Libbpf | None = None) -> None:
+        if tracepoint_mode not in TRACEPOINT_MODES:
+            raise ValueError(f"tracepoint mode {tracepoint_mode!r}: one of {TRACEPOINT_MODES}")
+        self.lib = lib or libbpf()
+        self.obj_dir = obj_dir or bpf_dir()
+        self.meta_key = meta_key if meta_key is not None else secrets.randbits(32)
+        self.tracepoint_mode = tracepoint_mode
+        self.ncpus = self.lib.num_possible_cpus()
+        self.labeler: _BpfObject | None = None
+        self.reader: _BpfObject | None = None
+        self.reader_kind: str | None = None  # "tp_btf" or "tracepoint"
+        self._reader_link: int | None = None
+        self._reader_prog_fd: int | None = None
+        self._labeler_prog_fd: int | None = None
+        self.xdp: dict[tuple[str | None, str], XdpAttachment] = {}
+        self.active_gen = 0
+        self._gen_keys: dict[int, tuple[list[bytes], list[bytes]]] = {0: ([], []), 1: ([], [])}
+        self._rules_lock = threading.Lock()
+        self.rules_loaded = False
+
+    # ------------------------------------------------------------ load
+
+    def _open(self, name: str, *, autoload: dict[str, bool] | None = None) -> _BpfObject:
+        path = self.obj_dir / name
+        if not path.exists():
+            raise DropwatchError(f"{path}: BPF object not built (run 'make -C bpf')")
+        try:
+            obj = self.lib.open_object(path)
+        except OSError as exc:
+            raise DropwatchError(f"{path}: cannot open BPF object: {exc.strerror}") from None
+        try:
+            _set_rodata_u32(self.lib, obj, path, "dw_meta_key", self.meta_key)
+            for prog_name, on in (autoload or {}).items():
+                self.lib.set_autoload(self.lib.find_program(obj, prog_name), on)
+            mark = self.lib.log_mark()
+            try:
+                self.lib.load_object(obj)
+            except OSError as exc:
+                lines = self.lib.log_since(mark)
+                failed = next((p for p, _ in self.lib.programs(obj) if any(f"prog '{p}'" in ln and "failed" in ln
+                                                                            for ln in lines)), "?")
+                if exc.errno == errno.EPERM:
+                    raise DropwatchError(f"{path}: loading BPF needs root or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN "
+                                         f"({exc.strerror})") from None
+                raise VerifierError(failed, str(path), exc, _verifier_tail(lines)) from None
+            bo = _BpfObject(path, obj)
+            for map_name, m in self.lib.maps(obj):
+                bo.maps[map_name] = self.lib.map_fd(m)
+            return bo
+        except BaseException:
+            self.lib.close_object(obj)
+            raise
+
+    def load(self) -> None:
+        """Load both objects (nothing is attached yet)."""
+        self.labeler = self._open(LABELER_OBJ)
+        self._labeler_prog_fd = self.lib.program_fd(self.lib.find_program(self.labeler.obj, "dw_labeler"))
+        self._init_rule_maps()
+
+    def _load_reader(self, kind: str) -> None:
+        btf = kind == "tp_btf"
+        self.reader = self._open(READER_OBJ, autoload={"dw_kfree_skb_btf": btf, "dw_kfree_skb_tp": not btf})
+        self.reader_kind = kind
+
+    def attach_reader(self) -> str:
+        """Attach the drop reader; returns "tp_btf" or "tracepoint"."""
+        kinds = {"auto": ["tp_btf", "tracepoint"], "btf": ["tp_btf"], "classic": ["tracepoint"]}[self.tracepoint_mode]
+        last: Exception | None = None
+        for kind in kinds:
+            try:
+                self._load_reader(kind)
+                assert self.reader is not None
+                if kind == "tp_btf":
+                    prog = self.lib.find_program(self.reader.obj, "dw_kfree_skb_btf")
+                    self._reader_link = self.lib.attach_trace(prog)
+                else:
+                    prog = self.lib.find_program(self.reader.obj, "dw_kfree_skb_tp")
+                    self._reader_link = self.lib.attach_tracepoint(prog, "skb", "kfree_skb")
+                self._reader_prog_fd = self.lib.program_fd(prog)
+                log.info("attached drop reader to kfree_skb via %s", kind)
+                return kind
+            except (OSError, DropwatchError) as exc:
+                last = exc
+                if self.reader is not None:
+                    self.lib.close_object(self.reader.obj)
+                    self.reader = None
+                if len(kinds) > 1 and kind == "tp_btf":
+                    log.warning("tp_btf/kfree_skb unavailable (%s); falling back to the classic tracepoint", exc)
+        if isinstance(last, DropwatchError):
+            raise last
+        raise AttachError(f"cannot attach to tracepoint skb:kfree_skb: {last}")
+
+    # ------------------------------------------------------------ XDP
+
+    def attach_xdp(self, iface: str, mode: str = "auto", netns: str | None = None) -> XdpAttachment:
+        if mode not in XDP_MODES:
+            raise ValueError(f"xdp mode {mode!r}: one of {XDP_MODES}")
+        if self._labeler_prog_fd is None:
+            raise DropwatchError("load() before attach_xdp()")
+        key = (netns, iface)
+        if key in self.xdp:
+            return self.xdp[key]
+        where = f"{iface}" + (f" (netns {netns})" if netns else "")
+        with entered(netns):
+            try:
+                ifindex = socket.if_nametoindex(iface)
+            except OSError:
+                raise AttachError(f"interface {where} does not exist") from None
+            q = self.lib.xdp_query(ifindex)
+            if q.prog_id:
+                raise AttachError(
+                    f"interface {where} already has an XDP program (id {q.prog_id}); dropwatch does not replace "
+                    f"it: detach it, or chain both with libxdp's dispatcher (see README)")
+            tries = {"auto": [("native", XDP_FLAGS_DRV_MODE), ("generic", XDP_FLAGS_SKB_MODE)],
+                     "native": [("native", XDP_FLAGS_DRV_MODE)],
+                     "generic": [("generic", XDP_FLAGS_SKB_MODE)]}[mode]
+            err: OSError | None = None
+            for name, flags in tries:
+                try:
+                    fd = self.lib.link_create_xdp(self._labeler_prog_fd, ifindex, flags)
+                except OSError as exc:
+                    err = exc
+                    if exc.errno == errno.EBUSY:
+                        raise AttachError(f"interface {where} already has an XDP program; dropwatch does not "
+                                          f"replace it") from None
+                    continue
+                att = XdpAttachment(iface, ifindex, netns, name, fd)
+                self.xdp[key] = att
+                log.info("attached XDP labeler to %s (ifindex %d, %s mode)", where, ifindex, name)
+                return att
+        assert err is not None
+        if mode == "native":
+            raise AttachError(f"cannot attach XDP to {where} in native mode: the driver does not support native "
+                              f"XDP ({err.strerror}); use --xdp-mode generic or auto")
+        raise AttachError(f"cannot attach XDP to {where} ({mode} mode): {err.strerror}")
+
+    def detach_xdp(self, iface: str, netns: str | None = None) -> None:
+        att = self.xdp.pop((netns, iface), None)
+        if att is not None:
+            os.close(att.link_fd)
+            log.info("detached XDP labeler from %s", iface)
+
+    def close(self) -> None:
+        for key in list(self.xdp):
+            self.detach_xdp(key[1], key[0])
+        if self._reader_link:
+            self.lib.link_destroy(self._reader_link)
+            self._reader_link = None
+            log.info("detached drop reader")
+        for bo in (self.reader, self.labeler):
+            if bo is not None:
+                self.lib.close_object(bo.obj)
+        self.reader = self.labeler = None
+        self._labeler_prog_fd = self._reader_prog_fd = None
+
+    def __enter__(self) -> "Loader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def labeler_prog_fd(self) -> int:
+        if self._labeler_prog_fd is None:
+            raise DropwatchError("labeler not loaded")
+        return self._labeler_prog_fd
+
+    @property
+    def reader_prog_fd(self) -> int | None:
+        return self._reader_prog_fd
+
+    # ------------------------------------------------------------ rules
+
+    def _lmap(self, name: str) -> int:
+        assert self.labeler is not None, "load() first"
+        return self.labeler.maps[name]
+
+    def _rmap(self, name: str) -> int:
+        assert self.reader is not None, "attach_reader() first"
+        return self.reader.maps[name]
+
+    def _init_rule_maps(self) -> None:
+        cfg = abi.Config(active_gen=0, meta_key=self.meta_key)
+        self.lib.map_update(self._lmap("dw_config"), ctypes.c_uint32(0), cfg)
+
+    def apply_rules(self, compiled: CompiledRules) -> None:
+        """Fill the inactive generation, verify it, flip, then clear the old one.
+
+        On any error the active rules are untouched and the inactive
+        generation is emptied again: all or nothing.
+        """
+        with self._rules_lock:
+            gen = 1 - self.active_gen if self.rules_loaded else self.active_gen ^ 1
+            self._clear_gen(gen)
+            try:
+                self._write_gen(gen, compiled)
+                self._verify_gen(gen, compiled)
+            except BaseException:
+                self._clear_gen(gen)
+                raise
+            cfg = abi.Config(active_gen=gen, meta_key=self.meta_key)
+            self.lib.map_update(self._lmap("dw_config"), ctypes.c_uint32(0), cfg)
+            old = self.active_gen
+            self.active_gen = gen
+            self.rules_loaded = True
+            time.sleep(GEN_GRACE_S)
+            self._clear_gen(old)
+
+    def _write_gen(self, gen: int, c: CompiledRules) -> None:
+        pfx_fd, pair_fd = self._lmap("dw_prefixes"), self._lmap("dw_pairs")
+        pkeys: list[bytes] = []
+        qkeys: list[bytes] = []
+        self._gen_keys[gen] = (pkeys, qkeys)
+        for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
+            k = abi.PrefixKey(prefixlen=plen, gen=gen, fd=fd_id)
+            ctypes.memmove(k.addr, addr, 16)
+            v = _cand_list(cands, pid)
+            self.lib.map_update(pfx_fd, k, v, BPF_NOEXIST)
+            pkeys.append(bytes(k))
+        for (sid, did), cands in c.pairs.items():
+            k2 = abi.PairKey(src_prefix_id=sid, dst_prefix_id=did, gen=gen)
+            self.lib.map_update(pair_fd, k2, _cand_list(cands, 0), BPF_NOEXIST)
+            qkeys.append(bytes(k2))
+        plens_fd = self._lmap("dw_plens")
+        for fd_id in range(abi.DW_FD_COUNT):
+            pl = abi.PlenList()
+            lens = c.plens.get(fd_id, [])
+            pl.n = len(lens)
+            for i, plen in enumerate(lens):
+                pl.e[i].prefixlen = plen
+                for w in range(4):
+                    bits = max(0, min(32, plen - 32 * w))
+                    mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF if bits else 0
+                    pl.e[i].mask[w] = int.from_bytes(mask.to_bytes(4, "big"), "little")
+            self.lib.map_update(plens_fd, ctypes.c_uint32(gen * abi.DW_FD_COUNT + fd_id), pl)
+        rs = abi.Ruleset(has_pairs=1 if c.pairs else 0, default_side=c.default_side)
+        rs.wildcard = _cand_list(c.wildcard, 0)
+        self.lib.map_update(self._lmap("dw_rulesets"), ctypes.c_uint32(gen), rs)
+
+    def _verify_gen(self, gen: int, c: CompiledRules) -> None:
+        """Read back what we wrote: a map must never be half-updated."""
+        pfx_fd = self._lmap("dw_prefixes")
+        v = abi.CandList()
+        for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
+            k = abi.PrefixKey(prefixlen=plen, gen=gen, fd=fd_id)
+            ctypes.memmove(k.addr, addr, 16)
+            if not self.lib.map_lookup(pfx_fd, k, v) or bytes(v) != bytes(_cand_list(cands, pid)):
+                raise DropwatchError(f"rule map verification failed for prefix len {plen}")
+
+    def _clear_gen(self, gen: int) -> None:
+        pfx_fd, pair_fd = self._lmap("dw_prefixes"), self._lmap("dw_pairs")
+        pkeys, qkeys = self._gen_keys.get(gen, ([], []))
+        for raw in pkeys:
+            self.lib.map_delete(pfx_fd, abi.PrefixKey.from_buffer_copy(raw))
+        for raw in qkeys:
+            self.lib.map_delete(pair_fd, abi.PairKey.from_buffer_copy(raw))
+        self._gen_keys[gen] = ([], [])
+        empty = abi.PlenList()
+        for fd_id in range(abi.DW_FD_COUNT):
+            self.lib.map_update(self._lmap("dw_plens"), ctypes.c_uint32(gen * abi.DW_FD_COUNT + fd_id), empty)
+        self.lib.map_update(self._lmap("dw_rulesets"), ctypes.c_uint32(gen), abi.Ruleset())
+
+    def rule_map_entries(self) -> dict[str, int]:
+        """Entries per rule map, both generations (for tests and /healthz)."""
+        out = {}
+        for name, ktype in (("dw_prefixes", abi.PrefixKey), ("dw_pairs", abi.PairKey)):
+            fd = self._lmap(name)
+            n = 0
+            k = ktype()
+            nk = ktype()
+            cur = None
+            while self.lib.map_next_key(fd, cur, nk):
+                n += 1
+                ctypes.memmove(ctypes.byref(k), ctypes.byref(nk), ctypes.sizeof(k))
+                cur = k
+            out[name] = n
+        return out
+
+    # ------------------------------------------------------------ counters
+
+    def _percpu_sum_u64(self, values: ctypes.Array, i: int) -> int:  # type: ignore[type-arg]
+        base = i * self.ncpus
+        return sum(values[base:base + self.ncpus])
+
+    def read_stats(self, which: str = "both") -> dict[abi.Stat, int]:
+        out: dict[abi.Stat, int] = {}
+        objs = []
+        if which in ("both", "labeler") and self.labeler:
+            objs.append(self.labeler)
+        if which in ("both", "reader") and self.reader:
+            objs.append(self.reader)
+        for bo in objs:
+            vals = (ctypes.c_uint64 * self.ncpus)()
+            for st in abi.Stat:
+                if self.lib.map_lookup(bo.maps["dw_stats"], ctypes.c_uint32(int(st)), vals):
+                    s = sum(vals)
+                    if s:
+                        out[st] = out.get(st, 0) + s
+        return out
+
+    def read_drops(self) -> dict[tuple[int, int, int, int, int, int, int], int]:
+        """Cumulative drop counts: (label_id, side, reason, location, ifindex,
+        pop_id, source) -> count, summed over CPUs, read in batches."""
+        fd = self._rmap("dw_drops")
+        keys = (abi.DropKey * _BATCH)()
+        values = (ctypes.c_uint64 * (_BATCH * self.ncpus))()
+        out: dict[tuple[int, int, int, int, int, int, int], int] = {}
+        in_b: object | None = None
+        out_b = abi.DropKey()
+        while True:
+            try:
+                n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, _BATCH)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:  # a bucket larger than our batch: never with _BATCH >> bucket size
+                    raise
+                raise
+            for i in range(n):
+                k = keys[i]
+                out[(k.label_id, k.side, k.reason, k.location, k.ifindex, k.pop_id, k.source)] = \
+                    self._percpu_sum_u64(values, i)
+            if not more:
+                break
+            in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
+        return out
+
+    def read_packets(self, max_label_id: int) -> dict[tuple[int, int], tuple[int, int]]:
+        """Cumulative packets/bytes seen at ingress: (label_id, side) -> (packets, bytes)."""
+        fd = self._lmap("dw_pkt_counts")
+        n_entries = min((max_label_id + 1) * abi.DW_SIDE_COUNT, abi.DW_MAX_LABELS * abi.DW_SIDE_COUNT)
+        stride = ctypes.sizeof(abi.PktVal) // 8
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        keys = (ctypes.c_uint32 * _BATCH)()
+        values = (ctypes.c_uint64 * (_BATCH * self.ncpus * stride))()
+        in_b: object | None = None
+        out_b = ctypes.c_uint32()
+        done = 0
+        while done < n_entries:
+            want = min(_BATCH, n_entries - done)
+            n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, want)
+            for i in range(n):
+                pk = by = 0
+                for cpu in range(self.ncpus):
+                    base = (i * self.ncpus + cpu) * stride
+                    pk += values[base]
+                    by += values[base + 1]
+                if pk:
+                    idx = keys[i]
+                    out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT)] = (pk, by)
+            done += n
+            if not more or n == 0:
+                break
+            in_b = ctypes.c_uint32(out_b.value)
+        return out
+
+    def read_meta_failures(self) -> dict[int, int]:
+        fd = self._lmap("dw_meta_fail")
+        out: dict[int, int] = {}
+        k, nk = ctypes.c_uint32(), ctypes.c_uint32()
+        cur: object | None = None
+        vals = (ctypes.c_uint64 * self.ncpus)()
+        while self.lib.map_next_key(fd, cur, nk):
+            if self.lib.map_lookup(fd, nk, vals):
+                out[nk.value] = sum(vals)
+            k.value = nk.value
+            cur = k
+        return out
+
+    def prog_infos(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self._labeler_prog_fd is not None:
+            out["labeler"] = self.lib.prog_info(self._labeler_prog_fd)
+        if self._reader_prog_fd is not None:
+            out["reader"] = self.lib.prog_info(self._reader_prog_fd)
+        return out
+
+
+def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:
+    cl = abi.CandList(prefix_id=prefix_id)
+    n = 0
+    for c in cands:
+        cl.c[n] = abi.Cand(label_id=c.label_id, prio=c.prio, dport_lo=c.dport_lo,  # type: ignore[attr-defined]
+                           dport_hi=c.dport_hi, proto=c.proto, side=c.side)  # type: ignore[attr-defined]
+        n += 1
+    cl.n = n
+    return cl
+
+
+def test_run_xdp(loader: Loader, frame: bytes, meta: bytes = b"", repeat: int = 1) -> tuple[int, bytes, bytes, int]:
+    """Run the labeler on a frame (with optional pre-existing metadata).
+
+    Returns (verdict, metadata area after the run, packet bytes, ns per run).
+    """
+    # With ctx_in, data = metalen makes the first metalen bytes of data_in the
+    # metadata; data_out then starts at the (possibly grown) metadata.
+    ctx = abi_xdp_md(len(meta), len(meta) + len(frame))
+    ret, out, dur, ctx_out = loader.lib.test_run(loader.labeler_prog_fd, meta + frame, ctx=ctx, repeat=repeat)
+    from .libbpf import XdpMd  # local: only tests use it
+    md = XdpMd.from_buffer_copy(ctx_out) if ctx_out else None
+    meta_len = md.data - md.data_meta if md else 0
+    return ret, out[:meta_len], out[meta_len:], dur
+
+
+def abi_xdp_md(data: int, data_end: int) -> bytes:
+    from .libbpf import XdpMd
+    md = XdpMd(data=data, data_end=data_end, data_meta=0)
+    return bytes(md)

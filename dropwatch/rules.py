@@ -1,0 +1,425 @@
+"""Rules: the YAML/JSON format, its validation, and its compilation into the
+contents of the labeler's maps.
+
+How overlapping rules resolve (documented in the README, tested in
+tests/unit/test_rules.py): the label comes from the most specific matching
+rule that sets a label, and the side from the most specific matching rule
+that sets a side; they are resolved independently. "Most specific" compares,
+in order:
+
+1. the matched prefix length (for a rule with both src and dst, the sum of
+   the two; a rule with neither matches at length -1, below /0);
+2. a rule with a dport beats one without;
+3. a rule with a proto beats one without;
+4. the earlier rule in the file.
+
+Packets that match no side rule get ``default_side``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Literal, Mapping, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from . import abi
+
+LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+UNLABELED = "unlabeled"
+PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
+MAX_RULES = 65535
+MAX_FILE_BYTES = 32 * 1024 * 1024
+# Both generations must fit during a reload (see dropwatch.h).
+MAX_PREFIX_ENTRIES = abi.DW_MAX_PREFIXES // abi.DW_GENS
+MAX_PAIR_ENTRIES = abi.DW_MAX_PAIRS // abi.DW_GENS
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+class RulesError(ValueError):
+    """A rules file or body that cannot be applied. Nothing was applied."""
+
+    def __init__(self, message: str, *, source: str = "", rule: int | None = None,
+                 field: str | None = None) -> None:
+        self.source = source
+        self.rule = rule
+        self.field = field
+        where = source
+        if rule is not None:
+            where += f"{': ' if where else ''}rules[{rule}]"
+            if field:
+                where += f".{field}"
+        elif field:
+            where += f"{': ' if where else ''}{field}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+def _parse_network(value: Any) -> Network:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a CIDR string, got {type(value).__name__}")
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        raise ValueError(f"invalid CIDR {value!r}: {exc}") from None
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.network_address.ipv4_mapped:
+        raise ValueError(f"{value!r} is IPv4-mapped IPv6; IPv4 packets are matched by IPv4 prefixes, write "
+                         f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
+    return net
+
+
+def _parse_port_range(value: Any) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise ValueError("expected a port or a 'lo-hi' range")
+    if isinstance(value, int):
+        lo = hi = value
+    elif isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?", value)
+        if not m:
+            raise ValueError(f"invalid port or range {value!r}: use 443 or '5000-5999'")
+        lo = int(m.group(1))
+        hi = int(m.group(2)) if m.group(2) else lo
+    else:
+        raise ValueError(f"expected a port or a 'lo-hi' range, got {type(value).__name__}")
+    if not (0 <= lo <= 65535 and 0 <= hi <= 65535):
+        raise ValueError(f"port {value!r} out of range 0-65535")
+    if lo > hi:
+        raise ValueError(f"range {value!r} is empty (lo > hi)")
+    return lo, hi
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = None
+    side: Literal["eyeball", "origin"] | None = None
+    src: list[str] | None = None
+    dst: list[str] | None = None
+    proto: Literal["tcp", "udp", "icmp", "icmpv6"] | None = None
+    dport: list[int | str] | None = None
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not LABEL_RE.match(v):
+            raise ValueError(f"invalid label {v!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
+        if v == UNLABELED:
+            raise ValueError(f"{UNLABELED!r} is reserved for drops that match no label")
+        return v
+
+    @field_validator("src", "dst")
+    @classmethod
+    def _nets(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("empty list: omit the field to match any address")
+        return [str(_parse_network(x)) for x in v]
+
+    @field_validator("dport")
+    @classmethod
+    def _ports(cls, v: list[int | str] | None) -> list[int | str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("empty list: omit the field to match any port")
+        for x in v:
+            _parse_port_range(x)
+        return v
+
+    @model_validator(mode="after")
+    def _sets_something(self) -> "Rule":
+        if self.label is None and self.side is None:
+            raise ValueError("a rule must set a label, a side, or both")
+        if self.dport is not None and self.proto in ("icmp", "icmpv6"):
+            raise ValueError("dport needs proto tcp or udp (or no proto)")
+        return self
+
+    def networks(self, which: str) -> list[Network]:
+        values = self.src if which == "src" else self.dst
+        return [ipaddress.ip_network(x) for x in values or []]
+
+    def port_ranges(self) -> list[tuple[int, int]]:
+        """Sorted, with overlapping/adjacent ranges merged."""
+        if not self.dport:
+            return [(0, 0xFFFF)]
+        merged: list[tuple[int, int]] = []
+        for lo, hi in sorted(_parse_port_range(x) for x in self.dport):
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+            else:
+                merged.append((lo, hi))
+        return merged
+
+
+class RuleSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[Rule] = []
+    default_side: Literal["eyeball", "origin", "unknown"] = "unknown"
+
+    @field_validator("rules")
+    @classmethod
+    def _count(cls, v: list[Rule]) -> list[Rule]:
+        if len(v) > MAX_RULES:
+            raise ValueError(f"{len(v)} rules; at most {MAX_RULES}")
+        return v
+
+    def labels(self) -> list[str]:
+        return sorted({r.label for r in self.rules if r.label})
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+def _error_from_validation(exc: ValidationError, source: str) -> RulesError:
+    err = exc.errors()[0]
+    loc = list(err.get("loc", ()))
+    msg = str(err.get("msg", "invalid"))
+    msg = msg.removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        msg = f"unknown key {loc[-1]!r}"
+    elif err.get("type") == "literal_error":
+        msg = f"{msg}, got {err.get('input')!r}"
+    rule: int | None = None
+    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+        rule = loc[1]
+        rest = loc[2:]
+    else:
+        rest = loc
+    fld = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in rest).replace(".[", "[") or None
+    more = len(exc.errors()) - 1
+    if more:
+        msg += f" (and {more} more error{'s' if more > 1 else ''})"
+    return RulesError(msg, source=source, rule=rule, field=fld)
+
+
+def parse_rules(data: Any, source: str = "<body>") -> RuleSet:
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise RulesError(f"expected a mapping with 'rules', got {type(data).__name__}", source=source)
+    try:
+        return RuleSet.model_validate(data)
+    except ValidationError as exc:
+        raise _error_from_validation(exc, source) from None
+
+
+def load_rules_file(path: Path) -> RuleSet:
+    src = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise RulesError(f"file is {size} bytes; at most {MAX_FILE_BYTES}", source=src)
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"cannot read: {exc.strerror}", source=src) from None
+    except UnicodeDecodeError as exc:
+        raise RulesError(f"not UTF-8: {exc}", source=src) from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise RulesError(f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}", source=src) from None
+    return parse_rules(data, src)
+
+
+def dump_rules_yaml(rs: RuleSet) -> str:
+    return yaml.safe_dump(rs.to_dict(), sort_keys=False)
+
+
+# ---------------------------------------------------------------- compilation
+
+SIDE_IDS = {"unknown": abi.Side.UNKNOWN, "eyeball": abi.Side.EYEBALL, "origin": abi.Side.ORIGIN}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label_id: int
+    side: int
+    proto: int
+    dport_lo: int
+    dport_hi: int
+    prio: int
+    rule: int
+
+
+def _prio(match_len: int, has_dport: bool, has_proto: bool, rule_index: int) -> int:
+    # match_len -1..256 (pairs sum two lengths); lower prio value wins.
+    return ((256 - match_len) << 18) | ((0 if has_dport else 1) << 17) | ((0 if has_proto else 1) << 16) | rule_index
+
+
+@dataclass
+class CompiledRules:
+    """Map contents for one generation, independent of which one."""
+
+    # (fd, prefixlen, 16-byte masked address) -> (prefix_id, candidates)
+    prefixes: dict[tuple[int, int, bytes], tuple[int, list[Candidate]]] = field(default_factory=dict)
+    # (src_prefix_id, dst_prefix_id) -> candidates
+    pairs: dict[tuple[int, int], list[Candidate]] = field(default_factory=dict)
+    wildcard: list[Candidate] = field(default_factory=list)
+    plens: dict[int, list[int]] = field(default_factory=dict)  # fd -> lengths, longest first
+    default_side: int = 0
+    label_ids: dict[str, int] = field(default_factory=dict)
+    # rule index -> (label, side) for reporting
+    rule_targets: list[tuple[str | None, str | None]] = field(default_factory=list)
+
+
+def _fd(net: Network, which: str) -> int:
+    base = abi.DW_FD_V4_SRC if net.version == 4 else abi.DW_FD_V6_SRC
+    return base + (0 if which == "src" else 1)
+
+
+def _addr16(net: Network) -> bytes:
+    return net.network_address.packed.ljust(16, b"\0")
+
+
+def _cands_for(rule: Rule, idx: int, match_len: int, label_ids: Mapping[str, int]) -> list[Candidate]:
+    label_id = label_ids[rule.label] if rule.label else 0
+    side = int(SIDE_IDS[rule.side]) if rule.side else 0
+    proto = PROTOS[rule.proto] if rule.proto else 0
+    prio = _prio(match_len, rule.dport is not None, rule.proto is not None, idx)
+    return [Candidate(label_id, side, proto, lo, hi, prio, idx) for lo, hi in rule.port_ranges()]
+
+
+def _finish(cands: list[Candidate], what: str, source: str) -> list[Candidate]:
+    best: dict[tuple[int, int, int], Candidate] = {}
+    for c in cands:
+        k = (c.rule, c.dport_lo, c.dport_hi)
+        if k not in best or c.prio < best[k].prio:
+            best[k] = c
+    out = sorted(best.values(), key=lambda c: c.prio)
+    if len(out) > abi.DW_MAX_CANDS:
+        rules = sorted({c.rule for c in out})
+        raise RulesError(
+            f"{len(out)} rule/port-range combinations apply to {what} (rules {rules}); at most "
+            f"{abi.DW_MAX_CANDS} may overlap one prefix: merge port ranges or split the prefix",
+            source=source, rule=out[abi.DW_MAX_CANDS].rule)
+    return out
+
+
+def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rules>") -> CompiledRules:
+    """Pure function from rules (+ stable label ids) to map contents."""
+    for name in rs.labels():
+        lid = label_ids.get(name)
+        if lid is None or not (0 < lid < abi.DW_MAX_LABELS):
+            raise RulesError(f"label {name!r} has no valid id", source=source)
+    out = CompiledRules(default_side=int(SIDE_IDS[rs.default_side]), label_ids=dict(label_ids))
+    out.rule_targets = [(r.label, r.side) for r in rs.rules]
+
+    # Every prefix that appears anywhere, per direction/family.
+    nets: dict[int, set[Network]] = defaultdict(set)
+    single: dict[tuple[int, Network], list[Candidate]] = defaultdict(list)
+    pair_rules: list[tuple[int, Rule]] = []
+    for idx, rule in enumerate(rs.rules):
+        srcs, dsts = rule.networks("src"), rule.networks("dst")
+        for n in srcs:
+            nets[_fd(n, "src")].add(n)
+        for n in dsts:
+            nets[_fd(n, "dst")].add(n)
+        if srcs and dsts:
+            pair_rules.append((idx, rule))
+        elif srcs or dsts:
+            for n in srcs or dsts:
+                single[(_fd(n, "src" if srcs else "dst"), n)].extend(_cands_for(rule, idx, n.prefixlen, label_ids))
+        else:
+            out.wildcard.extend(_cands_for(rule, idx, -1, label_ids))
+    out.wildcard = _finish(out.wildcard, "every packet (rules without src/dst)", source)
+
+    total = sum(len(v) for v in nets.values())
+    if total > MAX_PREFIX_ENTRIES:
+        raise RulesError(f"{total} distinct prefixes; the maps hold at most {MAX_PREFIX_ENTRIES}", source=source)
+
+    ids: dict[tuple[int, Network], int] = {}
+    for fd in sorted(nets):
+        lens = sorted({n.prefixlen for n in nets[fd]}, reverse=True)
+        out.plens[fd] = lens
+        members = {(n.prefixlen, n.network_address.packed) for n in nets[fd]}
+        for n in sorted(nets[fd], key=lambda n: (n.prefixlen, n.network_address.packed)):
+            pid = len(ids) + 1
+            ids[(fd, n)] = pid
+            cands: list[Candidate] = list(single.get((fd, n), []))
+            # Inherit from covering prefixes: the lookup finds only the
+            # longest match, but a shorter prefix's rule must still apply
+            # when the longer one's proto/port conditions fail.
+            for plen in lens:
+                if plen >= n.prefixlen:
+                    continue
+                sup = n.supernet(new_prefix=plen)
+                if (plen, sup.network_address.packed) in members:
+                    cands.extend(single.get((fd, sup), []))
+            out.prefixes[(fd, n.prefixlen, _addr16(n))] = (pid, _finish(cands, f"prefix {n}", source))
+
+    # Rules with both src and dst: the lookup yields the longest src match s*
+    # and dst match d*; the rule applies iff one of its src prefixes covers s*
+    # and one of its dst prefixes covers d*. Enumerate those (s*, d*) pairs.
+    pair_cands: dict[tuple[int, int], list[Candidate]] = defaultdict(list)
+    for idx, rule in pair_rules:
+        for s in rule.networks("src"):
+            for d in rule.networks("dst"):
+                if s.version != d.version:
+                    continue
+                sfd, dfd = _fd(s, "src"), _fd(d, "dst")
+                s_desc = [ids[(sfd, x)] for x in nets[sfd] if x.subnet_of(s)]  # type: ignore[arg-type]
+                d_desc = [ids[(dfd, x)] for x in nets[dfd] if x.subnet_of(d)]  # type: ignore[arg-type]
+                if len(s_desc) * len(d_desc) + len(pair_cands) > MAX_PAIR_ENTRIES * 4:
+                    raise RulesError("src x dst combinations exceed the pair map", source=source,
+                                     rule=idx, field="dst")
+                for si in s_desc:
+                    for di in d_desc:
+                        pair_cands[(si, di)].extend(_cands_for(rule, idx, s.prefixlen + d.prefixlen, label_ids))
+    if len(pair_cands) > MAX_PAIR_ENTRIES:
+        raise RulesError(f"{len(pair_cands)} src/dst prefix pairs; the pair map holds at most "
+                         f"{MAX_PAIR_ENTRIES}", source=source)
+    for k, v in pair_cands.items():
+        out.pairs[k] = _finish(v, f"src/dst pair {k}", source)
+    return out
+
+
+def classify_reference(rs: RuleSet, label_ids: Mapping[str, int], family: int, saddr: str | None,
+                       daddr: str | None, proto: int | None, dport: int | None) -> tuple[int, int]:
+    """The rules' meaning, written plainly (no maps), for tests: (label_id, side)."""
+    best_label: tuple[int, int] | None = None
+    best_side: tuple[int, int] | None = None
+    sa = ipaddress.ip_address(saddr) if saddr else None
+    da = ipaddress.ip_address(daddr) if daddr else None
+    for idx, rule in enumerate(rs.rules):
+        def longest(which: str, addr: Any) -> int | None:
+            nets = rule.networks(which)
+            if not nets:
+                return -2  # field absent: matches anything
+            lens = [n.prefixlen for n in nets if addr is not None and n.version == family and addr in n]
+            return max(lens) if lens else None
+
+        ls, ld = longest("src", sa), longest("dst", da)
+        if ls is None or ld is None:
+            continue
+        if rule.proto and PROTOS[rule.proto] != proto:
+            continue
+        if rule.dport and (dport is None or not any(lo <= dport <= hi for lo, hi in rule.port_ranges())):
+            continue
+        if ls == -2 and ld == -2:
+            match_len = -1
+        elif ls == -2:
+            match_len = ld  # type: ignore[assignment]
+        elif ld == -2:
+            match_len = ls
+        else:
+            match_len = ls + ld
+        prio = _prio(match_len, rule.dport is not None, rule.proto is not None, idx)
+        if rule.label and (best_label is None or prio < best_label[0]):
+            best_label = (prio, label_ids[rule.label])
+        if rule.side and (best_side is None or prio < best_side[0]):
+            best_side = (prio, int(SIDE_IDS[rule.side]))
+    return (best_label[1] if best_label else 0,
+            best_side[1] if best_side else int(SIDE_IDS[rs.default_side]))
+
+
+LabelIdSource = Callable[[list[str]], dict[str, int]]
