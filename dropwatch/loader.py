@@ -57,6 +57,21 @@ class AttachError(DropwatchError):
     pass
 
 
+TRACEFS = Path("/sys/kernel/tracing")
+
+
+def ensure_tracefs() -> None:
+    """The classic tracepoint needs tracefs (libbpf reads the event id there)."""
+    if (TRACEFS / "events").is_dir() or Path("/sys/kernel/debug/tracing/events").is_dir():
+        return
+    import subprocess
+    p = subprocess.run(["mount", "-t", "tracefs", "tracefs", str(TRACEFS)], capture_output=True, text=True)
+    if p.returncode != 0 or not (TRACEFS / "events").is_dir():
+        raise DropwatchError(f"tracefs is not mounted at {TRACEFS} and mounting it failed ({p.stderr.strip()}): "
+                             f"mount -t tracefs tracefs {TRACEFS}")
+    log.info("mounted tracefs at %s for the classic tracepoint", TRACEFS)
+
+
 def bpf_dir() -> Path:
     return Path(os.environ.get("DROPWATCH_BPF_DIR", str(DEFAULT_BPF_DIR)))
 
@@ -179,6 +194,7 @@ class Loader:
                     prog = self.lib.find_program(self.reader.obj, "dw_kfree_skb_btf")
                     self._reader_link = self.lib.attach_trace(prog)
                 else:
+                    ensure_tracefs()
                     prog = self.lib.find_program(self.reader.obj, "dw_kfree_skb_tp")
                     self._reader_link = self.lib.attach_tracepoint(prog, "skb", "kfree_skb")
                 self._reader_prog_fd = self.lib.program_fd(prog)
