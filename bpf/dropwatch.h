@@ -94,8 +94,10 @@ struct dw_prefix_key {
 	__u8 addr[16];		/* network order, masked to prefixlen */
 };
 
-/* A candidate rule: the packet must match proto (0 = any) and dport range
- * (0..65535 = any; a packet without a port only matches "any"). */
+/* A candidate rule: the packet must match proto (0 = any) and, with
+ * DW_CAND_NEEDS_PORT, carry a destination port in [dport_lo, dport_hi]
+ * (ICMP and non-first fragments carry none). */
+#define DW_CAND_NEEDS_PORT	0x01
 struct dw_cand {
 	__u32 label_id;		/* 0: the rule sets no label */
 	__u32 prio;		/* lower wins: specificity, then rule order */
@@ -103,7 +105,8 @@ struct dw_cand {
 	__u16 dport_hi;
 	__u8 proto;
 	__u8 side;		/* DW_SIDE_UNKNOWN: the rule sets no side */
-	__u8 pad[2];
+	__u8 flags;		/* DW_CAND_* */
+	__u8 pad;
 };
 
 struct dw_cand_list {

@@ -290,7 +290,7 @@ static __always_inline void eval_list(const struct dw_cand_list *l,
 
 		if (c->proto && c->proto != pi->proto)
 			continue;
-		if (c->dport_lo != 0 || c->dport_hi != 0xffff) {
+		if (c->flags & DW_CAND_NEEDS_PORT) {
 			if (!pi->has_port || pi->dport < c->dport_lo || pi->dport > c->dport_hi)
 				continue;
 		}

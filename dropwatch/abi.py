@@ -18,6 +18,7 @@ DW_GENS = 2
 DW_FD_V4_SRC, DW_FD_V4_DST, DW_FD_V6_SRC, DW_FD_V6_DST = 0, 1, 2, 3
 DW_FD_COUNT = 4
 DW_MAX_CANDS = 8
+DW_CAND_NEEDS_PORT = 0x01
 DW_MAX_PLENS = 129
 DW_MAX_LABELS = 16384
 DW_MAX_PREFIXES = 1 << 20
@@ -80,7 +81,7 @@ class PrefixKey(ctypes.Structure):
 class Cand(ctypes.Structure):
     _fields_ = [
         ("label_id", u32), ("prio", u32), ("dport_lo", u16), ("dport_hi", u16),
-        ("proto", u8), ("side", u8), ("pad", u8 * 2),
+        ("proto", u8), ("side", u8), ("flags", u8), ("pad", u8),
     ]
 
 

@@ -500,7 +500,8 @@ def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:
     n = 0
     for c in cands:
         cl.c[n] = abi.Cand(label_id=c.label_id, prio=c.prio, dport_lo=c.dport_lo,  # type: ignore[attr-defined]
-                           dport_hi=c.dport_hi, proto=c.proto, side=c.side)  # type: ignore[attr-defined]
+                           dport_hi=c.dport_hi, proto=c.proto, side=c.side,  # type: ignore[attr-defined]
+                           flags=c.flags)  # type: ignore[attr-defined]
         n += 1
     cl.n = n
     return cl

@@ -24,14 +24,14 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Union
+from typing import Annotated, Any, Callable, Literal, Mapping, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from . import abi
 
-LABEL_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+LABEL_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 UNLABELED = "unlabeled"
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 MAX_RULES = 65535
@@ -80,7 +80,7 @@ def _parse_port_range(value: Any) -> tuple[int, int]:
     if isinstance(value, int):
         lo = hi = value
     elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(\d{1,5})\s*(?:-\s*(\d{1,5})\s*)?", value)
+        m = re.fullmatch(r"\s*([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?", value, re.ASCII)
         if not m:
             raise ValueError(f"invalid port or range {value!r}: use 443 or '5000-5999'")
         lo = int(m.group(1))
@@ -94,22 +94,35 @@ def _parse_port_range(value: Any) -> tuple[int, int]:
     return lo, hi
 
 
+def _cidr_item(value: Any) -> str:
+    return str(_parse_network(value))
+
+
+def _port_item(value: Any) -> int | str:
+    _parse_port_range(value)
+    return value  # type: ignore[no-any-return]
+
+
+Cidr = Annotated[Any, AfterValidator(_cidr_item)]
+PortSpec = Annotated[Any, AfterValidator(_port_item)]
+
+
 class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str | None = None
     side: Literal["eyeball", "origin"] | None = None
-    src: list[str] | None = None
-    dst: list[str] | None = None
+    src: list[Cidr] | None = None
+    dst: list[Cidr] | None = None
     proto: Literal["tcp", "udp", "icmp", "icmpv6"] | None = None
-    dport: list[int | str] | None = None
+    dport: list[PortSpec] | None = None
 
     @field_validator("label")
     @classmethod
     def _label(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        if not LABEL_RE.match(v):
+        if not LABEL_RE.fullmatch(v):
             raise ValueError(f"invalid label {v!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
         if v == UNLABELED:
             raise ValueError(f"{UNLABELED!r} is reserved for drops that match no label")
@@ -122,7 +135,7 @@ class Rule(BaseModel):
             return v
         if not v:
             raise ValueError("empty list: omit the field to match any address")
-        return [str(_parse_network(x)) for x in v]
+        return v
 
     @field_validator("dport")
     @classmethod
@@ -131,8 +144,6 @@ class Rule(BaseModel):
             return v
         if not v:
             raise ValueError("empty list: omit the field to match any port")
-        for x in v:
-            _parse_port_range(x)
         return v
 
     @model_validator(mode="after")
@@ -165,6 +176,11 @@ class RuleSet(BaseModel):
 
     rules: list[Rule] = []
     default_side: Literal["eyeball", "origin", "unknown"] = "unknown"
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v: Any) -> Any:
+        return [] if v is None else v  # "rules:" with no value: no rules
 
     @field_validator("rules")
     @classmethod
@@ -249,6 +265,7 @@ class Candidate:
     dport_hi: int
     prio: int
     rule: int
+    flags: int = 0  # abi.DW_CAND_NEEDS_PORT when the rule has a dport
 
 
 def _prio(match_len: int, has_dport: bool, has_proto: bool, rule_index: int) -> int:
@@ -286,7 +303,8 @@ def _cands_for(rule: Rule, idx: int, match_len: int, label_ids: Mapping[str, int
     side = int(SIDE_IDS[rule.side]) if rule.side else 0
     proto = PROTOS[rule.proto] if rule.proto else 0
     prio = _prio(match_len, rule.dport is not None, rule.proto is not None, idx)
-    return [Candidate(label_id, side, proto, lo, hi, prio, idx) for lo, hi in rule.port_ranges()]
+    flags = abi.DW_CAND_NEEDS_PORT if rule.dport is not None else 0
+    return [Candidate(label_id, side, proto, lo, hi, prio, idx, flags) for lo, hi in rule.port_ranges()]
 
 
 def _finish(cands: list[Candidate], what: str, source: str) -> list[Candidate]:

@@ -22,10 +22,12 @@ _GATED_MARKERS = ("bpf", "e2e")
 
 def bpf_obj_dir() -> Path:
     """Where the loader will look for the objects (DROPWATCH_BPF_DIR wins)."""
-    env = os.environ.get("DROPWATCH_BPF_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "dropwatch" / "bpfobj"
+    try:
+        from dropwatch.loader import bpf_dir  # the loader's own rule, so both agree
+    except Exception:  # noqa: BLE001 - dropwatch not importable: fall back to the same rule
+        env = os.environ.get("DROPWATCH_BPF_DIR")
+        return Path(env) if env else Path(__file__).resolve().parent.parent / "dropwatch" / "bpfobj"
+    return bpf_dir()
 
 
 def missing_bpf_objects() -> list[str]:
@@ -95,7 +97,6 @@ def loader_factory() -> Iterator[Callable[..., object]]:
 
     with ExitStack() as stack:
         def make(rules: object = None, label_ids: dict[str, int] | None = None, **kw: object) -> Loader:
-            kw.setdefault("obj_dir", bpf_obj_dir())
             ld = stack.enter_context(Loader(**kw))  # type: ignore[arg-type]
             ld.load()
             if rules is not None:

@@ -155,8 +155,20 @@ def ext_header(ext: Ext, nexthdr: int) -> bytes:
     if ext.kind == IPPROTO_ROUTING:
         # type 0 style: routing type, segments left 0, then reserved/addresses
         return struct.pack("!BBBB", nexthdr, ext.length // 8 - 1, 0, 0) + b"\0" * (body - 2)
-    # hop-by-hop / destination options: one PadN option filling the header
-    return struct.pack("!BBBB", nexthdr, ext.length // 8 - 1, 1, body - 2) + b"\0" * (body - 2)
+    # hop-by-hop / destination options: PadN options (Pad1 for a last odd byte)
+    assert ext.length <= 2048, ext
+    opts = b""
+    left = body
+    while left:
+        if left == 1:
+            opts += b"\0"
+            break
+        n = min(left - 2, 255)
+        if left - (n + 2) == 1:
+            n -= 1  # leave room for a Pad1 rather than a 1-byte remainder PadN cannot fill
+        opts += bytes([1, n]) + b"\0" * n
+        left -= n + 2
+    return struct.pack("!BB", nexthdr, ext.length // 8 - 1) + opts
 
 
 def build(family: int, l4: int | str, *, src: str, dst: str, sport: int = 40000, dport: int = 80,

@@ -1,0 +1,259 @@
+"""HTTP API (FastAPI): /drops, /drops/timeseries, /labels, /healthz, /metrics.
+
+Every user error is a 4xx whose message says what was wrong; the OpenAPI
+schema at /docs documents each parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, AsyncIterator
+
+from fastapi import Body, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from .daemon import Daemon
+from .loader import DropwatchError
+from .metrics import make_registry
+from .rules import LABEL_RE, UNLABELED, RulesError, parse_rules
+from .store import DROP_DIMS
+from .timeparse import TimeParseError, format_iso, parse_duration, parse_time
+
+log = logging.getLogger("dropwatch.api")
+
+SIDES = ("eyeball", "origin", "unknown")
+MAX_WINDOW = timedelta(days=400)
+MAX_BODY_BYTES = 32 * 1024 * 1024
+MAX_LIMIT = 10_000
+NICE_STEPS_S = (10, 30, 60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 86400)
+
+
+class DropsResponse(BaseModel):
+    since: str
+    until: str
+    total: int
+    groups: list[dict[str, str | int]]
+
+
+class SeriesItem(BaseModel):
+    group: dict[str, str]
+    counts: list[int]
+
+
+class TimeseriesResponse(BaseModel):
+    since: str
+    until: str
+    step_s: int
+    buckets: list[str]
+    series: list[SeriesItem]
+
+
+class LabelStats(BaseModel):
+    label: str
+    packets: int
+    drops: int
+    drop_ratio: float | None
+
+
+class LabelsResponse(BaseModel):
+    rules: dict[str, Any]
+    since: str
+    until: str
+    labels: list[LabelStats]
+
+
+def _bad(msg: str) -> HTTPException:
+    return HTTPException(status_code=400, detail=msg)
+
+
+def _split(values: list[str] | None) -> list[str]:
+    """Repeated (?label=a&label=b) and comma-separated (?label=a,b) both work."""
+    out: list[str] = []
+    for v in values or []:
+        out.extend(x.strip() for x in v.split(",") if x.strip())
+    return out
+
+
+def _window(since: str, until: str) -> tuple[datetime, datetime]:
+    now = datetime.now(timezone.utc)
+    try:
+        s = parse_time(since, now)
+        u = parse_time(until, now)
+    except TimeParseError as exc:
+        raise _bad(str(exc)) from None
+    if s >= u:
+        raise _bad(f"since ({format_iso(s)}) must be before until ({format_iso(u)})")
+    if u - s > MAX_WINDOW:
+        raise _bad(f"window of {(u - s).days} days is too long: at most {MAX_WINDOW.days} days")
+    return s, u
+
+
+def _filters(daemon: Daemon, label: list[str] | None, side: list[str] | None, reason: list[str] | None,
+             location: list[str] | None, iface: list[str] | None) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    labels = _split(label)
+    for name in labels:
+        if name != UNLABELED and not LABEL_RE.fullmatch(name):
+            raise _bad(f"invalid label {name!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
+    sides = _split(side)
+    for s in sides:
+        if s not in SIDES:
+            raise _bad(f"unknown side {s!r}: one of {', '.join(SIDES)}")
+    reasons = []
+    for r in _split(reason):
+        v = daemon.reasons.value(r)
+        if v is None:
+            raise _bad(f"unknown reason {r!r}: use a kernel drop reason name such as NETFILTER_DROP "
+                       f"(GET /reasons lists them)")
+        reasons.append(daemon.reasons.name(v))
+    for key, vals in (("label", labels), ("side", sides), ("reason", reasons), ("location", _split(location)),
+                      ("iface", _split(iface))):
+        if vals:
+            out[key] = vals
+    return out
+
+
+def _group_by(value: str, allowed: tuple[str, ...]) -> list[str]:
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    for k in keys:
+        if k not in allowed:
+            raise _bad(f"unknown group_by key {k!r}: any of {', '.join(allowed)}")
+    if len(set(keys)) != len(keys):
+        raise _bad(f"group_by {value!r} repeats a key")
+    return keys
+
+
+GROUP_KEYS = tuple(k for k in DROP_DIMS if k != "pop")
+
+
+def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
+    registry = make_registry(daemon)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manage_lifecycle:
+            daemon.start_polling()
+        try:
+            yield
+        finally:
+            if manage_lifecycle:
+                daemon.stop()
+
+    app = FastAPI(title="dropwatch", version="0.1.0", lifespan=lifespan,
+                  description="Whose packets is this host dropping, and why.")
+    app.state.daemon = daemon
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        response: Response = await call_next(request)
+        return response
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @app.get("/drops", response_model=DropsResponse, summary="Drops by label, side, reason, location, iface")
+    def drops(
+        label: list[str] | None = Query(None, description="label name(s); 'unlabeled' selects drops with no label"),
+        side: list[str] | None = Query(None, description="eyeball, origin or unknown"),
+        reason: list[str] | None = Query(None, description="kernel drop reason, e.g. NETFILTER_DROP"),
+        location: list[str] | None = Query(None, description="kernel location, e.g. __udp4_lib_rcv+0x4bc"),
+        iface: list[str] | None = Query(None, description="ingress interface"),
+        since: str = Query("-15m", description="relative (-90s, -15m, -2h, -7d) or ISO 8601"),
+        until: str = Query("now", description="relative, 'now' or ISO 8601"),
+        group_by: str = Query("label,side,reason", description=f"comma-separated subset of {','.join(GROUP_KEYS)}"),
+        limit: int = Query(100, ge=1, le=MAX_LIMIT),
+    ) -> DropsResponse:
+        s, u = _window(since, until)
+        f = _filters(daemon, label, side, reason, location, iface)
+        g = _group_by(group_by, GROUP_KEYS)
+        res = daemon.store.query_drops(s, u, filters=f, group_by=g, limit=limit)
+        return DropsResponse(since=format_iso(s), until=format_iso(u), total=res.total, groups=res.groups)
+
+    @app.get("/drops/timeseries", response_model=TimeseriesResponse, summary="Drops per time step, per group")
+    def timeseries(
+        label: list[str] | None = Query(None), side: list[str] | None = Query(None),
+        reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
+        iface: list[str] | None = Query(None),
+        since: str = Query("-1h"), until: str = Query("now"),
+        step: str = Query("auto", description="bucket width (10s, 1m, 5m...) or auto"),
+        group_by: str = Query("label"),
+    ) -> TimeseriesResponse:
+        s, u = _window(since, until)
+        f = _filters(daemon, label, side, reason, location, iface)
+        g = _group_by(group_by, GROUP_KEYS)
+        span = (u - s).total_seconds()
+        if step == "auto":
+            want = span / 240
+            step_s = next((x for x in NICE_STEPS_S if x >= want), NICE_STEPS_S[-1])
+        else:
+            try:
+                step_s = max(1, math.ceil(parse_duration(step)))
+            except TimeParseError as exc:
+                raise _bad(str(exc)) from None
+        try:
+            ts = daemon.store.timeseries(s, u, step_s, filters=f, group_by=g)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
+        return TimeseriesResponse(
+            since=format_iso(s), until=format_iso(u), step_s=ts.step_s,
+            buckets=[format_iso(datetime.fromtimestamp(b, timezone.utc)) for b in ts.buckets],
+            series=[SeriesItem(group=x["group"], counts=x["counts"]) for x in ts.series])
+
+    def _labels_response(since: str, until: str) -> LabelsResponse:
+        s, u = _window(since, until)
+        pk = {str(r["label"]): int(r["packets"]) for r in daemon.store.query_packets(s, u, group_by=["label"])}
+        dr = {str(g["label"]): int(g["count"])
+              for g in daemon.store.query_drops(s, u, group_by=["label"], limit=None).groups}
+        rules = daemon.rules
+        names = set(rules.labels() if rules else []) | set(pk) | set(dr) | {UNLABELED}
+        out = [LabelStats(label=n, packets=pk.get(n, 0), drops=dr.get(n, 0),
+                          drop_ratio=(dr.get(n, 0) / pk[n]) if pk.get(n) else None) for n in names]
+        out.sort(key=lambda x: (-x.drops, x.label))
+        return LabelsResponse(rules=rules.to_dict() if rules else {}, since=format_iso(s), until=format_iso(u),
+                              labels=out)
+
+    @app.get("/labels", response_model=LabelsResponse, summary="Active rules; per label packets, drops, ratio")
+    def get_labels(since: str = Query("-15m"), until: str = Query("now")) -> LabelsResponse:
+        return _labels_response(since, until)
+
+    @app.put("/labels", response_model=LabelsResponse, summary="Replace the rules (all or nothing)",
+             responses={422: {"description": "invalid rules; the previous rules stay active"}})
+    def put_labels(body: dict[str, Any] = Body(..., examples=[{
+            "rules": [{"label": "customerX", "dst": ["10.10.1.0/24"]}], "default_side": "eyeball"}])) -> Any:
+        try:
+            rules = parse_rules(body, source="PUT /labels")
+            daemon.replace_rules(rules)
+        except RulesError as exc:
+            return JSONResponse(status_code=422, content={"detail": {
+                "message": str(exc), "rule": exc.rule, "field": exc.field}})
+        except (DropwatchError, OSError) as exc:
+            return JSONResponse(status_code=422, content={"detail": {
+                "message": f"rules not applied, previous rules stay active: {exc}", "rule": None, "field": None}})
+        return _labels_response("-15m", "now")
+
+    @app.get("/healthz", summary="Attached programs and poll freshness; 503 when not attached or stale")
+    def healthz() -> JSONResponse:
+        ok, body = daemon.health()
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/reasons", summary="Drop reasons known to the running kernel")
+    def reasons() -> dict[str, list[str]]:
+        return {"reasons": daemon.reasons.names()}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+

@@ -1,0 +1,205 @@
+"""Polls the kernel counters, turns them into per-interval deltas with names,
+writes them to the store and keeps the running totals that /metrics exports.
+
+Deltas: the BPF maps hold cumulative per-CPU counts since load. A key seen
+before gives cur - prev; a key whose value went down was deleted and
+recreated in between, so all of cur is new; a key we evict ourselves is read
+and deleted in one step (lookup_and_delete), so its last increments are
+kept. A restart loads fresh maps, so the first poll's values are all new.
+If the store cannot be written (disk full, read-only), the deltas stay
+pending in memory and go out with the next successful write: counts are
+never dropped, and /metrics keeps counting meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from . import abi
+from .kernel import DropReasons, Kallsyms
+from .loader import Loader
+from .netns import entered
+from .store import DropDelta, PacketDelta, Store, StoreError
+
+log = logging.getLogger("dropwatch.collector")
+
+UNLABELED = "unlabeled"
+SIDE_NAMES = {0: "unknown", 1: "eyeball", 2: "origin", 3: "unknown"}
+DropKeyT = tuple[int, int, int, int, int, int, int]
+# Pending deltas kept while the store is failing: beyond this many distinct
+# rows the oldest detail is folded (location -> "?"), never discarded.
+MAX_PENDING_ROWS = 200_000
+
+
+@dataclass
+class Totals:
+    """Running totals since the daemon started (what /metrics exports)."""
+
+    drops: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # label, side, reason
+    packets: Counter[tuple[str, str]] = field(default_factory=Counter)
+    bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    corrupt_records: int = 0
+    map_full: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    meta_failures: dict[str, int] = field(default_factory=dict)  # iface -> count
+
+
+class Collector:
+    def __init__(self, loader: Loader, store: Store, reasons: DropReasons, kallsyms: Kallsyms,
+                 *, netns: str | None = None, label_names: Callable[[], dict[int, str]] | None = None,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.loader = loader
+        self.store = store
+        self.reasons = reasons
+        self.kallsyms = kallsyms
+        self.netns = netns
+        self._label_names = label_names or store.label_names
+        self._names: dict[int, str] = {}
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._prev_drops: dict[DropKeyT, int] = {}
+        self._prev_pkts: dict[tuple[int, int], tuple[int, int]] = {}
+        self._prev_stats: dict[abi.Stat, int] = {}
+        self._ifnames: dict[int, str] = {}
+        self._pending_drops: Counter[DropDelta] = Counter()
+        self._pending_pkts: dict[tuple[str, str, str, str], list[int]] = {}
+        self.totals = Totals()
+        self.lock = threading.Lock()
+        self.last_poll: datetime | None = None
+        self.last_poll_duration_s = 0.0
+        self.poll_durations: list[float] = []
+        self.store_error: str | None = None
+        self.polls = 0
+
+    def refresh_label_names(self) -> None:
+        self._names = dict(self._label_names())
+
+    # ------------------------------------------------------------ naming
+
+    def _label(self, label_id: int) -> str:
+        if label_id == 0:
+            return UNLABELED
+        name = self._names.get(label_id)
+        if name is None:
+            self.refresh_label_names()
+            name = self._names.get(label_id, f"label{label_id}")
+        return name
+
+    def _iface(self, ifindex: int) -> str:
+        if ifindex == 0:
+            return "-"  # locally generated, or freed before an input device was set
+        name = self._ifnames.get(ifindex)
+        if name is None:
+            try:
+                with entered(self.netns):
+                    name = socket.if_indextoname(ifindex)
+            except OSError:
+                name = f"if{ifindex}"
+            self._ifnames[ifindex] = name
+        return name
+
+    # ------------------------------------------------------------ poll
+
+    def poll(self) -> None:
+        t0 = time.monotonic()
+        now = self._clock()
+        drops = self.loader.read_drops()
+        max_id = max(self._names) if self._names else 0
+        pkts = self.loader.read_packets(max(max_id, 1))
+        stats = self.loader.read_stats()
+        fails = self.loader.read_meta_failures()
+
+        drop_rows: Counter[DropDelta] = Counter()
+        corrupt = 0
+        for key, cur in drops.items():
+            prev = self._prev_drops.get(key, 0)
+            delta = cur - prev if cur >= prev else cur
+            if delta <= 0:
+                continue
+            label_id, side, reason, location, ifindex, pop_id, source = key
+            if source == abi.Source.CORRUPT:
+                corrupt += delta
+            drop_rows[DropDelta(
+                label=self._label(label_id) if source == abi.Source.META else UNLABELED,
+                side=SIDE_NAMES.get(side, "unknown"),
+                reason=self.reasons.name(reason),
+                location=self.kallsyms.symbolize(location),
+                iface=self._iface(ifindex),
+                pop="",
+                count=0,
+            )] += delta
+        pkt_rows: dict[tuple[str, str, str, str], list[int]] = {}
+        for (label_id, side), (p, b) in pkts.items():
+            pp, pb = self._prev_pkts.get((label_id, side), (0, 0))
+            dp, db = (p - pp, b - pb) if p >= pp else (p, b)
+            if dp <= 0:
+                continue
+            k = (self._label(label_id), SIDE_NAMES.get(side, "unknown"), "", "")
+            acc = pkt_rows.setdefault(k, [0, 0])
+            acc[0] += dp
+            acc[1] += db
+        self._prev_drops = drops
+        self._prev_pkts = pkts
+
+        stat_delta = {st: v - self._prev_stats.get(st, 0) for st, v in stats.items()}
+        self._prev_stats = stats
+
+        with self.lock:
+            for row, n in drop_rows.items():
+                self.totals.drops[(row.label, row.side, row.reason)] += n
+            for (label, side, _i, _p), (dp, db) in pkt_rows.items():
+                self.totals.packets[(label, side)] += dp
+                self.totals.bytes[(label, side)] += db
+            self.totals.corrupt_records += corrupt
+            self.totals.map_full += max(0, stat_delta.get(abi.Stat.MAP_FULL, 0))
+            self.totals.stats = {st.name.lower(): v for st, v in stats.items()}
+            self.totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
+
+        self._write(now, drop_rows, pkt_rows)
+        self.polls += 1
+        self.last_poll = now
+        self.last_poll_duration_s = time.monotonic() - t0
+        self.poll_durations.append(self.last_poll_duration_s)
+        if len(self.poll_durations) > 1000:
+            del self.poll_durations[:500]
+
+    def _write(self, now: datetime, drop_rows: Counter[DropDelta],
+               pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
+        self._pending_drops.update(drop_rows)
+        for k, (dp, db) in pkt_rows.items():
+            acc = self._pending_pkts.setdefault(k, [0, 0])
+            acc[0] += dp
+            acc[1] += db
+        if not self._pending_drops and not self._pending_pkts:
+            return
+        drops = [DropDelta(r.label, r.side, r.reason, r.location, r.iface, r.pop, n)
+                 for r, n in self._pending_drops.items()]
+        packets = [PacketDelta(label, side, iface, pop, v[0], v[1])
+                   for (label, side, iface, pop), v in self._pending_pkts.items()]
+        try:
+            self.store.record(now, drops, packets)
+        except (StoreError, OSError) as exc:
+            if self.store_error is None:
+                log.error("cannot write history, keeping %d rows in memory until it works: %s", len(drops), exc)
+            self.store_error = str(exc)
+            self._fold_pending()
+            return
+        if self.store_error is not None:
+            log.info("history writes work again; flushed %d pending rows", len(drops))
+        self.store_error = None
+        self._pending_drops.clear()
+        self._pending_pkts.clear()
+
+    def _fold_pending(self) -> None:
+        if len(self._pending_drops) <= MAX_PENDING_ROWS:
+            return
+        folded: Counter[DropDelta] = Counter()
+        for r, n in self._pending_drops.items():
+            folded[DropDelta(r.label, r.side, r.reason, "?", r.iface, r.pop, 0)] += n
+        self._pending_drops = folded

@@ -1,0 +1,96 @@
+"""Prometheus exposition: read at scrape time from the daemon's totals.
+
+Contract metrics: dropwatch_drops_total{label,side,reason},
+dropwatch_packets_total{label,side}, dropwatch_corrupt_records_total,
+dropwatch_map_full_total, dropwatch_poll_duration_seconds, plus process
+metrics. Counters start at zero with each daemon start (Prometheus handles
+the reset); the SQLite history is what survives restarts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+
+class DropwatchCollector:
+    def __init__(self, daemon: "Daemon") -> None:
+        self.daemon = daemon
+
+    def collect(self) -> Iterator[Metric]:
+        d = self.daemon
+        c = d.collector
+        with c.lock:
+            drops = dict(c.totals.drops)
+            packets = dict(c.totals.packets)
+            bytes_ = dict(c.totals.bytes)
+            corrupt = c.totals.corrupt_records
+            map_full = c.totals.map_full
+            stats = dict(c.totals.stats)
+            meta_fail = dict(c.totals.meta_failures)
+        m = CounterMetricFamily("dropwatch_drops", "Packets dropped by the kernel (kfree_skb), by ingress label, "
+                                "side and kernel drop reason", labels=["label", "side", "reason"])
+        for (label, side, reason), n in sorted(drops.items()):
+            m.add_metric([label, side, reason], n)
+        yield m
+        m = CounterMetricFamily("dropwatch_packets", "Packets labeled at ingress by the XDP labeler",
+                                labels=["label", "side"])
+        for (label, side), n in sorted(packets.items()):
+            m.add_metric([label, side], n)
+        yield m
+        m = CounterMetricFamily("dropwatch_packet_bytes", "Bytes labeled at ingress by the XDP labeler",
+                                labels=["label", "side"])
+        for (label, side), n in sorted(bytes_.items()):
+            m.add_metric([label, side], n)
+        yield m
+        yield CounterMetricFamily("dropwatch_corrupt_records", "Drops whose metadata looked like ours but failed "
+                                  "validation (counted as unlabeled)", value=corrupt)
+        yield CounterMetricFamily("dropwatch_map_full", "Drops that could not get a counter entry because the "
+                                  "drop map was full", value=map_full)
+        m = CounterMetricFamily("dropwatch_xdp_meta_failures", "Packets whose metadata could not be written "
+                                "(driver without native metadata support, or no room)", labels=["iface"])
+        for iface, n in sorted(meta_fail.items()):
+            m.add_metric([iface], n)
+        yield m
+        durations = list(c.poll_durations)
+        yield SummaryMetricFamily("dropwatch_poll_duration_seconds", "Time to read the kernel counters and "
+                                  "write one interval", count_value=c.polls, sum_value=sum(durations))
+        info = GaugeMetricFamily("dropwatch_program_info", "BPF programs attached by this daemon",
+                                 labels=["program", "attach", "iface", "mode"])
+        for att in d.loader.xdp.values():
+            info.add_metric(["labeler", "xdp", att.iface, att.mode], 1)
+        if d.loader.reader_prog_fd is not None:
+            info.add_metric(["drop_reader", "kfree_skb", "", d.loader.reader_kind or ""], 1)
+        yield info
+        if c.last_poll is not None:
+            yield GaugeMetricFamily("dropwatch_last_poll_timestamp_seconds", "Time of the last successful poll",
+                                    value=c.last_poll.timestamp())
+        yield GaugeMetricFamily("dropwatch_store_healthy", "1 if the last history write succeeded",
+                                value=0 if c.store_error else 1)
+        kstats = CounterMetricFamily("dropwatch_kernel_events", "In-kernel event counters of the BPF programs",
+                                     labels=["event"])
+        for name, n in sorted(stats.items()):
+            kstats.add_metric([name], n)
+        yield kstats
+        try:
+            infos = d.loader.prog_infos()
+        except OSError:
+            infos = {}
+        rec = CounterMetricFamily("dropwatch_program_recursion_misses", "Program runs the kernel skipped "
+                                  "because the program was already running on that CPU", labels=["program"])
+        for name, pi in infos.items():
+            rec.add_metric([name], getattr(pi, "recursion_misses", 0))
+        yield rec
+
+
+def make_registry(daemon: "Daemon") -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(DropwatchCollector(daemon))  # type: ignore[arg-type]
+    ProcessCollector(registry=reg)
+    PlatformCollector(registry=reg)
+    return reg

@@ -1,0 +1,300 @@
+"""The daemon as a user runs it: `dropwatch run` as a subprocess on a lab,
+real drops, then the API, the metrics and the history must show exactly
+what was sent. Waits on the API (never a blind sleep)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import pytest
+import yaml
+
+from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab, lab
+
+pytestmark = pytest.mark.e2e
+
+POLL = "0.5s"
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+@dataclass
+class RunningDaemon:
+    proc: subprocess.Popen[str]
+    url: str
+    log_path: Path
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(self.url + path, params=params, timeout=10)
+
+    def wait_for(self, pred: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
+            try:
+                if pred():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; log:\n{self.log_path.read_text()[-2000:]}")
+
+    def drops(self, **params: Any) -> dict[tuple[str, ...], int]:
+        r = self.get("/drops", **params)
+        assert r.status_code == 200, r.text
+        return {tuple(str(v) for k, v in g.items() if k != "count"): int(g["count"]) for g in r.json()["groups"]}
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+
+def start_daemon(lb: Lab, rules: Path, db: Path, log_path: Path, port: int | None = None) -> RunningDaemon:
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "dropwatch", "run", "--netns", lb.rx_ns, "--iface", lb.rx_if,
+           "--config", str(rules), "--db", str(db), "--listen", f"127.0.0.1:{port}", "--poll-interval", POLL]
+    logf = open(log_path, "a")
+    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    d = RunningDaemon(proc, f"http://127.0.0.1:{port}", log_path)
+    d.wait_for(lambda: d.get("/healthz").status_code == 200, "the daemon to be healthy", timeout_s=30)
+    return d
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[tuple[Lab, Path, Path, Path]]:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(yaml.safe_dump(LAB_RULES, sort_keys=False))
+    with lab() as lb:
+        yield lb, rules, tmp_path / "history.db", tmp_path / "daemon.log"
+
+
+@pytest.fixture
+def daemon(env: tuple[Lab, Path, Path, Path]) -> Iterator[tuple[Lab, RunningDaemon]]:
+    lb, rules, db, logp = env
+    d = start_daemon(lb, rules, db, logp)
+    try:
+        yield lb, d
+    finally:
+        if d.proc.poll() is None:
+            d.stop()
+
+
+def test_api_shows_exact_drops(daemon: tuple[Lab, RunningDaemon]) -> None:
+    lb, d = daemon
+    lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 120)   # NO_SOCKET
+    lb.send_udp(TX_ORIGIN_V4, RX_V4["customerY"], 9999, 45)     # NETFILTER_DROP
+    lb.send_udp(TX_ORIGIN_V4, RX_V4["nolabel"], 5555, 7)        # unlabeled
+    key_x = ("customerX", "eyeball", "NO_SOCKET")
+    key_y = ("customerY", "origin", "NETFILTER_DROP")
+    d.wait_for(lambda: d.drops().get(key_y) == 45 and d.drops().get(key_x) == 120, "the drops in /drops")
+    g = d.drops()
+    assert g[key_x] == 120 and g[key_y] == 45
+    assert d.drops(label="unlabeled", reason="NO_SOCKET", side="origin", group_by="label")[("unlabeled",)] == 7
+    # Filters, group_by and total.
+    r = d.get("/drops", label="customerY", group_by="reason,location,iface").json()
+    assert r["total"] == 45
+    assert r["groups"][0]["reason"] == "NETFILTER_DROP" and r["groups"][0]["iface"] == lb.rx_if
+    assert r["groups"][0]["location"].startswith("nft_do_chain+0x")
+    assert set(r["groups"][0]) == {"reason", "location", "iface", "count"}
+    assert r["since"].endswith("Z") and r["until"].endswith("Z")
+    # Time series adds up to the same counts.
+    ts = d.get("/drops/timeseries", label="customerX", reason="NO_SOCKET", step="10s", since="-10m").json()
+    assert sum(sum(s["counts"]) for s in ts["series"]) == 120
+    assert len(ts["buckets"]) == len(ts["series"][0]["counts"])
+    # /labels: packets seen at ingress, drops, ratio.
+    labels = {x["label"]: x for x in d.get("/labels").json()["labels"]}
+    assert labels["customerY"]["drops"] == 45 and labels["customerY"]["packets"] >= 45
+    assert labels["customerX"]["drops"] == 120
+    # /metrics carries the same counts.
+    text = d.get("/metrics").text
+    assert 'dropwatch_drops_total{label="customerY",reason="NETFILTER_DROP",side="origin"} 45.0' in text
+    assert 'dropwatch_packets_total{label="customerX",side="eyeball"}' in text
+    for name in ("dropwatch_corrupt_records_total", "dropwatch_map_full_total", "dropwatch_poll_duration_seconds",
+                 "process_resident_memory_bytes"):
+        assert name in text
+
+
+def test_metrics_pass_promtool(daemon: tuple[Lab, RunningDaemon]) -> None:
+    lb, d = daemon
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.fail("promtool missing: scripts/install-deps.sh installs Debian's prometheus package")
+    lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 3)
+    d.wait_for(lambda: d.drops().get(("customerX", "eyeball", "NO_SOCKET")) == 3, "drops")
+    p = subprocess.run([promtool, "check", "metrics"], input=d.get("/metrics").text, capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_restart_keeps_history(env: tuple[Lab, Path, Path, Path]) -> None:
+    lb, rules, db, logp = env
+    key = ("customerX", "eyeball", "NO_SOCKET")
+    d = start_daemon(lb, rules, db, logp)
+    try:
+        lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 30)
+        d.wait_for(lambda: d.drops().get(key) == 30, "first drops")
+    finally:
+        assert d.stop() == 0
+    log = logp.read_text()
+    assert "detach" in log
+    # Nothing of ours stays attached after a clean stop.
+    assert "xdp" not in lb.ns(lb.rx_ns, "ip", "-d", "link", "show", lb.rx_if)
+    d2 = start_daemon(lb, rules, db, logp)
+    try:
+        assert d2.drops().get(key) == 30
+        lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 12)
+        d2.wait_for(lambda: d2.drops().get(key) == 42, "drops to add up across the restart")
+    finally:
+        assert d2.stop() == 0
+
+
+def test_sigterm_writes_last_interval(env: tuple[Lab, Path, Path, Path]) -> None:
+    """Drops counted just before SIGTERM are in the history afterwards."""
+    lb, rules, db, logp = env
+    d = start_daemon(lb, rules, db, logp)
+    s0 = lb.snmp()["Udp.NoPorts"]
+    lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 25)
+    while lb.snmp()["Udp.NoPorts"] - s0 < 25:
+        time.sleep(0.01)
+    assert d.stop() == 0  # possibly before any poll saw them
+    from dropwatch.store import Store
+    from datetime import datetime, timedelta, timezone
+    now = datetime.now(timezone.utc)
+    with Store(db) as st:
+        res = st.query_drops(now - timedelta(minutes=5), now + timedelta(minutes=1),
+                             filters={"label": ["customerX"], "reason": ["NO_SOCKET"]}, group_by=[])
+    assert res.total == 25
+
+
+def test_rule_reload_under_traffic(daemon: tuple[Lab, RunningDaemon]) -> None:
+    lb, d = daemon
+    moved = dict(LAB_RULES)
+    moved["rules"] = [dict(r) for r in LAB_RULES["rules"]]  # type: ignore[index]
+    # customerX's IPv4 prefix moves to customerY (no proto/port condition).
+    moved["rules"][0] = {"label": "customerX", "dst": ["2001:db8:1::/48"]}
+    moved["rules"].append({"label": "customerY", "dst": ["10.10.1.0/24"]})
+    lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 50)
+    r = httpx.put(d.url + "/labels", json=moved, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["rules"]["rules"][-1] == {"label": "customerY", "dst": ["10.10.1.0/24"]}
+    lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 70)
+    key_x, key_y = ("customerX", "eyeball", "NO_SOCKET"), ("customerY", "eyeball", "NO_SOCKET")
+    d.wait_for(lambda: d.drops().get(key_x, 0) + d.drops().get(key_y, 0) == 120, "all 120 drops")
+    assert d.drops()[key_x] == 50 and d.drops()[key_y] == 70
+    # The file on disk follows, so a restart keeps the new rules.
+    assert "10.10.1.0/24" in Path(d.proc.args[d.proc.args.index("--config") + 1]).read_text().split("customerY")[-1]
+
+
+def test_rule_reload_continuous_traffic_loses_nothing(daemon: tuple[Lab, RunningDaemon]) -> None:
+    """Packets keep flowing while the rules change: every drop is counted
+    under one of the two labels, none lost or unlabeled."""
+    import threading
+    lb, d = daemon
+    s0 = lb.snmp()["Udp.NoPorts"]
+    stop = threading.Event()
+    sent = [0]
+
+    def traffic() -> None:
+        while not stop.is_set() and sent[0] < 3000:
+            lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 10)
+            sent[0] += 10
+
+    t = threading.Thread(target=traffic)
+    t.start()
+    moved = {"rules": [{"label": "customerY", "dst": ["10.10.1.0/24"]}], "default_side": "eyeball"}
+    try:
+        for body in (moved, LAB_RULES, moved):
+            assert httpx.put(d.url + "/labels", json=body, timeout=10).status_code == 200
+    finally:
+        stop.set()
+        t.join()
+    n = sent[0]
+    while lb.snmp()["Udp.NoPorts"] - s0 < n:
+        time.sleep(0.01)
+    both = lambda: d.drops(side="eyeball", reason="NO_SOCKET", label="customerX,customerY", group_by="")  # noqa
+    d.wait_for(lambda: d.get("/drops", label="customerX,customerY", reason="NO_SOCKET", group_by="")
+               .json()["total"] == n, f"{n} drops under customerX or customerY")
+    assert d.drops(label="unlabeled", reason="NO_SOCKET", group_by="label").get(("unlabeled",), 0) == 0
+
+
+BAD_QUERIES: list[tuple[str, dict[str, Any], str]] = [
+    ("/drops", {"reason": "NOT_A_REASON"}, "unknown reason"),
+    ("/drops", {"since": "yesterday"}, "invalid time"),
+    ("/drops", {"until": "2026-13-45T00:00:00Z"}, "invalid time"),
+    ("/drops", {"group_by": "label,colour"}, "unknown group_by key"),
+    ("/drops", {"group_by": "label,label"}, "repeats"),
+    ("/drops", {"side": "left"}, "unknown side"),
+    ("/drops", {"label": "bad label!"}, "invalid label"),
+    ("/drops", {"since": "-1h", "until": "-2h"}, "must be before"),
+    ("/drops", {"since": "-900d"}, "too long"),
+    ("/drops", {"limit": "0"}, ""),
+    ("/drops", {"limit": "abc"}, ""),
+    ("/drops/timeseries", {"step": "fast"}, "invalid duration"),
+    ("/drops/timeseries", {"step": "1s", "since": "-47h"}, "bucket"),
+    ("/labels", {"since": "soon"}, "invalid time"),
+]
+
+
+def test_bad_input_gets_4xx_with_message(daemon: tuple[Lab, RunningDaemon]) -> None:
+    _, d = daemon
+    for path, params, needle in BAD_QUERIES:
+        r = d.get(path, **params)
+        assert 400 <= r.status_code < 500, (path, params, r.status_code, r.text)
+        assert needle.lower() in r.text.lower(), (path, params, r.text)
+    before = d.get("/labels").json()["rules"]
+    bad_bodies: list[tuple[Any, str]] = [
+        ({"rules": [{"label": "x", "dst": ["10.0.0.1/24"]}]}, "rules[0].dst"),
+        ({"rules": [{"label": "ok"}, {"label": "y", "colour": "red"}]}, "rules[1]"),
+        ({"rules": [{"dst": ["10.0.0.0/8"]}]}, "rules[0]"),
+        ({"rules": [{"label": "a" * 65}]}, "rules[0].label"),
+        ({"rules": "nope"}, "rules"),
+        ([1, 2, 3], ""),
+    ]
+    for body, needle in bad_bodies:
+        r = httpx.put(d.url + "/labels", json=body, timeout=10)
+        assert r.status_code == 422, (body, r.text)
+        assert needle in r.text, (body, r.text)
+    r = httpx.put(d.url + "/labels", content=b"{not json", headers={"content-type": "application/json"}, timeout=10)
+    assert r.status_code == 422
+    assert d.get("/labels").json()["rules"] == before  # old rules still active
+    assert d.get("/healthz").status_code == 200
+
+
+def test_startup_errors_are_one_line(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - label: customerX\n    dst: [10.0.0.1/24]\n")
+    cases = [
+        (["--iface", "dw-no-such-if", "--config", str(tmp_path / "missing.yaml")], "no such file"),
+        (["--iface", "lo", "--config", str(rules)], "rules[0].dst"),
+        (["--iface", "dw-no-such-if0", "--config", str(tmp_path / "ok.yaml")], "does not exist"),
+        (["--iface", "lo", "--config", str(rules), "--poll-interval", "soon"], "--poll-interval"),
+        (["--iface", "lo", "--config", str(rules), "--listen", "nowhere"], "--listen"),
+    ]
+    (tmp_path / "ok.yaml").write_text("rules: []\n")
+    for extra, needle in cases:
+        p = subprocess.run([sys.executable, "-m", "dropwatch", "run", "--db", str(tmp_path / "x.db"),
+                            "--listen", f"127.0.0.1:{free_port()}", *extra] if "--listen" not in extra else
+                           [sys.executable, "-m", "dropwatch", "run", "--db", str(tmp_path / "x.db"), *extra],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert p.returncode != 0, (extra, p.stdout, p.stderr)
+        err_lines = [ln for ln in p.stderr.splitlines() if ln.startswith("dropwatch: error:")]
+        assert len(err_lines) == 1 and needle in err_lines[0], (extra, p.stderr)
