@@ -18,6 +18,21 @@
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 const volatile __u32 dw_meta_key = 0;
+/* Sampled drop events per second per CPU, and the burst; 0 disables. */
+const volatile __u32 dw_sample_rate = 0;
+const volatile __u32 dw_sample_burst = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} dw_samples SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dw_bucket);
+} dw_sample_bucket SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
@@ -73,6 +88,85 @@ bad:
 	return NULL;
 }
 
+/* Token bucket: a drop flood costs at most dw_sample_rate events/s per CPU. */
+static __always_inline int sample_allowed(void)
+{
+	__u32 zero = 0;
+	struct dw_bucket *b = bpf_map_lookup_elem(&dw_sample_bucket, &zero);
+	__u64 now = bpf_ktime_get_ns(), elapsed, cap, tokens;
+
+	if (!b)
+		return 0;
+	elapsed = now - b->last_ns;
+	if (elapsed > 10000000000ULL)	/* bounds the multiply below */
+		elapsed = 10000000000ULL;
+	cap = (__u64)dw_sample_burst * 1000000000ULL;
+	tokens = b->tokens + elapsed * dw_sample_rate;
+	if (tokens > cap)
+		tokens = cap;
+	b->last_ns = now;
+	if (tokens < 1000000000ULL) {
+		b->tokens = tokens;
+		return 0;
+	}
+	b->tokens = tokens - 1000000000ULL;
+	return 1;
+}
+
+static __always_inline void emit_sample(struct sk_buff *skb, const struct dw_drop_key *key)
+{
+	if (!sample_allowed()) {
+		stat_inc(DW_STAT_SAMPLE_RATE_LIMITED);
+		return;
+	}
+	struct dw_sample *s = bpf_ringbuf_reserve(&dw_samples, sizeof(*s), 0);
+
+	if (!s) {
+		stat_inc(DW_STAT_SAMPLE_RING_FULL);
+		return;
+	}
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 mac = BPF_CORE_READ(skb, mac_header);
+	__u32 tail = BPF_CORE_READ(skb, tail);
+	__u32 start;
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+
+	s->ts_ns = bpf_ktime_get_ns();
+	s->location = key->location;
+	s->label_id = key->label_id;
+	s->reason = key->reason;
+	s->ifindex = key->ifindex;
+	s->netns_ino = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+	s->pop_id = key->pop_id;
+	s->protocol = BPF_CORE_READ(skb, protocol);
+	s->side = key->side;
+	s->source = key->source;
+	s->pad[0] = s->pad[1] = s->pad[2] = 0;
+	if (mac != 0xffff) {
+		start = mac;
+		s->flags = DW_SAMPLE_FROM_MAC;
+	} else {
+		start = BPF_CORE_READ(skb, network_header);
+		s->flags = DW_SAMPLE_FROM_NET;
+	}
+	/* skb->len counts from skb->data, past headers the stack already
+	 * pulled; report the length from where the capture starts. */
+	unsigned char *data = BPF_CORE_READ(skb, data);
+	__u32 pulled = data > head + start ? data - (head + start) : 0;
+
+	s->pkt_len = BPF_CORE_READ(skb, len) + (pulled & 0xffff);
+	/* Only the linear part (head..tail) is read; paged data is not. */
+	__u32 n = tail > start ? tail - start : 0;
+
+	if (n > DW_SAMPLE_BYTES)
+		n = DW_SAMPLE_BYTES;
+	s->captured = 0;
+	if (n && !bpf_probe_read_kernel(s->data, n & (DW_SAMPLE_BYTES * 2 - 1), head + start))
+		s->captured = n;
+	bpf_ringbuf_submit(s, 0);
+	stat_inc(DW_STAT_SAMPLES);
+}
+
 static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u32 reason)
 {
 	struct dw_drop_key key = {
@@ -113,21 +207,21 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 	}
 
 	__u64 *v = bpf_map_lookup_elem(&dw_drops, &key);
+	__u64 one = 1;
 
 	if (v) {
 		__sync_fetch_and_add(v, 1);
-		return;
+	} else if (bpf_map_update_elem(&dw_drops, &key, &one, BPF_NOEXIST)) {
+		/* Lost the insert race to another CPU, or the map is full. */
+		v = bpf_map_lookup_elem(&dw_drops, &key);
+		if (v)
+			__sync_fetch_and_add(v, 1);
+		else
+			stat_inc(DW_STAT_MAP_FULL);
 	}
-	__u64 one = 1;
-
-	if (!bpf_map_update_elem(&dw_drops, &key, &one, BPF_NOEXIST))
-		return;
-	/* Lost the insert race to another CPU, or the map is full. */
-	v = bpf_map_lookup_elem(&dw_drops, &key);
-	if (v)
-		__sync_fetch_and_add(v, 1);
-	else
-		stat_inc(DW_STAT_MAP_FULL);
+	/* Counting is done; a sample is only an example of it. */
+	if (dw_sample_rate)
+		emit_sample(skb, &key);
 }
 
 SEC("tp_btf/kfree_skb")

@@ -179,7 +179,40 @@ enum dw_stat {
 	DW_STAT_MAP_FULL,		/* drop key could not be inserted: counted here only */
 	DW_STAT_FOREIGN_META,		/* meta_len set, not our magic */
 	DW_STAT_META_BAD_BOUNDS,	/* meta_len failed the guards */
-	DW_STAT__COUNT = 16,
+	DW_STAT_SAMPLES,		/* sampled drop events emitted */
+	DW_STAT_SAMPLE_RATE_LIMITED,	/* not sampled: token bucket empty */
+	DW_STAT_SAMPLE_RING_FULL,	/* not sampled: ring buffer full */
+	DW_STAT__COUNT = 24,
+};
+
+/* ---- sampled drop events (ring buffer) ---- */
+
+#define DW_SAMPLE_BYTES	128
+#define DW_SAMPLE_FROM_MAC	0x01	/* data starts at the MAC header */
+#define DW_SAMPLE_FROM_NET	0x02	/* no MAC header: data starts at the network header */
+
+struct dw_sample {
+	__u64 ts_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 location;
+	__u32 label_id;
+	__u32 reason;
+	__u32 ifindex;
+	__u32 netns_ino;	/* inode of the device's network namespace, 0 if no device */
+	__u32 pkt_len;		/* bytes from the capture start to the end of the packet */
+	__u16 captured;		/* bytes valid in data[] */
+	__u16 pop_id;
+	__u16 protocol;		/* skb->protocol, network order */
+	__u8 side;
+	__u8 source;
+	__u8 flags;		/* DW_SAMPLE_FROM_* */
+	__u8 pad[3];
+	__u8 data[DW_SAMPLE_BYTES];
+};
+
+/* Per-CPU token bucket; tokens are scaled by 1e9 (one event = 1e9). */
+struct dw_bucket {
+	__u64 tokens;
+	__u64 last_ns;
 };
 
 #endif /* DROPWATCH_H */

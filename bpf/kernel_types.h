@@ -13,11 +13,33 @@
 
 #pragma clang attribute push(__attribute__((preserve_access_index)), apply_to = record)
 
+struct ns_common {
+	unsigned int inum;
+};
+
+struct net {
+	struct ns_common ns;
+};
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
+struct net_device {
+	possible_net_t nd_net;
+};
+
 struct sk_buff {
 	unsigned char *head;
+	unsigned char *data;
 	__u16 mac_header;
+	__u16 network_header;
 	unsigned int end;	/* sk_buff_data_t: an offset from head on 64-bit */
+	unsigned int tail;
+	unsigned int len;
+	__u16 protocol;		/* __be16 */
 	int skb_iif;
+	struct net_device *dev;
 };
 
 struct skb_shared_info {

@@ -56,9 +56,15 @@ class Stat(enum.IntEnum):
     MAP_FULL = 11
     FOREIGN_META = 12
     META_BAD_BOUNDS = 13
+    SAMPLES = 14
+    SAMPLE_RATE_LIMITED = 15
+    SAMPLE_RING_FULL = 16
 
 
-DW_STAT_COUNT = 16
+DW_STAT_COUNT = 24
+DW_SAMPLE_BYTES = 128
+DW_SAMPLE_FROM_MAC = 0x01
+DW_SAMPLE_FROM_NET = 0x02
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -116,6 +122,18 @@ class DropKey(ctypes.Structure):
     ]
 
 
+class Sample(ctypes.Structure):
+    _fields_ = [
+        ("ts_ns", u64), ("location", u64), ("label_id", u32), ("reason", u32), ("ifindex", u32),
+        ("netns_ino", u32), ("pkt_len", u32), ("captured", u16), ("pop_id", u16), ("protocol", u16),
+        ("side", u8), ("source", u8), ("flags", u8), ("pad", u8 * 3), ("data", u8 * DW_SAMPLE_BYTES),
+    ]
+
+
+class Bucket(ctypes.Structure):
+    _fields_ = [("tokens", u64), ("last_ns", u64)]
+
+
 # C struct name -> mirror, for the ABI test.
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_meta": Meta,
@@ -129,6 +147,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_ruleset": Ruleset,
     "dw_pkt_val": PktVal,
     "dw_drop_key": DropKey,
+    "dw_sample": Sample,
+    "dw_bucket": Bucket,
 }
 
 

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import logging
 import math
-import re
+import os
+from pathlib import Path
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from .daemon import Daemon
 from .loader import DropwatchError
 from .metrics import make_registry
+from .samples import to_pcapng
 from .rules import LABEL_RE, UNLABELED, RulesError, parse_rules
 from .store import DROP_DIMS
 from .timeparse import TimeParseError, format_iso, parse_duration, parse_time
@@ -31,6 +34,7 @@ SIDES = ("eyeball", "origin", "unknown")
 MAX_WINDOW = timedelta(days=400)
 MAX_BODY_BYTES = 32 * 1024 * 1024
 MAX_LIMIT = 10_000
+MAX_SAMPLES = 2000
 NICE_STEPS_S = (10, 30, 60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 86400)
 
 
@@ -61,11 +65,33 @@ class LabelStats(BaseModel):
     drop_ratio: float | None
 
 
+class RuleStats(BaseModel):
+    index: int
+    label: str | None
+    side: str | None
+    packets: int  # packets of the label (and side) this rule sets, in the window
+    drops: int
+
+
 class LabelsResponse(BaseModel):
     rules: dict[str, Any]
     since: str
     until: str
     labels: list[LabelStats]
+    rule_counts: list[RuleStats] = []
+
+
+def web_dir() -> Path:
+    """The dashboard: DROPWATCH_WEB_DIR, else web/ next to the package (source
+    checkout or editable install), else dropwatch/web inside the package."""
+    env = os.environ.get("DROPWATCH_WEB_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for cand in (here.parent / "web", here / "web"):
+        if cand.is_dir():
+            return cand
+    return here.parent / "web"
 
 
 def _bad(msg: str) -> HTTPException:
@@ -157,9 +183,17 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         response: Response = await call_next(request)
         return response
 
-    @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    web = web_dir()
+    if (web / "index.html").is_file():
+        app.mount("/static", StaticFiles(directory=web), name="static")
+
+        @app.get("/", include_in_schema=False)
+        def index() -> FileResponse:
+            return FileResponse(web / "index.html", headers={"cache-control": "no-cache"})
+    else:
+        @app.get("/", include_in_schema=False)
+        def index_missing() -> RedirectResponse:
+            return RedirectResponse("/docs")
 
     @app.get("/drops", response_model=DropsResponse, summary="Drops by label, side, reason, location, iface")
     def drops(
@@ -219,8 +253,22 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         out = [LabelStats(label=n, packets=pk.get(n, 0), drops=dr.get(n, 0),
                           drop_ratio=(dr.get(n, 0) / pk[n]) if pk.get(n) else None) for n in names]
         out.sort(key=lambda x: (-x.drops, x.label))
+        # Per rule: what its label (and side) saw. Counters are kept per
+        # (label, side), not per rule, so two rules setting the same label
+        # show the same numbers.
+        pk_ls = {(str(r["label"]), str(r["side"])): int(r["packets"])
+                 for r in daemon.store.query_packets(s, u, group_by=["label", "side"])}
+        dr_ls = {(str(g["label"]), str(g["side"])): int(g["count"])
+                 for g in daemon.store.query_drops(s, u, group_by=["label", "side"], limit=None).groups}
+        per_rule = []
+        for i, r in enumerate(rules.rules if rules else []):
+            def match(key: tuple[str, str]) -> bool:
+                return (r.label is None or key[0] == r.label) and (r.side is None or key[1] == r.side)
+            per_rule.append(RuleStats(index=i, label=r.label, side=r.side,
+                                      packets=sum(v for k, v in pk_ls.items() if match(k)),
+                                      drops=sum(v for k, v in dr_ls.items() if match(k))))
         return LabelsResponse(rules=rules.to_dict() if rules else {}, since=format_iso(s), until=format_iso(u),
-                              labels=out)
+                              labels=out, rule_counts=per_rule)
 
     @app.get("/labels", response_model=LabelsResponse, summary="Active rules; per label packets, drops, ratio")
     def get_labels(since: str = Query("-15m"), until: str = Query("now")) -> LabelsResponse:
@@ -240,6 +288,29 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
             return JSONResponse(status_code=422, content={"detail": {
                 "message": f"rules not applied, previous rules stay active: {exc}", "rule": None, "field": None}})
         return _labels_response("-15m", "now")
+
+    @app.get("/drops/samples", summary="Most recent sampled drops (examples, rate-limited), newest first")
+    def samples(label: list[str] | None = Query(None), side: list[str] | None = Query(None),
+                reason: list[str] | None = Query(None),
+                limit: int = Query(100, ge=1, le=MAX_SAMPLES)) -> dict[str, Any]:
+        f = _filters(daemon, label, side, reason, None, None)
+        items = daemon.samples.query(label=f.get("label", ()), side=f.get("side", ()),
+                                     reason=f.get("reason", ()), limit=limit)
+        st = daemon.collector.totals.stats
+        return {"samples": [s.to_json() for s in items],
+                "lost": {"rate_limit": st.get("sample_rate_limited", 0), "ring_full": st.get("sample_ring_full", 0)},
+                "sample_rate": daemon.cfg.sample_rate}
+
+    @app.get("/drops/samples.pcap", summary="The same samples as pcapng (comments carry label/side/reason)",
+             response_class=Response, responses={200: {"content": {"application/x-pcapng": {}}}})
+    def samples_pcap(label: list[str] | None = Query(None), side: list[str] | None = Query(None),
+                     reason: list[str] | None = Query(None),
+                     limit: int = Query(MAX_SAMPLES, ge=1, le=MAX_SAMPLES)) -> Response:
+        f = _filters(daemon, label, side, reason, None, None)
+        items = daemon.samples.query(label=f.get("label", ()), side=f.get("side", ()),
+                                     reason=f.get("reason", ()), limit=limit)
+        return Response(to_pcapng(items), media_type="application/x-pcapng",
+                        headers={"content-disposition": 'attachment; filename="dropwatch-samples.pcapng"'})
 
     @app.get("/healthz", summary="Attached programs and poll freshness; 503 when not attached or stale")
     def healthz() -> JSONResponse:

@@ -126,7 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     sock = _bind(host, port)
     cfg = DaemonConfig(ifaces=args.iface, config_path=config, db_path=Path(args.db), listen=args.listen,
                        xdp_mode=args.xdp_mode, poll_interval_s=poll_s, netns=args.netns,
-                       tracepoint_mode=args.tracepoint)
+                       tracepoint_mode=args.tracepoint, metrics_max_labels=args.metrics_max_labels,
+                       sample_rate=args.sample_rate)
     daemon = Daemon(cfg)
     try:
         daemon.start()
@@ -373,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--netns", default=None, metavar="NAME", help="network namespace holding the interfaces")
     r.add_argument("--tracepoint", default="auto", choices=TRACEPOINT_MODES,
                    help="kfree_skb attachment: tp_btf, classic tracepoint, or auto")
+    r.add_argument("--metrics-max-labels", type=int, default=None, metavar="N",
+                   help="export at most N label values (top N by drops); the rest as label=\"other\"")
+    r.add_argument("--sample-rate", type=int, default=10, metavar="N",
+                   help="sampled drop events per second per CPU (0 disables; counts are exact either way)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="preflight: can dropwatch run on this host?")
@@ -394,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--interval", type=float, default=1.0)
     w.add_argument("--top", type=int, default=20)
     w.set_defaults(func=cmd_watch)
+
+    from .client_cli import add_commands
+    add_commands(sub)
     return p
 
 

@@ -104,6 +104,12 @@ class Collector:
             self._ifnames[ifindex] = name
         return name
 
+    def sample_names(self, s: abi.Sample) -> tuple[str, str, str, str, str]:
+        """(label, side, reason, location, iface) of a sampled drop, named as the counters are."""
+        label = self._label(s.label_id) if s.source == abi.Source.META else UNLABELED
+        return (label, SIDE_NAMES.get(s.side, "unknown"), self.reasons.name(s.reason),
+                self.kallsyms.symbolize(s.location), self._iface(s.ifindex))
+
     # ------------------------------------------------------------ poll
 
     def poll(self) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .collector import Collector
 from .kernel import DropReasons, Kallsyms
 from .loader import DropwatchError, Loader
+from .samples import SampleBuffer, SampleReader
 from .rules import RuleSet, RulesError, compile_rules, dump_rules_yaml, load_rules_file
 from .store import Store
 
@@ -34,6 +35,9 @@ class DaemonConfig:
     poll_interval_s: float = 1.0
     netns: str | None = None
     tracepoint_mode: str = "auto"
+    metrics_max_labels: int | None = None  # cardinality cap for /metrics (None: no cap)
+    sample_rate: int = 10  # sampled drop events per second per CPU; 0 disables
+    samples_kept: int = 2000
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -41,12 +45,14 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig, *, loader: Loader | None = None, store: Store | None = None,
                  reasons: DropReasons | None = None, kallsyms: Kallsyms | None = None) -> None:
         self.cfg = cfg
-        self.loader = loader or Loader(tracepoint_mode=cfg.tracepoint_mode)
+        self.loader = loader or Loader(tracepoint_mode=cfg.tracepoint_mode, sample_rate=cfg.sample_rate)
         self.store = store or Store(cfg.db_path)
         self.reasons = reasons or DropReasons.load()
         self.kallsyms = kallsyms or Kallsyms.load()
         self.collector = Collector(self.loader, self.store, self.reasons, self.kallsyms, netns=cfg.netns)
         self.rules: RuleSet | None = None
+        self.samples = SampleBuffer(cfg.samples_kept)
+        self.sample_reader: SampleReader | None = None
         self.started_at = datetime.now(timezone.utc)
         self._rules_lock = threading.Lock()
         self._stop = threading.Event()
@@ -63,6 +69,10 @@ class Daemon:
         self._apply(rules, write_file=False)
         kind = self.loader.attach_reader()
         log.info("drop reader attached (%s)", kind)
+        if self.cfg.sample_rate:
+            self.sample_reader = SampleReader(self.loader.lib, self.loader.samples_map_fd(),
+                                              self.collector.sample_names, self.samples)
+            self.sample_reader.start()
         for iface in self.cfg.ifaces:
             att = self.loader.attach_xdp(iface, self.cfg.xdp_mode, netns=self.cfg.netns)
             log.info("attach %s: XDP labeler in %s mode", iface, att.mode)
@@ -106,6 +116,9 @@ class Daemon:
             self._thread.join(timeout=10)
         # The last interval: everything counted up to now goes to the store.
         self.poll_once()
+        if self.sample_reader is not None:
+            self.sample_reader.stop()
+            self.sample_reader = None
         for (netns, iface) in list(self.loader.xdp):
             self.loader.detach_xdp(iface, netns)
             log.info("detach %s", iface)

@@ -123,6 +123,7 @@ class XdpQuery:
 
 
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+RINGBUF_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 
 
 class Libbpf:
@@ -205,6 +206,11 @@ class Libbpf:
             "bpf_enable_stats": (i, [i]),
             "libbpf_num_possible_cpus": (i, []),
             "libbpf_probe_bpf_prog_type": (i, [i, vp]),
+            "ring_buffer__new": (vp, [i, RINGBUF_CB, vp, vp]),
+            "bpf_object__btf": (vp, [vp]),
+            "btf__raw_data": (vp, [vp, ctypes.POINTER(u32)]),
+            "ring_buffer__poll": (i, [vp, i]),
+            "ring_buffer__free": (None, [vp]),
         }
         for fname, (res, args) in decl.items():
             fn = getattr(L, fname)
@@ -234,6 +240,14 @@ class Libbpf:
 
     def open_object(self, path: Path) -> int:
         return self._check_ptr(self.lib.bpf_object__open_file(str(path).encode(), None), f"open {path}")
+
+    def object_btf(self, obj: int) -> bytes:
+        """The object's BTF as libbpf finalized it at open (DATASEC offsets
+        filled in from the symbol table, which clang leaves at 0)."""
+        btf = self._check_ptr(self.lib.bpf_object__btf(obj), "bpf_object__btf")
+        size = ctypes.c_uint32(0)
+        raw = self._check_ptr(self.lib.btf__raw_data(btf, ctypes.byref(size)), "btf__raw_data")
+        return ctypes.string_at(raw, size.value)
 
     def load_object(self, obj: int) -> None:
         self._check(self.lib.bpf_object__load(obj), "bpf_object__load")
@@ -397,6 +411,21 @@ class Libbpf:
             run_cnt=u64(_PROG_INFO_RUN_CNT),
             recursion_misses=u64(_PROG_INFO_RECURSION_MISSES),
         )
+
+    # -- ring buffers ----------------------------------------------------------
+
+    def ringbuf_new(self, map_fd: int, callback: "ctypes._CFuncPtr") -> int:  # type: ignore[name-defined]
+        """The caller keeps `callback` alive as long as the ring buffer."""
+        return self._check_ptr(self.lib.ring_buffer__new(map_fd, callback, None, None), "ring_buffer__new")
+
+    def ringbuf_poll(self, rb: int, timeout_ms: int) -> int:
+        ret = self.lib.ring_buffer__poll(rb, timeout_ms)
+        if ret == -errno_mod.EINTR:
+            return 0
+        return self._check(ret, "ring_buffer__poll")
+
+    def ringbuf_free(self, rb: int) -> None:
+        self.lib.ring_buffer__free(rb)
 
     def enable_stats(self) -> int:
         """fd that keeps kernel.bpf_stats_enabled on while open."""

@@ -103,7 +103,7 @@ class _BpfObject:
 
 
 def _set_rodata_u32(lb: Libbpf, obj: int, path: Path, var: str, value: int) -> None:
-    offsets = Btf.from_elf(path).datasec_vars(".rodata")
+    offsets = Btf.from_bytes(lb.object_btf(obj), source=str(path)).datasec_vars(".rodata")
     off, size = offsets[var]
     if size != 4:
         raise DropwatchError(f"{path}: {var} is {size} bytes, expected 4")
@@ -118,13 +118,18 @@ class Loader:
     """Owns both BPF objects, their maps and every link."""
 
     def __init__(self, *, obj_dir: Path | None = None, meta_key: int | None = None,
-                 tracepoint_mode: str = "auto", lib: Libbpf | None = None) -> None:
+                 tracepoint_mode: str = "auto", lib: Libbpf | None = None,
+                 sample_rate: int = 0, sample_burst: int | None = None) -> None:
         if tracepoint_mode not in TRACEPOINT_MODES:
             raise ValueError(f"tracepoint mode {tracepoint_mode!r}: one of {TRACEPOINT_MODES}")
         self.lib = lib or libbpf()
         self.obj_dir = obj_dir or bpf_dir()
         self.meta_key = meta_key if meta_key is not None else secrets.randbits(32)
         self.tracepoint_mode = tracepoint_mode
+        if sample_rate < 0 or sample_rate > 100_000:
+            raise ValueError(f"sample rate {sample_rate}: 0..100000 events/s per CPU")
+        self.sample_rate = sample_rate
+        self.sample_burst = sample_burst if sample_burst is not None else max(1, 2 * sample_rate)
         self.ncpus = self.lib.num_possible_cpus()
         self.labeler: _BpfObject | None = None
         self.reader: _BpfObject | None = None
@@ -150,6 +155,9 @@ class Loader:
             raise DropwatchError(f"{path}: cannot open BPF object: {exc.strerror}") from None
         try:
             _set_rodata_u32(self.lib, obj, path, "dw_meta_key", self.meta_key)
+            if name == READER_OBJ:
+                _set_rodata_u32(self.lib, obj, path, "dw_sample_rate", self.sample_rate)
+                _set_rodata_u32(self.lib, obj, path, "dw_sample_burst", self.sample_burst if self.sample_rate else 0)
             for prog_name, on in (autoload or {}).items():
                 self.lib.set_autoload(self.lib.find_program(obj, prog_name), on)
             mark = self.lib.log_mark()
@@ -472,6 +480,9 @@ class Loader:
                 break
             in_b = ctypes.c_uint32(out_b.value)
         return out
+
+    def samples_map_fd(self) -> int:
+        return self._rmap("dw_samples")
 
     def read_meta_failures(self) -> dict[int, int]:
         fd = self._lmap("dw_meta_fail")

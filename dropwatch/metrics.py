@@ -72,6 +72,13 @@ class DropwatchCollector:
                                     value=c.last_poll.timestamp())
         yield GaugeMetricFamily("dropwatch_store_healthy", "1 if the last history write succeeded",
                                 value=0 if c.store_error else 1)
+        yield CounterMetricFamily("dropwatch_samples", "Sampled drop events sent by the kernel",
+                                  value=stats.get("samples", 0))
+        lost = CounterMetricFamily("dropwatch_samples_dropped", "Drop events not sampled (counts stay exact)",
+                                   labels=["cause"])
+        lost.add_metric(["rate_limit"], stats.get("sample_rate_limited", 0))
+        lost.add_metric(["ring_full"], stats.get("sample_ring_full", 0))
+        yield lost
         kstats = CounterMetricFamily("dropwatch_kernel_events", "In-kernel event counters of the BPF programs",
                                      labels=["event"])
         for name, n in sorted(stats.items()):
