@@ -6,6 +6,8 @@ schema at /docs documents each parameter.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import logging
 import math
 import os
@@ -79,6 +81,13 @@ class LabelsResponse(BaseModel):
     until: str
     labels: list[LabelStats]
     rule_counts: list[RuleStats] = []
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def web_dir() -> Path:
@@ -174,6 +183,30 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
     app = FastAPI(title="dropwatch", version="0.1.0", lifespan=lifespan,
                   description="Whose packets is this host dropping, and why.")
     app.state.daemon = daemon
+
+    token = daemon.cfg.token
+    public_reads = daemon.cfg.public_reads
+
+    @app.middleware("http")
+    async def access_control(request: Request, call_next: Any) -> Response:
+        """Writes need the token (or, with no token configured, a loopback
+        client); reads need it too unless --public-reads. /healthz stays open
+        for probes. Compared in constant time; never logged."""
+        path = request.url.path
+        write = request.method not in ("GET", "HEAD", "OPTIONS")
+        if path != "/healthz":
+            if token is not None:
+                if write or not public_reads:
+                    given = request.headers.get("authorization", "")
+                    supplied = given[7:] if given.lower().startswith("bearer ") else ""
+                    if not hmac.compare_digest(supplied.encode(), token.encode()):
+                        return JSONResponse({"detail": "missing or wrong token (Authorization: Bearer ...)"},
+                                            status_code=401, headers={"www-authenticate": "Bearer"})
+            elif write and not _is_loopback(request.client.host if request.client else ""):
+                return JSONResponse({"detail": "writes are accepted only from loopback clients when no token "
+                                               "is configured"}, status_code=403)
+        response: Response = await call_next(request)
+        return response
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Response:

@@ -60,6 +60,34 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _loopback_host(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token(path: str | None) -> str | None:
+    """The API token from a file (first line) or DROPWATCH_TOKEN; never logged."""
+    if path:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"--token-file {path}: {exc.strerror}") from None
+        if len(text) < 16:
+            raise UsageError(f"--token-file {path}: token shorter than 16 characters")
+        return text.splitlines()[0]
+    env = os.environ.get("DROPWATCH_TOKEN")
+    if env is not None:
+        if len(env.strip()) < 16:
+            raise UsageError("DROPWATCH_TOKEN: token shorter than 16 characters")
+        return env.strip()
+    return None
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     s = socket.socket(family, socket.SOCK_STREAM)
@@ -93,7 +121,9 @@ def _serve(app: object, sock: socket.socket) -> None:
         def install_signal_handlers(self) -> None:  # older uvicorn
             pass
 
-    server = Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))  # type: ignore[arg-type]
+    # Bounded concurrency and keep-alive: one client cannot hold the daemon.
+    server = Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",  # type: ignore[arg-type]
+                                   limit_concurrency=64, timeout_keep_alive=5, backlog=128))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("received %s, shutting down", signal.Signals(signum).name)
@@ -123,11 +153,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = Path(args.config)
     if not config.exists():
         raise UsageError(f"--config {config}: no such file")
+    token = read_token(args.token_file)
+    if token is None and not _loopback_host(host):
+        raise UsageError(f"--listen {args.listen}: listening beyond loopback needs a token "
+                         f"(--token-file FILE or DROPWATCH_TOKEN)")
+    if args.public_reads and token is None:
+        raise UsageError("--public-reads needs a token (--token-file or DROPWATCH_TOKEN)")
     sock = _bind(host, port)
     cfg = DaemonConfig(ifaces=args.iface, config_path=config, db_path=Path(args.db), listen=args.listen,
                        xdp_mode=args.xdp_mode, poll_interval_s=poll_s, netns=args.netns,
                        tracepoint_mode=args.tracepoint, metrics_max_labels=args.metrics_max_labels,
-                       sample_rate=args.sample_rate)
+                       sample_rate=args.sample_rate, token=token, public_reads=args.public_reads)
     daemon = Daemon(cfg)
     try:
         daemon.start()
@@ -378,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export at most N label values (top N by drops); the rest as label=\"other\"")
     r.add_argument("--sample-rate", type=int, default=10, metavar="N",
                    help="sampled drop events per second per CPU (0 disables; counts are exact either way)")
+    r.add_argument("--token-file", default=None, metavar="FILE",
+                   help="API token (or env DROPWATCH_TOKEN); required to listen beyond loopback")
+    r.add_argument("--public-reads", action="store_true",
+                   help="with a token: GET endpoints need no token (writes still do)")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("check", help="preflight: can dropwatch run on this host?")

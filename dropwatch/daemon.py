@@ -7,8 +7,11 @@ interval and detaches everything.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import socket
+import struct
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from pathlib import Path
 from .collector import Collector
 from .kernel import DropReasons, Kallsyms
 from .loader import DropwatchError, Loader
+from .netns import entered
 from .samples import SampleBuffer, SampleReader
 from .rules import RuleSet, RulesError, compile_rules, dump_rules_yaml, load_rules_file
 from .store import Store
@@ -37,8 +41,27 @@ class DaemonConfig:
     tracepoint_mode: str = "auto"
     metrics_max_labels: int | None = None  # cardinality cap for /metrics (None: no cap)
     sample_rate: int = 10  # sampled drop events per second per CPU; 0 disables
+    token: str | None = None  # API token; None: writes only from loopback
+    public_reads: bool = False  # with a token: leave GET endpoints open
     samples_kept: int = 2000
     extra: dict[str, str] = field(default_factory=dict)
+
+
+SIOCGIFFLAGS = 0x8913
+IFF_UP = 0x1
+
+
+def _iface_up(iface: str, netns: str | None) -> bool:
+    try:
+        with entered(netns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            res = fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH14s", iface.encode()[:15], 0, b""))
+        finally:
+            s.close()
+        return bool(struct.unpack("16sH14s", res)[1] & IFF_UP)
+    except OSError:
+        return False
 
 
 class Daemon:
@@ -59,6 +82,7 @@ class Daemon:
         self._thread: threading.Thread | None = None
         self.poll_errors = 0
         self.last_error: str | None = None
+        self.iface_state: dict[str, str] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -88,12 +112,56 @@ class Daemon:
 
     def poll_once(self) -> None:
         try:
+            self._check_interfaces()
             self.collector.poll()
             self._check_meta_failures()
         except Exception as exc:  # noqa: BLE001 - the poll loop must survive anything
             self.poll_errors += 1
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("poll failed: %s", self.last_error)
+
+    def _check_interfaces(self) -> None:
+        """Interfaces may go down, be renamed, deleted and come back while we
+        run: report it, keep the others, re-attach when one returns."""
+        netns = self.cfg.netns
+        for iface in self.cfg.ifaces:
+            att = self.loader.xdp.get((netns, iface))
+            try:
+                with entered(netns):
+                    idx: int | None = socket.if_nametoindex(iface)
+            except OSError:
+                idx = None
+            state: str
+            if att is not None and idx != att.ifindex:
+                try:
+                    with entered(netns):
+                        now_named = socket.if_indextoname(att.ifindex)
+                except OSError:
+                    now_named = None
+                if now_named is not None and idx is None:
+                    state = f"renamed to {now_named} (still attached)"
+                else:
+                    # Deleted (the link died with the device), or a different
+                    # device took the name: drop our link, attach afresh below.
+                    self.loader.detach_xdp(iface, netns)
+                    log.warning("%s: interface deleted; will re-attach when it returns", iface)
+                    att = None
+            if att is None:
+                if idx is None:
+                    state = "missing"
+                else:
+                    try:
+                        att = self.loader.attach_xdp(iface, self.cfg.xdp_mode, netns=netns)
+                        log.info("%s: interface is back, re-attached (%s mode)", iface, att.mode)
+                    except DropwatchError as exc:
+                        state = f"attach failed: {exc}"
+            if att is not None and idx == att.ifindex:
+                state = "up" if _iface_up(iface, netns) else "down"
+            prev = self.iface_state.get(iface)
+            if prev != state:
+                if prev is not None:
+                    log.info("%s: %s", iface, state)
+                self.iface_state[iface] = state
 
     def _check_meta_failures(self) -> None:
         """A native-mode driver without metadata support: fall back (auto) or report."""
@@ -186,6 +254,9 @@ class Daemon:
         problems = []
         if not attached:
             problems.append("no interface attached")
+        for iface, state in self.iface_state.items():
+            if state not in ("up",):
+                problems.append(f"{iface}: {state}")
         if reader is None:
             problems.append("drop reader not attached")
         if last is None:
@@ -195,11 +266,15 @@ class Daemon:
             problems.append(f"last poll {age:.1f}s ago")
         if self.collector.store_error:
             problems.append(f"history store: {self.collector.store_error}")
-        ok = not problems or problems == [f"history store: {self.collector.store_error}"]
+        # Degraded (200) while something still labels and polls; 503 when not.
+        ok = bool(attached) and reader is not None and not any(p.startswith(("last poll", "no poll"))
+                                                                for p in problems)
         body: dict[str, object] = {
             "status": "ok" if not problems else ("degraded" if ok else "unhealthy"),
             "problems": problems,
             "attached": attached,
+            "interfaces": dict(self.iface_state),
+            "programs": {k: getattr(v, "id", None) for k, v in self._prog_infos().items()},
             "reader": reader,
             "last_poll": last.isoformat().replace("+00:00", "Z") if last else None,
             "poll_age_s": round(age, 3) if age is not None else None,
@@ -210,6 +285,12 @@ class Daemon:
             "last_error": self.last_error,
         }
         return ok, body
+
+    def _prog_infos(self) -> dict[str, object]:
+        try:
+            return self.loader.prog_infos()
+        except OSError:
+            return {}
 
     def reload_rules_from_file(self) -> RuleSet:
         rules = load_rules_file(self.cfg.config_path)

@@ -86,12 +86,28 @@ class Lab:
     def setup(self) -> None:
         _run("ip", "netns", "add", self.rx_ns)
         _run("ip", "netns", "add", self.tx_ns)
+        for ns in (self.rx_ns, self.tx_ns):
+            self.ns(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+            self.ns(ns, "ip", "link", "set", "lo", "up")
+            self.ns(ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
+        self.create_link()
+        self.ns(self.rx_ns, "nft", "-f", "-", input=(
+            "table inet dwlab {\n"
+            "  chain input { type filter hook input priority 0; policy accept;\n"
+            "    udp dport 9999 counter drop\n"
+            "  }\n"
+            "}\n"))
+        self.resolve_neighbours()
+
+    def delete_link(self) -> None:
+        self.ns(self.rx_ns, "ip", "link", "del", self.rx_if)
+
+    def create_link(self) -> None:
+        """The veth pair with its addresses and routes (also to re-create it)."""
         # Created inside rx so neither end ever exists in the host namespace.
         self.ns(self.rx_ns, "ip", "link", "add", self.rx_if, "type", "veth", "peer", "name", self.tx_if,
                 "netns", self.tx_ns)
         for ns, ifname in ((self.rx_ns, self.rx_if), (self.tx_ns, self.tx_if)):
-            self.ns(ns, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
-            self.ns(ns, "ip", "link", "set", "lo", "up")
             self.ns(ns, "ip", "link", "set", ifname, "up")
         for addr in RX_V4.values():
             self.ns(self.rx_ns, "ip", "addr", "add", f"{addr}/24", "dev", self.rx_if)
@@ -107,14 +123,8 @@ class Lab:
         self.ns(self.rx_ns, "ip", "route", "add", "10.20.0.0/16", "dev", self.rx_if)
         self.ns(self.rx_ns, "ip", "route", "add", "198.51.100.0/24", "dev", self.rx_if)
         self.ns(self.rx_ns, "ip", "-6", "route", "add", "2001:db8:20::/48", "dev", self.rx_if)
-        for ns in (self.rx_ns, self.tx_ns):
-            self.ns(ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0", "net.ipv4.conf.default.rp_filter=0")
-        self.ns(self.rx_ns, "nft", "-f", "-", input=(
-            "table inet dwlab {\n"
-            "  chain input { type filter hook input priority 0; policy accept;\n"
-            "    udp dport 9999 counter drop\n"
-            "  }\n"
-            "}\n"))
+
+    def resolve_neighbours(self) -> None:
         # Resolve neighbours once so the first test packets are not queued
         # behind ARP/ND (unresolved-queue drops would be noise).
         for addr in list(RX_V4.values()):

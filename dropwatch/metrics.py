@@ -5,17 +5,56 @@ dropwatch_packets_total{label,side}, dropwatch_corrupt_records_total,
 dropwatch_map_full_total, dropwatch_poll_duration_seconds, plus process
 metrics. Counters start at zero with each daemon start (Prometheus handles
 the reset); the SQLite history is what survives restarts.
+
+Cardinality cap (``--metrics-max-labels N``): the label values exported by
+dropwatch_drops_total, dropwatch_packets_total and dropwatch_packet_bytes_total
+are the top N labels by drops since the daemon started (ties broken by name;
+``unlabeled`` competes like any label), and every other label is summed into
+``label="other"``, so sums over all series stay exact. A rule label literally
+named ``other`` always goes into that sum.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 
 if TYPE_CHECKING:
     from .daemon import Daemon
+
+OTHER = "other"
+K = TypeVar("K", bound=tuple[str, ...])
+
+
+def capped_labels(drops: Mapping[tuple[str, str, str], int], packets: Mapping[tuple[str, str], int],
+                  max_labels: int | None) -> Callable[[str], str]:
+    """The label value to export for each label name under the cap.
+
+    The top ``max_labels`` labels by drops (ties by name) keep their name,
+    all others map to ``other``. ``None`` means no cap. Labels that only
+    appear in ``packets`` rank with zero drops.
+    """
+    if max_labels is None:
+        return lambda label: label
+    per_label: Counter[str] = Counter()
+    for (label, _side, _reason), n in drops.items():
+        per_label[label] += n
+    names = {k[0] for k in packets} | set(per_label)
+    names.discard(OTHER)
+    keep = set(sorted(names, key=lambda lb: (-per_label[lb], lb))[:max(0, max_labels)])
+    return lambda label: label if label in keep else OTHER
+
+
+def _fold(values: Mapping[K, int], export: Callable[[str], str]) -> dict[K, int]:
+    """Sum the values whose first key element (the label) maps to the same exported label."""
+    out: Counter[K] = Counter()
+    for key, n in values.items():
+        out[cast(K, (export(key[0]), *key[1:]))] += n
+    return dict(out)
 
 
 class DropwatchCollector:
@@ -33,19 +72,23 @@ class DropwatchCollector:
             map_full = c.totals.map_full
             stats = dict(c.totals.stats)
             meta_fail = dict(c.totals.meta_failures)
+        export = capped_labels(drops, packets, getattr(d.cfg, "metrics_max_labels", None))
+        drops_out = _fold(drops, export)
+        packets_out = _fold(packets, export)
+        bytes_out = _fold(bytes_, export)
         m = CounterMetricFamily("dropwatch_drops", "Packets dropped by the kernel (kfree_skb), by ingress label, "
                                 "side and kernel drop reason", labels=["label", "side", "reason"])
-        for (label, side, reason), n in sorted(drops.items()):
+        for (label, side, reason), n in sorted(drops_out.items()):
             m.add_metric([label, side, reason], n)
         yield m
         m = CounterMetricFamily("dropwatch_packets", "Packets labeled at ingress by the XDP labeler",
                                 labels=["label", "side"])
-        for (label, side), n in sorted(packets.items()):
+        for (label, side), n in sorted(packets_out.items()):
             m.add_metric([label, side], n)
         yield m
         m = CounterMetricFamily("dropwatch_packet_bytes", "Bytes labeled at ingress by the XDP labeler",
                                 labels=["label", "side"])
-        for (label, side), n in sorted(bytes_.items()):
+        for (label, side), n in sorted(bytes_out.items()):
             m.add_metric([label, side], n)
         yield m
         yield CounterMetricFamily("dropwatch_corrupt_records", "Drops whose metadata looked like ours but failed "
