@@ -22,6 +22,11 @@ const volatile __u32 dw_meta_key = 0;
 const volatile __u32 dw_sample_rate = 0;
 const volatile __u32 dw_sample_burst = 0;
 
+/* BTF anchors: these types are only locals/ring-buffer records here, and
+ * BTF does not describe locals (see tests/bpf/test_abi.py). */
+const volatile struct dw_meta dw_btf_anchor_meta = {};
+const volatile struct dw_sample dw_btf_anchor_sample = {};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);

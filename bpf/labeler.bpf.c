@@ -19,6 +19,11 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Set by the loader before load; the same key is given to the reader. */
 const volatile __u32 dw_meta_key = 0;
 
+/* The record is only ever a local here, and BTF does not describe locals:
+ * this anchor puts struct dw_meta in the object's BTF, so the Python mirror
+ * is checked against what was built (tests/bpf/test_abi.py). */
+const volatile struct dw_meta dw_btf_anchor_meta = {};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);

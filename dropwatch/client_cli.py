@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 import urllib.error
@@ -44,25 +43,33 @@ class ApiError(Exception):
 
 
 class Api:
-    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, timeout_s: float = 5.0, token: str | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ApiError(f"--url {url!r}: expected http://HOST:PORT, e.g. {DEFAULT_URL}")
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
+        self.token = token
 
     def get(self, path: str, params: Sequence[tuple[str, str]] = ()) -> Any:
         query = urllib.parse.urlencode([(k, v) for k, v in params if v is not None])
         full = f"{self.url}{path}" + (f"?{query}" if query else "")
-        req = urllib.request.Request(full, headers={"accept": "application/json"})
+        headers = {"accept": "application/json"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(full, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # noqa: S310 - http(s) only, checked
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:  # http(s) only: checked in __init__
                 body = resp.read()
         except urllib.error.HTTPError as exc:
-            raise ApiError(f"GET {path}: {exc.code} {exc.reason}: {_detail(exc)}") from None
+            hint = ""
+            if exc.code == 401:
+                hint = (" (the daemon wants a token: set DROPWATCH_TOKEN or --token-file)" if not self.token else
+                        " (the token given was refused)")
+            raise ApiError(f"GET {path}: {exc.code} {exc.reason}: {_detail(exc)}{hint}") from None
         except urllib.error.URLError as exc:
             raise ApiError(self._unreachable(exc.reason)) from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise ApiError(f"no answer from the dropwatch API at {self.url} within {self.timeout_s:g} s") from None
         except (ConnectionError, OSError) as exc:  # e.g. reset while reading the body
             raise ApiError(self._unreachable(exc)) from None
@@ -73,7 +80,7 @@ class Api:
                            f"(is a dropwatch daemon listening there?)") from None
 
     def _unreachable(self, reason: object) -> str:
-        if isinstance(reason, (TimeoutError, socket.timeout)):
+        if isinstance(reason, TimeoutError):
             return f"no answer from the dropwatch API at {self.url} within {self.timeout_s:g} s"
         if isinstance(reason, OSError) and reason.strerror:
             why = reason.strerror.lower()
@@ -106,6 +113,23 @@ def _filters(args: argparse.Namespace) -> list[tuple[str, str]]:
         for v in getattr(args, key, None) or []:
             out.append((key, v))
     return out
+
+
+def _api(args: argparse.Namespace) -> Api:
+    """The client for --url, with the token from --token-file or DROPWATCH_TOKEN."""
+    token = None
+    if args.token_file:
+        try:
+            with open(args.token_file) as f:
+                text = f.read().strip()
+        except OSError as exc:
+            raise ApiError(f"--token-file {args.token_file}: {exc.strerror}") from None
+        token = text.splitlines()[0] if text else None
+        if not token:
+            raise ApiError(f"--token-file {args.token_file}: empty")
+    elif os.environ.get("DROPWATCH_TOKEN", "").strip():
+        token = os.environ["DROPWATCH_TOKEN"].strip()
+    return Api(args.url, args.timeout, token)
 
 
 def _fail(msg: str, code: int = 1) -> int:
@@ -181,7 +205,7 @@ def _pipe_safe(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
 @_pipe_safe
 def cmd_query(args: argparse.Namespace) -> int:
     try:
-        api = Api(args.url, args.timeout)
+        api = _api(args)
     except ApiError as exc:
         return _fail(str(exc), 2)
     keys = [k.strip() for k in args.group_by.split(",") if k.strip()]
@@ -346,7 +370,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         return _fail(f"--interval {args.interval}: must be positive", 2)
     try:
-        api = Api(args.url, args.timeout)
+        api = _api(args)
     except ApiError as exc:
         return _fail(str(exc), 2)
     sampler = TopSampler(api, args.since, _filters(args))
@@ -486,6 +510,8 @@ def _positive_float(value: str) -> float:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", default=os.environ.get("DROPWATCH_URL", DEFAULT_URL),
                    help=f"the daemon's API (default $DROPWATCH_URL or {DEFAULT_URL})")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="API token (first line) if the daemon wants one; default $DROPWATCH_TOKEN")
     p.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS",
                    help="HTTP timeout per request (default 5)")
     p.add_argument("--label", action="append", metavar="LABEL", help="only these labels (repeatable or a,b)")
@@ -494,7 +520,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iface", action="append", metavar="IFACE", help="ingress interface")
 
 
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register client subcommands on the main parser."""
     t = sub.add_parser("top", help="live view of a running daemon's drops, sorted by drop rate",
                        description="Live, top-like view of a running daemon's drops (over its HTTP API): one row "

@@ -113,6 +113,17 @@
     constructor(kind, message, status, body) { super(message); this.kind = kind; this.status = status; this.body = body; }
   }
 
+  // A daemon started with a token (--token-file) wants "Authorization: Bearer" on reads too
+  // unless --public-reads; the page asks for it once and keeps it for this tab only.
+  const TOKEN_KEY = "dropwatch-token";
+  function getToken() { try { return sessionStorage.getItem(TOKEN_KEY) || ""; } catch (e) { return ""; } }
+  function setToken(t) { try { if (t) sessionStorage.setItem(TOKEN_KEY, t); else sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* private mode */ } }
+  function authHeaders(h) {
+    const t = getToken();
+    if (t) h.authorization = "Bearer " + t;
+    return h;
+  }
+
   async function api(path, params) {
     const q = new URLSearchParams(params || {}).toString().replace(/%2C/g, ",");
     const url = path + (q ? "?" + q : "");
@@ -120,7 +131,7 @@
     const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
     let resp;
     try {
-      resp = await fetch(url, {signal: ctl.signal, headers: {accept: "application/json"}, cache: "no-store"});
+      resp = await fetch(url, {signal: ctl.signal, headers: authHeaders({accept: "application/json"}), cache: "no-store"});
     } catch (e) {
       throw new ApiError("unreachable", e.name === "AbortError" ? `no answer within ${TIMEOUT_MS / 1000} s` :
         String(e.message || e), 0);
@@ -147,13 +158,14 @@
   let lastLabelRows = [];
   const colorOf = new Map();
 
-  const status = {unreachable: null, apiError: null, health: null};
+  const status = {unreachable: null, apiError: null, auth: null, health: null};
 
   function load() {
     const my = ++gen;
     clearTimeout(timer);
     status.unreachable = null;
     status.apiError = null;
+    status.auth = null;
     const isCurrent = () => my === gen;
     const range = {since: state.since, until: state.until};
     const filt = filterParams();
@@ -217,6 +229,7 @@
   function noteError(e) {
     if (!(e instanceof ApiError)) { status.apiError = status.apiError || String(e); return; }
     if (e.kind === "unreachable") status.unreachable = e.message;
+    else if (e.status === 401) status.auth = e.message;
     else if (e.status === 503 && e.body && e.body.status) { /* health: handled */ }
     else if (e.status === 404 && /samples/.test(e.message)) { /* optional endpoint */ }
     else status.apiError = status.apiError || e.message;
@@ -239,6 +252,15 @@
         lastOk ? `Showing data from ${lastOk.toLocaleTimeString()}. ` : "No data loaded yet. ",
         state.refresh > 0 ? `Retrying every ${state.refresh} s. ` : "",
         el("button", {type: "button", class: "link", text: "retry now", onclick: () => load()}));
+    } else if (status.auth) {
+      pill.dataset.state = "unhealthy";
+      pill.textContent = "token needed";
+      kind = "warn";
+      const input = el("input", {type: "password", id: "token", placeholder: "API token", autocomplete: "off", size: "28"});
+      banner.append(el("b", {text: "API token needed. "}),
+        getToken() ? "The daemon refused the token given (401). " : "This daemon requires a token for reads (401). ",
+        el("form", {class: "token-form", onsubmit: (e) => { e.preventDefault(); setToken(input.value.trim()); load(); }},
+          input, el("button", {type: "submit", text: "use token"})));
     } else {
       const h = status.health;
       if (!h) {
@@ -344,6 +366,23 @@
         drawLabelRows();
       });
     }
+    $("#pcap").addEventListener("click", (e) => {
+      const a = e.currentTarget;
+      if (a.getAttribute("aria-disabled") === "true") { e.preventDefault(); return; }
+      if (!getToken()) return; // a plain link downloads it
+      e.preventDefault(); // a link cannot carry the Authorization header: fetch, then save the blob
+      fetch(a.href, {headers: authHeaders({})}).then((r) => {
+        if (!r.ok) throw new Error(`${r.status} ${r.statusText}`);
+        return r.blob();
+      }).then((b) => {
+        const u = URL.createObjectURL(b);
+        const t = el("a", {href: u, download: "dropwatch-samples.pcapng"});
+        document.body.append(t);
+        t.click();
+        t.remove();
+        setTimeout(() => URL.revokeObjectURL(u), 10000);
+      }).catch((err) => { status.apiError = "pcap download: " + err.message; renderStatus(); });
+    });
     window.addEventListener("popstate", () => { readURL(); renderControls(); load(); });
     document.addEventListener("visibilitychange", () => { if (!document.hidden && state.refresh > 0) load(); });
   }

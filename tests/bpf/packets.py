@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 ETH_HLEN = 14
 ETH_P_IP = 0x0800

@@ -15,11 +15,11 @@ import random
 from collections.abc import Iterator
 from typing import Any
 
+import packets as P
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
-import packets as P
 from dropwatch import abi
 from dropwatch.loader import Loader
 from dropwatch.loader import test_run_xdp as xdp_test_run  # not "test_*": pytest would collect it
@@ -319,6 +319,43 @@ def test_foreign_metadata_kept_behind_our_record(labeler: Loader, size: int) -> 
         runs += 1
     after = labeler.read_stats("labeler").get(abi.Stat.XDP_FOREIGN_META, 0)
     assert after - before == runs
+
+
+def test_no_room_for_record_leaves_foreign_metadata(loader_factory: Any) -> None:
+    """Grow the foreign metadata until adjust_meta refuses ours (the
+    kernel's limit) or test_run refuses the input: up to the limit the
+    record is prepended, past it there is no record, the foreign bytes stay
+    intact, the packet is still counted, and the failure is counted (stat
+    and per-ifindex map)."""
+    ld = loader_factory(RS, IDS, meta_key=META_KEY)
+    pkt = P.build(4, "udp", src="192.0.2.9", dst="10.20.3.4", dport=443)
+    exp = pkt.expect()
+    assert exp is not None
+    want = expected(RS, IDS, exp)
+    rnd = random.Random(7)
+    written = failed = 0
+    for size in range(4, abi.DW_META_MAX + 4, 4):
+        foreign = rnd.randbytes(size)
+        try:
+            verdict, meta, out = run(ld, pkt.frame, foreign)
+        except OSError as e:
+            assert e.errno == errno.EINVAL and size > 32, f"test_run refused {size} bytes of metadata"
+            break
+        assert verdict == XDP_PASS and out == pkt.frame
+        if len(meta) == len(foreign):
+            assert meta == foreign, f"{size}: foreign metadata changed"
+            failed += 1
+        else:
+            assert not failed, f"{size}: record written after a smaller area was refused"
+            assert meta[META_LEN:] == foreign and size + META_LEN <= abi.DW_META_MAX
+            assert meta[:META_LEN] == bytes(abi.make_meta(*want, META_KEY))
+            written += 1
+    assert written >= 8  # 4..32 bytes of foreign metadata always leave room
+    stats = ld.read_stats("labeler")
+    assert stats.get(abi.Stat.XDP_META_WRITTEN, 0) == written
+    assert stats.get(abi.Stat.XDP_META_FAILED, 0) == failed
+    assert sum(ld.read_meta_failures().values()) == failed
+    assert ld.read_packets(max(IDS.values()))[want] == (written + failed, (written + failed) * len(pkt.frame))
 
 
 # ---------------------------------------------------------------- record encoding

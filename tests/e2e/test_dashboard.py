@@ -1,0 +1,390 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright),
+served by `dropwatch run` on a namespace lab fed with real drops.
+
+Asserts what a person checks: the label rows show exactly the drops that were
+sent, the chart has data, clicking a label filters the page and the URL, the
+pcap button returns the sampled packets, and the empty / not attached / API
+unreachable states render. Screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab, lab
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = os.environ.get("DROPWATCH_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+POLL = "0.5s"
+N_X = 37  # customerX / eyeball / NO_SOCKET
+M_Y = 23  # customerY / origin / NETFILTER_DROP
+UI_TIMEOUT_MS = 15_000
+
+
+# ---------------------------------------------------------------- daemon (as tests/e2e/test_daemon.py runs it)
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+@dataclass
+class RunningDaemon:
+    proc: subprocess.Popen[str]
+    url: str
+    log_path: Path
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return httpx.get(self.url + path, params=params, timeout=10)
+
+    def wait_for(self, pred: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
+            try:
+                if pred():
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; log:\n{self.log_path.read_text()[-2000:]}")
+
+    def drops(self, **params: Any) -> dict[tuple[str, ...], int]:
+        r = self.get("/drops", **params)
+        assert r.status_code == 200, r.text
+        return {tuple(str(v) for k, v in g.items() if k != "count"): int(g["count"]) for g in r.json()["groups"]}
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+
+def start_daemon(lb: Lab, rules: Path, db: Path, log_path: Path) -> RunningDaemon:
+    port = free_port()
+    cmd = [sys.executable, "-m", "dropwatch", "run", "--netns", lb.rx_ns, "--iface", lb.rx_if,
+           "--config", str(rules), "--db", str(db), "--listen", f"127.0.0.1:{port}", "--poll-interval", POLL]
+    env = {k: v for k, v in os.environ.items() if k != "DROPWATCH_TOKEN"}
+    with open(log_path, "a") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True,
+                                env={**env, "PYTHONPATH": str(ROOT)})
+    d = RunningDaemon(proc, f"http://127.0.0.1:{port}", log_path)
+    try:
+        d.wait_for(lambda: d.get("/healthz").status_code == 200, "the daemon to be healthy", timeout_s=30)
+    except BaseException:
+        d.stop()
+        raise
+    return d
+
+
+@contextmanager
+def lab_daemon(tmp: Path) -> Iterator[tuple[Lab, RunningDaemon]]:
+    """A fresh lab and `dropwatch run` on it; both removed on every exit path."""
+    rules = tmp / "rules.yaml"
+    rules.write_text(yaml.safe_dump(LAB_RULES, sort_keys=False))
+    with lab() as lb:
+        d = start_daemon(lb, rules, tmp / "history.db", tmp / "daemon.log")
+        try:
+            yield lb, d
+        finally:
+            d.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, RunningDaemon]]:
+    """One lab + daemon for the read-only tests, with known drops already counted."""
+    with lab_daemon(tmp_path_factory.mktemp("dashboard")) as (lb, d):
+        lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, N_X)   # NO_SOCKET
+        lb.send_udp(TX_ORIGIN_V4, RX_V4["customerY"], 9999, M_Y)    # NETFILTER_DROP
+        key_x, key_y = ("customerX", "eyeball", "NO_SOCKET"), ("customerY", "origin", "NETFILTER_DROP")
+        d.wait_for(lambda: d.drops().get(key_x) == N_X and d.drops().get(key_y) == M_Y, "the drops in /drops")
+        yield lb, d
+
+
+# ---------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright missing: pip install -e '.[test]' (the browser itself is Debian's chromium)")
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} missing: scripts/install-deps.sh installs Debian's chromium package")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@contextmanager
+def page_of(browser: Any, width: int = 1280, height: int = 800, scheme: str = "light") -> Iterator[Any]:
+    ctx = browser.new_context(viewport={"width": width, "height": height}, color_scheme=scheme,
+                              accept_downloads=True)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    try:
+        yield page
+        assert not errors, f"JavaScript errors on the page: {errors}"
+    finally:
+        ctx.close()
+
+
+def open_dashboard(page: Any, url: str) -> None:
+    page.goto(url)
+    page.wait_for_function("document.body.dataset.loaded !== undefined")
+
+
+def shot(page: Any, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def cell_value(page: Any, label: str, col: str) -> int:
+    loc = page.locator(f'#labels tbody tr[data-label="{label}"] td.{col}')
+    return int(loc.get_attribute("data-value"))
+
+
+def wait_cell(page: Any, label: str, col: str, value: int) -> None:
+    page.wait_for_function(
+        "([l, c, v]) => { const td = document.querySelector(`#labels tbody tr[data-label=\"${l}\"] td.${c}`);"
+        " return td && td.dataset.value === String(v); }", arg=[label, col, value])
+
+
+def kpi_drops(page: Any) -> int:
+    return int(page.locator("#kpi-drops").get_attribute("data-value"))
+
+
+COLORED_PIXELS_JS = """() => {
+  const c = document.querySelector('#chart-canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;  // saturated pixels: the series; grid, axes and text are grey
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] > 200 && Math.max(d[i], d[i + 1], d[i + 2]) - Math.min(d[i], d[i + 1], d[i + 2]) > 60) n++;
+  }
+  return n;
+}"""
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_label_table_and_chart_show_exact_drops(stack: tuple[Lab, RunningDaemon], browser: Any) -> None:
+    lb, d = stack
+    with page_of(browser) as page:
+        open_dashboard(page, d.url + "/")
+        wait_cell(page, "customerX", "drops", N_X)
+        wait_cell(page, "customerY", "drops", M_Y)
+        # What a person reads: the numbers as shown, not only the data attributes.
+        row_x = page.locator('#labels tbody tr[data-label="customerX"]')
+        assert row_x.locator("td.drops").inner_text().strip() == str(N_X)
+        assert row_x.locator("td.reason").inner_text().strip() == "NO_SOCKET"
+        row_y = page.locator('#labels tbody tr[data-label="customerY"]')
+        assert row_y.locator("td.drops").inner_text().strip() == str(M_Y)
+        assert row_y.locator("td.reason").inner_text().strip() == "NETFILTER_DROP"
+        assert cell_value(page, "customerX", "packets") >= N_X
+        assert row_x.locator("svg.spark path").count() >= 1
+        # The chart has data and drew it.
+        page.wait_for_function("document.querySelector('#chart').dataset.state === 'ok'")
+        chart = page.locator("#chart")
+        total = int(chart.get_attribute("data-total"))
+        assert total >= N_X + M_Y
+        assert total == kpi_drops(page)
+        assert page.evaluate(COLORED_PIXELS_JS) > 50
+        assert page.locator("#chart-empty").is_hidden()
+        legend = page.locator("#legend").inner_text()
+        assert "customerX" in legend and "customerY" in legend
+        # Breakdowns (unfiltered: the drop reader sees the whole kernel, so other
+        # namespaces' unlabeled drops may add to these; exact counts are checked per label).
+        reason = page.locator('.breakdown[data-key="reason"] .bar[data-name="NETFILTER_DROP"]')
+        assert int(reason.get_attribute("data-count")) >= M_Y
+        side = page.locator('.breakdown[data-key="side"] .bar[data-name="origin"]')
+        assert int(side.get_attribute("data-count")) >= M_Y
+        loc = page.locator('.breakdown[data-key="location"] .bar').first
+        assert "+0x" in loc.get_attribute("data-name")
+        assert page.locator(f'.breakdown[data-key="iface"] .bar[data-name="{lb.rx_if}"]').count() == 1
+        # Rules, read-only, with counts.
+        rules = page.locator("#rules tbody tr")
+        assert rules.count() == len(LAB_RULES["rules"])  # type: ignore[arg-type]
+        assert int(rules.nth(1).locator("td.drops").get_attribute("data-value")) == M_Y
+        # Health.
+        assert page.locator("#health").get_attribute("data-state") == "ok"
+        assert page.locator("#banner").is_hidden()
+        shot(page, "dashboard-1280x800-light.png")
+
+
+def test_click_label_filters_page_and_url(stack: tuple[Lab, RunningDaemon], browser: Any) -> None:
+    _, d = stack
+    with page_of(browser) as page:
+        open_dashboard(page, d.url + "/")
+        wait_cell(page, "customerY", "drops", M_Y)
+        page.locator('#labels tbody tr[data-label="customerY"] td.drops').click()
+        page.wait_for_url("**/?label=customerY*")
+        page.wait_for_function(f"document.querySelector('#kpi-drops').dataset.value === '{M_Y}'")
+        page.wait_for_function(f"document.querySelector('#chart').dataset.total === '{M_Y}'")
+        assert "label=customerY" in page.url and "since=-15m" in page.url
+        assert page.locator('.chip[data-key="label"][data-value="customerY"]').count() == 1
+        assert page.locator('#labels tbody tr[data-label="customerY"]').get_attribute("class").startswith("selected")
+        # Every breakdown follows the filter.
+        page.wait_for_function(
+            f"document.querySelector('.breakdown[data-key=side] .bars').dataset.total === '{M_Y}'")
+        sides = page.locator('.breakdown[data-key="side"] .bar')
+        assert sides.count() == 1 and sides.first.get_attribute("data-name") == "origin"
+        assert page.locator('.breakdown[data-key="reason"] .bar').first.get_attribute("data-name") == "NETFILTER_DROP"
+        # The other labels stay in the table (to switch), with their own counts.
+        assert cell_value(page, "customerX", "drops") == N_X
+        shot(page, "dashboard-filtered-customerY.png")
+        # Clicking the selected label again clears the filter.
+        page.locator('#labels tbody tr[data-label="customerY"] td.drops').click()
+        page.wait_for_function("!location.search.includes('label=')")
+        page.wait_for_function(f"+document.querySelector('#kpi-drops').dataset.value >= {N_X + M_Y}")
+        # A pasted link restores the filters and the range.
+        open_dashboard(page, d.url + "/?label=customerX&since=-1h")
+        page.wait_for_function(f"document.querySelector('#kpi-drops').dataset.value === '{N_X}'")
+        assert page.locator('.range button[data-since="-1h"]').get_attribute("class") == "active"
+        assert page.locator('.chip[data-key="label"][data-value="customerX"]').count() == 1
+        assert page.locator("#pcap").get_attribute("href") == "/drops/samples.pcap?label=customerX"
+        # Range picker: 6h and a custom window update the URL.
+        page.locator('.range button[data-since="-6h"]').click()
+        page.wait_for_url("**since=-6h*")
+        page.locator("#custom-toggle").click()
+        page.fill("#custom-since", "-30m")
+        page.fill("#custom-until", "now")
+        page.locator("#custom button[type=submit]").click()
+        page.wait_for_url("**since=-30m*")
+        page.wait_for_function(f"document.querySelector('#kpi-drops').dataset.value === '{N_X}'")
+        # A breakdown click adds a filter too.
+        page.locator('.breakdown[data-key="reason"] .bar[data-name="NO_SOCKET"]').click()
+        page.wait_for_url("**reason=NO_SOCKET*")
+
+
+def test_samples_table_and_pcap_download(stack: tuple[Lab, RunningDaemon], browser: Any,
+                                         tmp_path: Path) -> None:
+    _, d = stack
+    if d.get("/drops/samples").status_code == 404:
+        pytest.fail("GET /drops/samples is not served by this daemon")
+    with page_of(browser) as page:
+        open_dashboard(page, d.url + "/?label=customerY")
+        page.wait_for_function("+document.querySelector('#samples').dataset.count > 0")
+        rows = page.locator("#samples tbody tr")
+        first = rows.first.locator("td")
+        cells = [first.nth(i).inner_text() for i in range(first.count())]
+        assert cells[1] == "customerY" and cells[2] == "origin" and cells[3] == "udp"
+        assert cells[4].startswith(TX_ORIGIN_V4 + ":") and cells[5] == f"{RX_V4['customerY']}:9999"
+        assert cells[7] == "NETFILTER_DROP" and cells[8].startswith("nft_do_chain+0x")
+        n_rows = rows.count()
+        with page.expect_download() as dl:
+            page.locator("#pcap").click()
+        path = tmp_path / "samples.pcapng"
+        dl.value.save_as(str(path))
+    data = path.read_bytes()
+    assert data[:4] == b"\x0a\x0d\x0d\x0a", "not a pcapng file"
+    tcpdump = shutil.which("tcpdump")
+    assert tcpdump, "tcpdump missing: scripts/install-deps.sh installs it"
+    out = subprocess.run([tcpdump, "-nn", "-r", str(path)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stderr
+    lines = [x for x in out.stdout.splitlines() if x.strip()]
+    assert len(lines) >= n_rows >= 1
+    for line in lines:
+        assert f"{TX_ORIGIN_V4}." in line and f"> {RX_V4['customerY']}.9999: UDP" in line, line
+
+
+def test_empty_state(stack: tuple[Lab, RunningDaemon], browser: Any) -> None:
+    _, d = stack
+    with page_of(browser) as page:
+        open_dashboard(page, d.url + "/?label=customerY&side=eyeball")
+        page.wait_for_function("document.querySelector('#chart').dataset.state === 'empty'")
+        empty = page.locator("#chart-empty")
+        assert empty.is_visible()
+        assert "No drops match these filters in the last 15 min" in empty.inner_text()
+        assert kpi_drops(page) == 0
+        assert "No drops" in page.locator('.breakdown[data-key="reason"]').inner_text()
+        shot(page, "dashboard-empty.png")
+        empty.locator("button", has_text="clear filters").click()
+        page.wait_for_function("document.querySelector('#chart').dataset.state === 'ok'")
+        assert "label=" not in page.url
+
+
+def test_not_attached_state(stack: tuple[Lab, RunningDaemon], browser: Any) -> None:
+    """/healthz 503 as the daemon answers it when nothing is attached (the body is the
+    daemon's own, with the attachment removed): the page says so and keeps the history."""
+    _, d = stack
+    body = d.get("/healthz").json()
+    body.update(status="unhealthy", problems=["no interface attached"], attached={})
+    with page_of(browser) as page:
+        page.route("**/healthz", lambda route: route.fulfill(status=503, content_type="application/json",
+                                                             body=json.dumps(body)))
+        open_dashboard(page, d.url + "/")
+        banner = page.locator("#banner")
+        assert banner.is_visible()
+        assert "Daemon not attached" in banner.inner_text()
+        assert "no interface attached" in banner.inner_text()
+        assert page.locator("#health").inner_text() == "not attached"
+        wait_cell(page, "customerX", "drops", N_X)  # history still shown
+        shot(page, "dashboard-not-attached.png")
+
+
+@pytest.mark.parametrize("width,height,scheme", [(1280, 800, "dark"), (2560, 1200, "light"), (2560, 1200, "dark")])
+def test_layout_screenshots(stack: tuple[Lab, RunningDaemon], browser: Any, width: int, height: int,
+                            scheme: str) -> None:
+    _, d = stack
+    with page_of(browser, width, height, scheme) as page:
+        open_dashboard(page, d.url + "/")
+        wait_cell(page, "customerX", "drops", N_X)
+        page.wait_for_function("document.querySelector('#chart').dataset.state === 'ok'")
+        bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        rgb = [int(x) for x in bg[bg.index("(") + 1:bg.index(")")].split(",")[:3]]
+        assert (sum(rgb) < 150) == (scheme == "dark"), bg
+        # Nothing overflows the viewport sideways.
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        shot(page, f"dashboard-{width}x{height}-{scheme}.png")
+
+
+def test_auto_refresh_then_api_unreachable(browser: Any, tmp_path: Path) -> None:
+    """Its own daemon, since it stops it: new drops appear without a reload, and
+    when the daemon goes away the page says the API is unreachable."""
+    with lab_daemon(tmp_path) as (lb, d), page_of(browser) as page:
+        open_dashboard(page, d.url + "/?refresh=1")
+        page.wait_for_selector('#labels tbody tr[data-label="customerX"]')
+        lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 11)
+        wait_cell(page, "customerX", "drops", 11)  # via auto-refresh, no reload
+        d.stop()
+        page.wait_for_function("document.body.dataset.api === 'unreachable'")
+        banner = page.locator("#banner")
+        assert banner.is_visible() and "API unreachable" in banner.inner_text()
+        assert page.locator("#health").get_attribute("data-state") == "unreachable"
+        assert cell_value(page, "customerX", "drops") == 11  # last data stays, dimmed
+        shot(page, "dashboard-api-unreachable.png")
