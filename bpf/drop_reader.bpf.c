@@ -63,12 +63,47 @@ static __always_inline void stat_inc(__u32 idx)
 		__sync_fetch_and_add(v, 1);
 }
 
-/* Where the metadata area starts, or NULL with *meta_len = 0 if none. */
-static __always_inline void *meta_start(struct sk_buff *skb, __u32 *meta_len)
+/*
+ * The skb fields one drop needs. tp_btf hands us a trusted BTF pointer:
+ * plain loads, no helper calls. The classic tracepoint gives a bare address:
+ * every read goes through bpf_probe_read_kernel (BPF_CORE_READ). `btf` is a
+ * constant at each call site, so each entry point compiles one path only.
+ */
+struct skb_view {
+	unsigned char *head;
+	__u32 end;
+	__u16 mac_header;
+	__u32 ifindex;
+	__u32 netns_ino;
+};
+
+static __always_inline void read_skb(struct sk_buff *skb, const int btf, struct skb_view *v)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u32 end = BPF_CORE_READ(skb, end);
-	struct skb_shared_info *shinfo = (void *)(head + end);
+	struct net_device *dev;
+
+	if (btf) {
+		v->head = skb->head;
+		v->end = skb->end;
+		v->mac_header = skb->mac_header;
+		v->ifindex = skb->skb_iif;
+		dev = skb->dev;
+		v->netns_ino = dev ? dev->nd_net.net->ns.inum : 0;
+	} else {
+		v->head = BPF_CORE_READ(skb, head);
+		v->end = BPF_CORE_READ(skb, end);
+		v->mac_header = BPF_CORE_READ(skb, mac_header);
+		v->ifindex = BPF_CORE_READ(skb, skb_iif);
+		dev = BPF_CORE_READ(skb, dev);
+		v->netns_ino = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+	}
+}
+
+/* Where the metadata area starts, or NULL with *meta_len = 0 if none. */
+static __always_inline void *meta_start(const struct skb_view *v, __u32 *meta_len)
+{
+	/* skb_shinfo() = head + end; its fields are read with probe_read either
+	 * way (head is not a BTF pointer the verifier lets us dereference). */
+	struct skb_shared_info *shinfo = (void *)(v->head + v->end);
 	__u32 len = BPF_CORE_READ(shinfo, meta_len);
 	__u32 meta_end;
 
@@ -80,13 +115,13 @@ static __always_inline void *meta_start(struct sk_buff *skb, __u32 *meta_len)
 		meta_end = BPF_CORE_READ((struct skb_shared_info___meta_end *)shinfo, meta_end);
 	} else {
 		/* 5.15..6.19: the metadata ends where the MAC header starts. */
-		meta_end = BPF_CORE_READ(skb, mac_header);
+		meta_end = v->mac_header;
 		if (meta_end == 0xffff)	/* mac_header unset */
 			goto bad;
 	}
 	if (len > meta_end || len > DW_META_MAX || (len & 3))
 		goto bad;
-	return head + meta_end - len;
+	return v->head + meta_end - len;
 bad:
 	stat_inc(DW_STAT_META_BAD_BOUNDS);
 	*meta_len = 0;
@@ -134,14 +169,13 @@ static __always_inline void emit_sample(struct sk_buff *skb, const struct dw_dro
 	__u16 mac = BPF_CORE_READ(skb, mac_header);
 	__u32 tail = BPF_CORE_READ(skb, tail);
 	__u32 start;
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
 
 	s->ts_ns = bpf_ktime_get_ns();
 	s->location = key->location;
 	s->label_id = key->label_id;
 	s->reason = key->reason;
 	s->ifindex = key->ifindex;
-	s->netns_ino = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+	s->netns_ino = key->netns_ino;
 	s->pop_id = key->pop_id;
 	s->protocol = BPF_CORE_READ(skb, protocol);
 	s->side = key->side;
@@ -172,20 +206,23 @@ static __always_inline void emit_sample(struct sk_buff *skb, const struct dw_dro
 	stat_inc(DW_STAT_SAMPLES);
 }
 
-static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u32 reason)
+static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u32 reason, const int btf)
 {
 	struct dw_drop_key key = {
 		.location = location,
 		.reason = reason,
 		.source = DW_SRC_NONE,
 	};
+	struct skb_view sv;
 	struct dw_meta m;
 	__u32 meta_len;
 	void *meta;
 
 	stat_inc(DW_STAT_DROPS);
-	key.ifindex = BPF_CORE_READ(skb, skb_iif);
-	meta = meta_start(skb, &meta_len);
+	read_skb(skb, btf, &sv);
+	key.ifindex = sv.ifindex;
+	key.netns_ino = sv.netns_ino;
+	meta = meta_start(&sv, &meta_len);
 	if (meta && meta_len >= sizeof(m) &&
 	    !bpf_probe_read_kernel(&m, sizeof(m), meta)) {
 		if (m.magic != DW_META_MAGIC) {
@@ -239,7 +276,7 @@ int BPF_PROG(dw_kfree_skb_btf, struct sk_buff *skb, void *location)
 	 * prunes this dead branch. */
 	if (bpf_core_field_exists(struct trace_event_raw_kfree_skb, reason))
 		reason = (__u32)ctx[2];
-	count_drop(skb, (__u64)location, reason);
+	count_drop(skb, (__u64)location, reason, 1);
 	return 0;
 }
 
@@ -250,6 +287,6 @@ int dw_kfree_skb_tp(struct trace_event_raw_kfree_skb *ctx)
 
 	if (bpf_core_field_exists(ctx->reason))
 		reason = (__u32)ctx->reason;
-	count_drop((struct sk_buff *)ctx->skbaddr, (__u64)ctx->location, reason);
+	count_drop((struct sk_buff *)ctx->skbaddr, (__u64)ctx->location, reason, 0);
 	return 0;
 }

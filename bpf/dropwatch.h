@@ -158,10 +158,12 @@ struct dw_drop_key {
 	__u64 location;		/* kernel text address that freed the skb */
 	__u32 label_id;
 	__u32 reason;		/* enum skb_drop_reason, raw (subsystem bits kept) */
-	__u32 ifindex;		/* skb->skb_iif at the drop */
+	__u32 ifindex;		/* skb->skb_iif at the drop: only unique per netns */
+	__u32 netns_ino;	/* inode of skb->dev's network namespace, 0 if no device */
 	__u16 pop_id;
 	__u8 side;
 	__u8 source;		/* enum dw_source */
+	__u32 pad;
 };
 
 enum dw_stat {

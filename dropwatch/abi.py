@@ -117,8 +117,8 @@ class PktVal(ctypes.Structure):
 
 class DropKey(ctypes.Structure):
     _fields_ = [
-        ("location", u64), ("label_id", u32), ("reason", u32), ("ifindex", u32),
-        ("pop_id", u16), ("side", u8), ("source", u8),
+        ("location", u64), ("label_id", u32), ("reason", u32), ("ifindex", u32), ("netns_ino", u32),
+        ("pop_id", u16), ("side", u8), ("source", u8), ("pad", u32),
     ]
 
 

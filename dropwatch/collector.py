@@ -14,6 +14,7 @@ never dropped, and /metrics keeps counting meanwhile.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
@@ -25,14 +26,14 @@ from typing import Callable
 from . import abi
 from .kernel import DropReasons, Kallsyms
 from .loader import Loader
-from .netns import entered
+from .netns import entered, netns_path
 from .store import DropDelta, PacketDelta, Store, StoreError
 
 log = logging.getLogger("dropwatch.collector")
 
 UNLABELED = "unlabeled"
 SIDE_NAMES = {0: "unknown", 1: "eyeball", 2: "origin", 3: "unknown"}
-DropKeyT = tuple[int, int, int, int, int, int, int]
+DropKeyT = tuple[int, int, int, int, int, int, int, int]
 # Pending deltas kept while the store is failing: beyond this many distinct
 # rows the oldest detail is folded (location -> "?"), never discarded.
 MAX_PENDING_ROWS = 200_000
@@ -51,6 +52,13 @@ class Totals:
     meta_failures: dict[str, int] = field(default_factory=dict)  # iface -> count
 
 
+def _netns_inode(netns: str | None) -> int:
+    try:
+        return os.stat(netns_path(netns) if netns else "/proc/self/ns/net").st_ino
+    except OSError:
+        return 0
+
+
 class Collector:
     def __init__(self, loader: Loader, store: Store, reasons: DropReasons, kallsyms: Kallsyms,
                  *, netns: str | None = None, label_names: Callable[[], dict[int, str]] | None = None,
@@ -67,6 +75,7 @@ class Collector:
         self._prev_pkts: dict[tuple[int, int], tuple[int, int]] = {}
         self._prev_stats: dict[abi.Stat, int] = {}
         self._ifnames: dict[int, str] = {}
+        self.netns_ino = _netns_inode(netns)
         self._pending_drops: Counter[DropDelta] = Counter()
         self._pending_pkts: dict[tuple[str, str, str, str], list[int]] = {}
         self.totals = Totals()
@@ -91,9 +100,14 @@ class Collector:
             name = self._names.get(label_id, f"label{label_id}")
         return name
 
-    def _iface(self, ifindex: int) -> str:
+    def _iface(self, ifindex: int, netns_ino: int | None = None) -> str:
+        """Interface name in the daemon's namespace (--netns, or its own).
+        An ifindex is only unique per namespace: a drop in another namespace
+        (a container's, another lab's) is shown as if<N>@netns:<inode>."""
         if ifindex == 0:
             return "-"  # locally generated, or freed before an input device was set
+        if netns_ino and self.netns_ino and netns_ino != self.netns_ino:
+            return f"if{ifindex}@netns:{netns_ino}"
         name = self._ifnames.get(ifindex)
         if name is None:
             try:
@@ -108,7 +122,7 @@ class Collector:
         """(label, side, reason, location, iface) of a sampled drop, named as the counters are."""
         label = self._label(s.label_id) if s.source == abi.Source.META else UNLABELED
         return (label, SIDE_NAMES.get(s.side, "unknown"), self.reasons.name(s.reason),
-                self.kallsyms.symbolize(s.location), self._iface(s.ifindex))
+                self.kallsyms.symbolize(s.location), self._iface(s.ifindex, s.netns_ino))
 
     # ------------------------------------------------------------ poll
 
@@ -128,7 +142,7 @@ class Collector:
             delta = cur - prev if cur >= prev else cur
             if delta <= 0:
                 continue
-            label_id, side, reason, location, ifindex, pop_id, source = key
+            label_id, side, reason, location, ifindex, pop_id, source, netns_ino = key
             if source == abi.Source.CORRUPT:
                 corrupt += delta
             drop_rows[DropDelta(
@@ -136,7 +150,7 @@ class Collector:
                 side=SIDE_NAMES.get(side, "unknown"),
                 reason=self.reasons.name(reason),
                 location=self.kallsyms.symbolize(location),
-                iface=self._iface(ifindex),
+                iface=self._iface(ifindex, netns_ino),
                 pop="",
                 count=0,
             )] += delta

@@ -427,13 +427,13 @@ class Loader:
                         out[st] = out.get(st, 0) + s
         return out
 
-    def read_drops(self) -> dict[tuple[int, int, int, int, int, int, int], int]:
+    def read_drops(self) -> dict[tuple[int, int, int, int, int, int, int, int], int]:
         """Cumulative drop counts: (label_id, side, reason, location, ifindex,
-        pop_id, source) -> count, summed over CPUs, read in batches."""
+        pop_id, source, netns_ino) -> count, summed over CPUs, read in batches."""
         fd = self._rmap("dw_drops")
         keys = (abi.DropKey * _BATCH)()
         values = (ctypes.c_uint64 * (_BATCH * self.ncpus))()
-        out: dict[tuple[int, int, int, int, int, int, int], int] = {}
+        out: dict[tuple[int, int, int, int, int, int, int, int], int] = {}
         in_b: object | None = None
         out_b = abi.DropKey()
         while True:
@@ -445,7 +445,7 @@ class Loader:
                 raise
             for i in range(n):
                 k = keys[i]
-                out[(k.label_id, k.side, k.reason, k.location, k.ifindex, k.pop_id, k.source)] = \
+                out[(k.label_id, k.side, k.reason, k.location, k.ifindex, k.pop_id, k.source, k.netns_ino)] = \
                     self._percpu_sum_u64(values, i)
             if not more:
                 break

@@ -76,7 +76,7 @@
   function writeURL(push) {
     const url = pageQuery();
     if (url === location.search || (url === location.pathname && !location.search)) return;
-    (push ? history.pushState : history.replaceState).call(history, null, url);
+    (push ? history.pushState : history.replaceState).call(history, null, "", url);
   }
 
   function filterParams(keys, except) {
@@ -466,8 +466,12 @@
   }
   let chartStats = null;
 
+  // When the API goes away, what was shown stays (dimmed, with the banner) rather than blanking the page.
+  const keepStale = (has) => !!status.unreachable && has;
+
   function renderChartError() {
     const box = $("#chart");
+    if (keepStale(!!chartStats)) return;
     box.dataset.state = "error";
     if (chart) chart.setData({xs: [], step: 1, series: []}, state.mode);
     $("#legend").textContent = "";
@@ -586,6 +590,7 @@
   }
 
   function renderLabelsError() {
+    if (keepStale(lastLabelRows.length > 0)) return;
     $("#labels tbody").textContent = "";
     const e = $("#labels-empty");
     e.hidden = false;
@@ -690,6 +695,7 @@
 
   function renderBreakdownError(key) {
     const box = $(`.breakdown[data-key="${key}"] .bars`);
+    if (keepStale(box.dataset.total !== undefined)) return;
     box.textContent = "";
     box.append(el("div", {class: "empty small", text: status.unreachable ? "API unreachable" : "could not load"}));
   }
@@ -741,6 +747,7 @@
   }
 
   function renderSamplesError(e) {
+    if (keepStale($("#samples").dataset.count !== undefined && e && e.kind === "unreachable")) return;
     $("#samples tbody").textContent = "";
     const empty = $("#samples-empty");
     empty.hidden = false;

@@ -14,7 +14,8 @@
  *     destination address from a precomputed table of flows (filled by
  *     bench/xdp_labeler.py), one flow per run from a per-CPU cursor.
  *
- * It then tail-calls bench_jmp[cfg.target]: the real dw_labeler, the empty
+ * It then tail-calls bench_jmp[cfg.target] (a constant key per branch: a
+ * direct jump): the real dw_labeler, the empty
  * target (the baseline that cancels the front's own cost), or one of the
  * part_* programs below. The loader (dropwatch.loader.Loader with
  * obj_dir=bench/out/labeler_bench) loads this object and fills the rule
@@ -133,7 +134,16 @@ int bench_front(struct xdp_md *ctx)
 			iph->daddr = f->daddr;
 		}
 	}
-	bpf_tail_call(ctx, &bench_jmp, target);
+	/* Constant keys: the JIT patches each into a direct jump (a variable
+	 * key would be an indirect jump, a retpoline on this kernel). */
+	switch (target) {
+	case 0: bpf_tail_call_static(ctx, &bench_jmp, 0); break;
+	case 1: bpf_tail_call_static(ctx, &bench_jmp, 1); break;
+	case 2: bpf_tail_call_static(ctx, &bench_jmp, 2); break;
+	case 3: bpf_tail_call_static(ctx, &bench_jmp, 3); break;
+	case 4: bpf_tail_call_static(ctx, &bench_jmp, 4); break;
+	case 5: bpf_tail_call_static(ctx, &bench_jmp, 5); break;
+	}
 	return XDP_ABORTED;	/* empty slot: the bench sees retval 0 and stops */
 }
 

@@ -1,0 +1,449 @@
+"""Property-based fuzzing of the XDP labeler through BPF_PROG_TEST_RUN.
+
+Hypothesis builds random and mutated Ethernet / VLAN / IPv4 / IPv6 / TCP /
+UDP / ICMP frames (tests/bpf/packets.py builds the well-formed ones, then up
+to five byte edits mangle them; some frames are random bytes behind a chosen
+ethertype), and every frame is run through the real labeler at every
+truncation length, with and without pre-existing ("foreign") metadata.
+
+Invariants checked for every single run:
+
+* the verdict is XDP_PASS;
+* the packet bytes come back unchanged;
+* the metadata area is either exactly the foreign metadata (no record: only
+  when no address could be read from the frame), or our 16-byte record
+  followed by the foreign metadata byte for byte, and the record decodes
+  (dropwatch.abi.decode_meta) to exactly the (label, side) that
+  dropwatch.rules.classify_reference gives for what the labeler can read
+  from that frame;
+* frames shorter than ETH_HLEN are refused by the kernel (EINVAL), never run.
+
+"What the labeler can read" comes from ``read_like_labeler`` below, a
+byte-level transcription of parse_packet() in bpf/labeler.bpf.c. For frames
+that packets.py built and nothing mangled, it is cross-checked against
+packets.Packet.expect() (an independent model of the same parser), so the
+oracle itself is tested too.
+
+Sizes: the CI profile ("dropwatch-fuzz-ci") runs DROPWATCH_FUZZ_EXAMPLES
+(default 2000) frames, each at every truncation length, in well under a
+minute; the long run is
+
+    DROPWATCH_FUZZ_EXAMPLES=200000 .venv/bin/python -m pytest -q -s \\
+        tests/bpf/test_fuzz_labeler.py
+
+(about 15-25 minutes on 2 cores). The test prints how many frames, test
+runs and records it checked. The profile is not called "ci": Hypothesis
+itself registers and auto-loads a profile of that name when CI=true, and
+re-registering it would change every other Hypothesis test in the run.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import struct
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
+
+import packets as P
+from dropwatch import abi
+from dropwatch.loader import Loader
+from dropwatch.loader import test_run_xdp as xdp_test_run  # not "test_*": pytest would collect it
+from dropwatch.rules import classify_reference, compile_rules, parse_rules
+
+pytestmark = pytest.mark.bpf
+
+XDP_PASS = 2
+META_KEY = 0x0DDC0FFE
+META_LEN = 16
+# Kernel limit for the foreign metadata we hand in: 32 bytes is what every
+# kernel accepts (before 6.8 the whole area is capped at 32); 6.8+ allows
+# more, and ours (16) must still fit behind it.
+FOREIGN_MAX = 32
+
+FUZZ_EXAMPLES = int(os.environ.get("DROPWATCH_FUZZ_EXAMPLES", "2000"))
+settings.register_profile(
+    "dropwatch-fuzz-ci", max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+FUZZ_SETTINGS = settings.get_profile("dropwatch-fuzz-ci")
+
+# Rules that make most headers matter: prefixes of several lengths (nested,
+# host routes, /0), proto and dport conditions, a src+dst pair rule, side
+# rules, and rules without any prefix.
+FUZZ_RULES: dict[str, Any] = {
+    "default_side": "eyeball",
+    "rules": [
+        {"label": "custA", "dst": ["10.10.0.0/16", "2001:db8:a::/48"]},
+        {"label": "custA-web", "proto": "tcp", "dport": [80, 443], "dst": ["10.10.1.0/24", "2001:db8:a:1::/64"]},
+        {"label": "host", "dst": ["10.10.1.1/32", "2001:db8:a::1/128"]},
+        {"label": "quic", "proto": "udp", "dport": [443, "5000-5999"], "dst": ["10.20.0.0/16", "2001:db8:b::/48"]},
+        {"side": "origin", "src": ["192.0.2.0/24", "2001:db8:ca::/48"]},
+        {"label": "peer", "side": "origin", "src": ["198.51.100.0/24", "2001:db8:5::/48"],
+         "dst": ["10.30.0.0/16", "2001:db8:30::/48"]},
+        {"label": "icmp-any", "proto": "icmp", "dst": ["0.0.0.0/0"]},
+        {"side": "origin", "proto": "icmpv6", "src": ["::/0"]},
+        {"label": "dns", "proto": "udp", "dport": [53]},
+        {"label": "alt-port", "dport": ["8000-8999"], "dst": ["10.10.0.0/16", "2001:db8:a::/48"]},
+        {"label": "tcp-src", "proto": "tcp", "src": ["203.0.113.0/24"]},
+    ],
+}
+RS = parse_rules(FUZZ_RULES)
+IDS = {name: 11 + 5 * i for i, name in enumerate(RS.labels())}
+RULE_PROTOS = {1, 6, 17, 58}  # every proto a rule above can name
+
+V4_POOL = ["10.10.1.1", "10.10.1.7", "10.10.1.200", "10.10.77.3", "10.20.3.4", "10.30.5.5", "11.1.1.1",
+           "192.0.2.9", "198.51.100.1", "203.0.113.5", "8.8.8.8", "0.0.0.0", "255.255.255.255"]
+V6_POOL = ["2001:db8:a::1", "2001:db8:a::7", "2001:db8:a:1::9", "2001:db8:b::4", "2001:db8:ca::9",
+           "2001:db8:5::1", "2001:db8:30::5", "2001:db8:ffff::5", "::", "::ffff:10.10.1.1", "fe80::1", "ff02::1"]
+PORTS = [0, 53, 80, 443, 4999, 5000, 5999, 6000, 8000, 8080, 8999, 9000, 65535]
+TPIDS = [P.ETH_P_8021Q, P.ETH_P_8021AD]
+ODD_TPIDS = [0x9100, P.ETH_P_IP, P.ETH_P_IPV6, 0x0000, 0xFFFF]
+INTERESTING_BYTES = [0x00, 0xFF, 0x45, 0x4F, 0x60, 0x06, 0x11, 0x01, 0x3A, 0x2C, 0x2B, 0x3C, 0x81, 0x88,
+                     0xA8, 0x08, 0x86, 0xDD, 0x01, 0xBB, 0x14, 0x35]
+
+
+# ---------------------------------------------------------------- the oracle
+
+@dataclass(frozen=True)
+class Read:
+    """What parse_packet() in labeler.bpf.c reads from a frame."""
+
+    family: int
+    saddr: str
+    daddr: str
+    proto: int | None  # the final protocol value the labeler ends on (None: never set)
+    dport: int | None  # None: no port (has_port == 0)
+
+
+def _be16(b: bytes, off: int) -> int:
+    return (b[off] << 8) | b[off + 1]
+
+
+def _read_l4(frame: bytes, off: int, proto: int) -> int | None:
+    if proto not in (P.IPPROTO_TCP, P.IPPROTO_UDP):
+        return None
+    if off > P.PARSE_MAX_OFF or off + 4 > len(frame):
+        return None
+    return _be16(frame, off + 2)
+
+
+def read_like_labeler(frame: bytes) -> Read | None:
+    """parse_packet() of bpf/labeler.bpf.c, byte for byte. None: no address
+    was read (not IP, or truncated before the addresses): no record."""
+    end = len(frame)
+    if end < P.ETH_HLEN:
+        return None
+    h_proto = _be16(frame, 12)
+    off = P.ETH_HLEN
+    for _ in range(P.MAX_VLANS):
+        if h_proto not in (P.ETH_P_8021Q, P.ETH_P_8021AD):
+            break
+        if off + 4 > end:
+            return None
+        h_proto = _be16(frame, off + 2)
+        off += 4
+    if h_proto == P.ETH_P_IP:
+        if off + 20 > end:
+            return None
+        saddr = str(ipaddress.IPv4Address(frame[off + 12:off + 16]))
+        daddr = str(ipaddress.IPv4Address(frame[off + 16:off + 20]))
+        proto = frame[off + 9]
+        ihl = frame[off] & 0x0F  # the version nibble is not checked
+        if ihl < 5:
+            return Read(4, saddr, daddr, proto, None)
+        if _be16(frame, off + 6) & 0x1FFF:
+            return Read(4, saddr, daddr, proto, None)  # not the first fragment
+        return Read(4, saddr, daddr, proto, _read_l4(frame, off + ihl * 4, proto))
+    if h_proto == P.ETH_P_IPV6:
+        if off + 40 > end:
+            return None
+        saddr = str(ipaddress.IPv6Address(frame[off + 8:off + 24]))
+        daddr = str(ipaddress.IPv6Address(frame[off + 24:off + 40]))
+        nexthdr = frame[off + 6]
+        off += 40
+        for _ in range(P.MAX_V6_EXT):
+            if nexthdr not in P.V6_EXT_TYPES:
+                break
+            if off > P.PARSE_MAX_OFF or off + 8 > end:
+                return Read(6, saddr, daddr, nexthdr, None)
+            if nexthdr == P.IPPROTO_FRAGMENT:
+                frag = _be16(frame, off + 2) & 0xFFF8
+                nexthdr = frame[off]
+                off += 8
+                if frag:
+                    return Read(6, saddr, daddr, nexthdr, None)
+                continue
+            nexthdr, off = frame[off], off + (frame[off + 1] + 1) * 8
+        return Read(6, saddr, daddr, nexthdr, _read_l4(frame, off, nexthdr))
+    return None
+
+
+def _norm_proto(proto: int | None) -> int | None:
+    # Rules can only name these; any other value (or none) matches the same rules.
+    return proto if proto in RULE_PROTOS else None
+
+
+@lru_cache(maxsize=1 << 16)
+def expected_record(family: int, saddr: str, daddr: str, proto: int | None, dport: int | None) -> bytes:
+    label_id, side = classify_reference(RS, IDS, family, saddr, daddr, proto, dport)
+    return bytes(abi.make_meta(label_id, side, META_KEY))
+
+
+# ---------------------------------------------------------------- strategies
+
+def _addr(family: int) -> st.SearchStrategy[str]:
+    pool = V4_POOL if family == 4 else V6_POOL
+    return st.one_of(st.sampled_from(pool), st.sampled_from(pool),
+                     st.ip_addresses(v=family).map(str))  # type: ignore[arg-type]
+
+
+_L4 = st.one_of(st.sampled_from(["tcp", "udp", "icmp", "icmpv6"]), st.sampled_from(["tcp", "udp"]),
+                st.integers(0, 255))
+_PORT = st.one_of(st.sampled_from(PORTS), st.integers(0, 65535))
+_EXT_LEN = st.sampled_from([8, 8, 8, 16, 24, 40, 64, 128, 448, 504, 512])
+_EXT = st.one_of(
+    st.builds(P.Ext, st.sampled_from([P.IPPROTO_HOPOPTS, P.IPPROTO_ROUTING, P.IPPROTO_DSTOPTS]), _EXT_LEN),
+    st.builds(P.Ext, st.just(P.IPPROTO_FRAGMENT), st.just(8), st.sampled_from([0, 0, 1, 185, 0x1FFF]),
+              st.booleans()),
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    frame: bytes
+    built: P.Packet | None  # the well-formed frame packets.py built, if nothing mangled it
+    desc: str
+
+
+@st.composite
+def built_frames(draw: st.DrawFn) -> tuple[P.Packet, bool]:
+    """A frame from packets.build; the flag says whether packets' own model
+    of the parser is valid for it (it does not model odd TPIDs, a forced IHL
+    above 4, or an L4 protocol number that is an IPv6 extension header)."""
+    family = draw(st.sampled_from([4, 6]))
+    l4 = draw(_L4)
+    proto = P.L4_NAMES[l4] if isinstance(l4, str) else l4
+    src, dst = draw(_addr(family)), draw(_addr(family))
+    dport, sport = draw(_PORT), draw(_PORT)
+    modelled = True
+    if draw(st.integers(0, 9)) == 0:
+        vlans = draw(st.lists(st.sampled_from(TPIDS + ODD_TPIDS), min_size=1, max_size=3))
+        modelled = False
+    else:
+        vlans = draw(st.lists(st.sampled_from(TPIDS), max_size=2))
+    payload = draw(st.binary(max_size=24))
+    pad_to = draw(st.sampled_from([0, 0, 60]))
+    kw: dict[str, Any] = {}
+    if family == 4:
+        kw["options"] = draw(st.sampled_from([0, 0, 0, 4, 8, 12, 40]))
+        ihl = draw(st.one_of(st.none(), st.none(), st.integers(0, 15)))
+        if ihl is not None:
+            kw["ihl"] = ihl
+            modelled = modelled and ihl < 5
+        kw["frag_offset"] = draw(st.sampled_from([0, 0, 0, 1, 7, 185, 0x1FFF]))
+        kw["mf"], kw["df"] = draw(st.booleans()), draw(st.booleans())
+    else:
+        ext = draw(st.lists(_EXT, max_size=8).filter(lambda e: sum(x.length for x in e) <= 1100))
+        kw["ext"] = ext
+        modelled = modelled and proto not in P.V6_EXT_TYPES
+    pkt = P.build(family, proto, src=src, dst=dst, sport=sport, dport=dport, vlans=vlans, payload=payload,
+                  pad_to=pad_to, **kw)
+    return pkt, modelled
+
+
+@st.composite
+def mutate(draw: st.DrawFn, frame: bytes) -> tuple[bytes, list[str]]:
+    """Up to five edits (set, xor, insert, delete), mostly in the headers."""
+    edits: list[str] = []
+    b = bytearray(frame)
+    for _ in range(draw(st.integers(1, 5))):
+        if not b:
+            break
+        hot = min(len(b), 80)
+        pos = draw(st.one_of(st.integers(0, hot - 1), st.integers(0, len(b) - 1)))
+        kind = draw(st.sampled_from(["set", "set", "xor", "insert", "delete"]))
+        val = draw(st.one_of(st.sampled_from(INTERESTING_BYTES), st.integers(0, 255)))
+        if kind == "set":
+            b[pos] = val
+        elif kind == "xor":
+            b[pos] ^= 1 << (val & 7)
+        elif kind == "insert":
+            b[pos:pos] = bytes([val])
+        else:
+            del b[pos]
+        edits.append(f"{kind}@{pos}={val:#04x}")
+    return bytes(b), edits
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    mode = draw(st.sampled_from(["built", "built", "mutated", "mutated", "mutated", "random"]))
+    if mode == "random":
+        ethertype = draw(st.sampled_from([P.ETH_P_IP, P.ETH_P_IPV6, P.ETH_P_8021Q, P.ETH_P_8021AD, P.ETH_P_ARP]))
+        body = draw(st.binary(min_size=0, max_size=140))
+        if body and draw(st.booleans()):
+            body = bytes([draw(st.sampled_from([0x45, 0x46, 0x4F, 0x60, 0x40]))]) + body[1:]
+        frame = P.DST_MAC + P.SRC_MAC + struct.pack("!H", ethertype) + body
+        return Case(frame, None, f"random ethertype {ethertype:#06x} len {len(frame)}")
+    pkt, modelled = draw(built_frames())
+    if mode == "built":
+        return Case(pkt.frame, pkt if modelled else None, f"built {pkt.desc}")
+    frame, edits = draw(mutate(pkt.frame))
+    return Case(frame, None, f"mutated {pkt.desc} edits {edits}")
+
+
+_FOREIGN = st.one_of(
+    st.just(b""),
+    st.integers(1, FOREIGN_MAX // 4).flatmap(lambda k: st.binary(min_size=4 * k, max_size=4 * k)),
+    # A copy of a record of ours, valid or with a stale key, possibly with more behind it: still foreign.
+    st.builds(lambda lid, side, key, extra: bytes(abi.make_meta(lid, side, key)) + extra,
+              st.sampled_from([0, 1, *IDS.values()]), st.integers(0, 3), st.sampled_from([META_KEY, 0, 1]),
+              st.sampled_from([b"", b"\xaa" * 4, b"\x55" * 16])),
+)
+
+
+# ---------------------------------------------------------------- the test
+
+@pytest.fixture(scope="module")
+def labeler() -> Iterator[Loader]:
+    with Loader(meta_key=META_KEY) as ld:
+        ld.load()
+        ld.apply_rules(compile_rules(RS, IDS))
+        yield ld
+
+
+def check_frame(ld: Loader, case: Case, foreign: bytes, stats: Counter[str]) -> None:
+    frame = case.frame
+    for n in range(len(frame) + 1):
+        f = frame[:n]
+        what = f"{case.desc}; cut at {n}/{len(frame)}; foreign {foreign.hex() or '-'}; frame {f.hex()}"
+        if n < P.ETH_HLEN:
+            # The kernel refuses XDP input shorter than an Ethernet header.
+            with pytest.raises(OSError) as ei:
+                xdp_test_run(ld, f, meta=foreign)
+            assert ei.value.errno == errno.EINVAL, what
+            stats["refused_short"] += 1
+            continue
+        verdict, meta, out, _ = xdp_test_run(ld, f, meta=foreign)
+        stats["runs"] += 1
+        assert verdict == XDP_PASS, what
+        assert out == f, f"{what}: packet bytes changed"
+        rd = read_like_labeler(f)
+        if case.built is not None:
+            # The oracle against packets.py's own model of the parser.
+            exp = case.built.expect(n)
+            mine = None if rd is None else (rd.family, rd.saddr, rd.daddr, _norm_proto(rd.proto), rd.dport)
+            theirs = None if exp is None else (exp.family, exp.saddr, exp.daddr, _norm_proto(exp.proto), exp.dport)
+            assert mine == theirs, f"{what}: oracle {mine} != packets.expect {theirs}"
+        if rd is None:
+            assert meta == foreign, f"{what}: no address readable, yet the metadata area is {meta.hex()}"
+            stats["no_record"] += 1
+            continue
+        assert len(meta) == META_LEN + len(foreign), f"{what}: metadata area {meta.hex()}"
+        assert meta[META_LEN:] == foreign, f"{what}: foreign metadata changed: {meta[META_LEN:].hex()}"
+        source, rec = abi.decode_meta(meta, META_KEY)
+        assert source == abi.Source.META and rec is not None, f"{what}: record {meta[:META_LEN].hex()} is {source!r}"
+        want = expected_record(rd.family, rd.saddr, rd.daddr, _norm_proto(rd.proto), rd.dport)
+        assert meta[:META_LEN] == want, (
+            f"{what}: read {rd}; got (label {rec.label_id}, side {rec.side}), want "
+            f"{abi.Meta.from_buffer_copy(want).label_id, abi.Meta.from_buffer_copy(want).side}")
+        stats["records"] += 1
+        stats["labeled" if rec.label_id else "unlabeled_record"] += 1
+        stats["with_port" if rd.dport is not None else "without_port"] += 1
+
+
+def test_fuzz_labeler(labeler: Loader, capsys: pytest.CaptureFixture[str]) -> None:
+    # The oracle's rules compile as they are (no candidate overflow).
+    compiled = compile_rules(RS, IDS)
+    assert labeler.rule_map_entries() == {"dw_prefixes": len(compiled.prefixes), "dw_pairs": len(compiled.pairs)}
+    stats: Counter[str] = Counter()
+    before = labeler.read_stats("labeler")
+    t0 = time.monotonic()
+
+    @FUZZ_SETTINGS
+    @given(case=cases(), foreign=_FOREIGN)
+    def fuzz(case: Case, foreign: bytes) -> None:
+        note(f"frame {case.frame.hex()}")
+        stats["frames"] += 1
+        stats["with_foreign"] += bool(foreign)
+        check_frame(labeler, case, foreign, stats)
+
+    fuzz()
+    elapsed = time.monotonic() - t0
+    after = labeler.read_stats("labeler")
+
+    def delta(s: abi.Stat) -> int:
+        return after.get(s, 0) - before.get(s, 0)
+
+    # The kernel's own counters agree with what the runs showed (a shrinking
+    # phase would add runs; it only happens after a failure).
+    assert delta(abi.Stat.XDP_PACKETS) == stats["runs"]
+    assert delta(abi.Stat.XDP_META_WRITTEN) == stats["records"]
+    assert delta(abi.Stat.XDP_META_FAILED) == 0
+    assert delta(abi.Stat.XDP_LABEL_RANGE) == 0
+    # The generator really reaches every outcome.
+    assert stats["frames"] >= min(FUZZ_EXAMPLES, 100)
+    for k in ("no_record", "labeled", "unlabeled_record", "with_port", "without_port", "with_foreign"):
+        assert stats[k] > 0, (k, dict(stats))
+    with capsys.disabled():
+        print(f"\nlabeler fuzz: {stats['frames']} frames, {stats['runs']} test runs "
+              f"(+{stats['refused_short']} sub-14-byte inputs refused), {stats['records']} records checked "
+              f"({stats['labeled']} labeled), {stats['no_record']} without a record, "
+              f"{stats['with_foreign']} frames with foreign metadata; {elapsed:.1f}s")
+
+
+@pytest.mark.parametrize("foreign_len", [0, 4, 16, FOREIGN_MAX])
+def test_fuzz_oracle_agrees_on_fixed_frames(labeler: Loader, foreign_len: int) -> None:
+    """A deterministic slice of the above (runs even if Hypothesis draws
+    badly): every truncation of a few tricky frames."""
+    frames = [
+        P.build(4, "tcp", src="203.0.113.5", dst="10.10.1.200", dport=8080, vlans=TPIDS, options=12),
+        P.build(4, "udp", src="192.0.2.9", dst="10.20.3.4", dport=5999, ihl=4),
+        P.build(6, "udp", src="2001:db8:ca::9", dst="2001:db8:b::4", dport=443,
+                ext=[P.HBH, P.ROUTING, P.FRAG_FIRST, P.DSTOPTS]),
+        P.build(6, "tcp", src="2001:db8:5::1", dst="2001:db8:30::5", ext=[P.FRAG_LATER]),
+        P.build(6, "icmpv6", src="fe80::1", dst="2001:db8:a::1", ext=[P.Ext(P.IPPROTO_DSTOPTS, 504)]),
+    ]
+    stats: Counter[str] = Counter()
+    foreign = bytes(range(0x40, 0x40 + foreign_len))
+    for pkt in frames:
+        check_frame(labeler, Case(pkt.frame, pkt, pkt.desc), foreign, stats)
+    assert stats["records"] and stats["no_record"]
+
+
+def test_no_room_for_our_record_leaves_area_alone(labeler: Loader) -> None:
+    """When the metadata area cannot grow by 16 bytes (foreign metadata
+    already near the kernel's limit), the labeler writes nothing, still
+    passes the packet, and counts the failure."""
+    pkt = P.build(4, "udp", src="192.0.2.9", dst="10.20.3.4", dport=443)
+    # Find the largest foreign area BPF_PROG_TEST_RUN accepts on this kernel.
+    biggest = 0
+    for size in range(4, 256, 4):
+        try:
+            xdp_test_run(labeler, pkt.frame, meta=b"\x5a" * size)
+        except OSError:
+            break
+        biggest = size
+    before = labeler.read_stats("labeler").get(abi.Stat.XDP_META_FAILED, 0)
+    failed = 0
+    for size in range(max(4, biggest - 12), biggest + 4, 4):
+        foreign = bytes((i * 7) & 0xFF for i in range(size))
+        verdict, meta, out, _ = xdp_test_run(labeler, pkt.frame, meta=foreign)
+        assert verdict == XDP_PASS and out == pkt.frame
+        if len(meta) == len(foreign):
+            assert meta == foreign
+            failed += 1
+        else:
+            assert meta[META_LEN:] == foreign
+            assert abi.decode_meta(meta, META_KEY)[0] == abi.Source.META
+    assert failed >= 1, f"no foreign size up to {biggest} left too little room"
+    assert labeler.read_stats("labeler").get(abi.Stat.XDP_META_FAILED, 0) - before == failed
