@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -33,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dropwatch.store import DropDelta, PacketDelta, Store  # noqa: E402
+from dropwatch.store import DropDelta, PacketDelta, Store
 
 CHROMIUM = os.environ.get("DROPWATCH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -58,7 +59,7 @@ def fill(db: Path, labels: int, hours: float, step_s: int = 10) -> tuple[int, fl
         for k in range(n_polls):
             ts = start + timedelta(seconds=k * step_s)
             # A daily-ish wave plus noise, and an incident for a few labels in the last hour.
-            wave = 1.0 + 0.5 * __import__("math").sin(k / n_polls * 6.283)
+            wave = 1.0 + 0.5 * math.sin(k / n_polls * 2 * math.pi)
             drops = []
             for name, side, reason, loc, rate in combos:
                 burst = 20.0 if (name in ("customer007", "customer042") and k > n_polls - 360) else 1.0
@@ -71,7 +72,7 @@ def fill(db: Path, labels: int, hours: float, step_s: int = 10) -> tuple[int, fl
     return n_polls, time.monotonic() - t0
 
 
-def measure(url: str, runs: int) -> list[dict[str, float]]:
+def measure(url: str, runs: int, screenshot: Path | None = None) -> list[dict[str, float]]:
     from playwright.sync_api import sync_playwright
     out = []
     with sync_playwright() as p:
@@ -101,6 +102,8 @@ def measure(url: str, runs: int) -> list[dict[str, float]]:
                           rows: document.querySelectorAll('#labels tbody tr').length};
                 }""")
                 out.append(r)
+                if screenshot is not None:
+                    page.screenshot(path=str(screenshot), full_page=True)
                 ctx.close()
         finally:
             b.close()
@@ -113,6 +116,7 @@ def main() -> int:
     ap.add_argument("--hours", type=float, default=24)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--db", type=Path, default=None, help="reuse (or create) this history file")
+    ap.add_argument("--screenshot", type=Path, default=None, help="save the loaded page (PNG)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("dashboard_load: needs root (the daemon attaches BPF programs on a namespace lab)")
@@ -135,7 +139,7 @@ def main() -> int:
             d = start_daemon(lb, rules, db, tmp / "daemon.log")
             try:
                 url = f"{d.url}/?since=-{args.hours:g}h"
-                results = measure(url, args.runs)
+                results = measure(url, args.runs, args.screenshot)
             finally:
                 d.stop()
     for i, r in enumerate(results):

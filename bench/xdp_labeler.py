@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import random
 import struct
 import subprocess
@@ -41,6 +42,7 @@ import benchlib as B
 from dropwatch import abi
 from dropwatch.lab import LAB_RULES
 from dropwatch.libbpf import libbpf
+from dropwatch import loader as loader_mod
 from dropwatch.loader import Loader
 from dropwatch.rules import Candidate, CompiledRules, _prio, compile_rules, parse_rules
 
@@ -48,7 +50,11 @@ XDP_PASS = 2
 BENCH_OBJ_DIR = B.OUT / "labeler_bench"
 PROD_OBJ = B.ROOT / "dropwatch" / "bpfobj" / "labeler.bpf.o"
 # bench_jmp slots (bench/bpf/labeler_bench.bpf.c)
-T_LABELER, T_EMPTY, T_PARSE, T_CLASSIFY, T_COUNT = 0, 1, 2, 3, 4
+T_LABELER, T_EMPTY, T_PARSE, T_CLASSIFY, T_COUNT, T_ALT_LPM, T_ALT_DIR, T_PROBE = 0, 1, 2, 3, 4, 5, 6, 7
+PROBE_SIZES_KB = (64, 256, 1024, 4096, 16384, 65536, 262144)
+ALT_PROGS = {T_ALT_LPM: ("alt_lpm_trie", "LPM trie (BPF_MAP_TYPE_LPM_TRIE), 1 lookup per side"),
+             T_ALT_DIR: ("alt_dir248", "DIR-24-8 (rte_lpm style: tbl24 + tbl8 arrays)")}
+ALT_GROUP = 0x80000000
 UDP, DPORT = 17, 443
 EYEBALL, ORIGIN = int(abi.Side.EYEBALL), int(abi.Side.ORIGIN)
 NEEDS_PORT = abi.DW_CAND_NEEDS_PORT
@@ -191,6 +197,25 @@ CandT = tuple[int, int, int, int, int, int, int, int]  # Candidate's fields, in 
 class Compiled:
     prefixes: dict[tuple[int, int, int], tuple[int, list[CandT]]]  # (fd, plen, addr) -> (pid, cands)
     plens: dict[int, list[int]]
+    v4_lenmask: dict[int, dict[int, int]] = field(default_factory=dict)  # dir -> /16 block -> length bits
+
+
+HAS_LENMASK = "v4_lenmask" in {f.name for f in dataclasses.fields(CompiledRules)}
+
+
+def _lenmask(sets: dict[int, set[int]]) -> dict[int, int]:
+    """rules._v4_lenmask on ints: /16 block -> bit L if a /L prefix can hold an address of it."""
+    masks: dict[int, int] = {}
+    for p, addrs in sets.items():
+        bit = 1 << p
+        for a in addrs:
+            base = a >> 16
+            if p <= 16:
+                for block in range(base, base + (1 << (16 - p))):
+                    masks[block] = masks.get(block, 0) | bit
+            else:
+                masks[base] = masks.get(base, 0) | bit
+    return masks
 
 
 def compile_fast(spec: Spec) -> Compiled:
@@ -240,17 +265,40 @@ def compile_fast(spec: Spec) -> Compiled:
             if len(cands) > MAX_CANDS:
                 raise ValueError(f"{spec.name}: {len(cands)} candidates for one prefix")
             out.prefixes[(fd, p, a)] = (pid, cands)
+    if spec.family == 4 and HAS_LENMASK:
+        out.v4_lenmask = {0: _lenmask(spec.src), 1: _lenmask(spec.dst)}
     return out
 
 
+def to_compiled_rules(spec: Spec, fast: Compiled, with_prefixes: bool) -> CompiledRules:
+    """dropwatch.rules.CompiledRules with our contents (prefixes optional)."""
+    c = CompiledRules(plens={k: v for k, v in fast.plens.items() if v}, default_side=EYEBALL,
+                      label_ids=label_ids(spec))
+    if HAS_LENMASK:
+        c.v4_lenmask = fast.v4_lenmask  # type: ignore[attr-defined]
+    if with_prefixes:
+        nb = spec.bits // 8
+        c.prefixes = {(fd, p, a.to_bytes(nb, "big").ljust(16, b"\0")): (pid, [Candidate(*x) for x in cands])
+                      for (fd, p, a), (pid, cands) in fast.prefixes.items()}
+    return c
+
+
 def check_against_compile_rules(spec: Spec, fast: Compiled) -> None:
-    """The batch-written maps must hold what the daemon would write."""
+    """The maps the bench writes must hold what the daemon would write:
+    every field of compile_rules' result must equal ours."""
     ref = compile_rules(parse_rules(rules_dict(spec)), label_ids(spec))
-    mine = {(fd, p, a.to_bytes(spec.bits // 8, "big").ljust(16, b"\0")): (pid, [Candidate(*c) for c in cands])
-            for (fd, p, a), (pid, cands) in fast.prefixes.items()}
-    if mine != ref.prefixes or {k: v for k, v in fast.plens.items() if v} != \
-            {k: v for k, v in ref.plens.items() if v} or ref.pairs or ref.wildcard:
-        raise SystemExit(f"{spec.name}: bench rule compiler disagrees with dropwatch.rules.compile_rules")
+    mine = to_compiled_rules(spec, fast, with_prefixes=True)
+    for f in dataclasses.fields(CompiledRules):
+        if f.name == "rule_targets":
+            continue
+        a, b = getattr(mine, f.name), getattr(ref, f.name)
+        if f.name == "plens":
+            a, b = {k: v for k, v in a.items() if v}, {k: v for k, v in b.items() if v}
+        if f.name == "v4_lenmask":
+            a, b = {k: v for k, v in a.items() if v}, {k: v for k, v in b.items() if v}
+        if a != b:
+            raise SystemExit(f"{spec.name}: the bench's rule compiler disagrees with dropwatch.rules.compile_rules "
+                             f"on CompiledRules.{f.name}: update compile_fast() in {__file__}")
 
 
 # ---------------------------------------------------------------- flows
@@ -292,10 +340,14 @@ def expect(spec: Spec, comp: Compiled, flows: list[tuple[int, int]]) -> tuple[di
     pfx = comp.prefixes
     per_label: dict[int, int] = {}
     probes = 0
+    lm = comp.v4_lenmask if spec.family == 4 else {}
     for s, d in flows:
         label, lprio = 0, 1 << 32
         for fd, addr in ((fd_src, s), (fd_src + 1, d)):
+            bits_ok = lm[fd & 1].get(addr >> 16, 0) if lm else -1
             for p in comp.plens.get(fd, []):
+                if not (bits_ok >> p) & 1:
+                    continue
                 probes += 1
                 hit = pfx.get((fd, p, addr & masks[p]))
                 if hit:
@@ -318,10 +370,12 @@ def _pack_cand(c: CandT) -> bytes:
 
 
 def load_rules(ld: Loader, spec: Spec, comp: Compiled) -> float:
-    """Write the compiled maps: plens and ruleset through Loader.apply_rules,
-    the prefix table with bpf_map_update_batch. Returns seconds taken."""
+    """Everything but the prefix table through the real Loader.apply_rules
+    (state, length lists, per-block length masks, generation flip); the prefix
+    table with bpf_map_update_batch, in the key/value layout of dropwatch.abi
+    (checked against the loader's own encoding below). Returns seconds."""
     t0 = time.monotonic()
-    ld.apply_rules(CompiledRules(plens=comp.plens, default_side=EYEBALL))
+    ld.apply_rules(to_compiled_rules(spec, comp, with_prefixes=False))
     gen = ld.active_gen
     ks, vs = ctypes.sizeof(abi.PrefixKey), ctypes.sizeof(abi.CandList)
     assert (ks, vs) == (24, 8 + 16 * MAX_CANDS)
@@ -333,6 +387,14 @@ def load_rules(ld: Loader, spec: Spec, comp: Compiled) -> float:
         keys.append(struct.pack("<IBB2x", p, gen, fd) + a.to_bytes(nbytes, "big").ljust(16, b"\0"))
         body = b"".join(cache.get(c) or cache.setdefault(c, _pack_cand(c)) for c in cands)
         vals.append(struct.pack("<IB3x", pid, len(cands)) + body + pad * (MAX_CANDS - len(cands)))
+    step = max(1, len(keys) // 50)
+    for i, ((fd, p, a), (pid, cands)) in enumerate(comp.prefixes.items()):  # the loader's encoding, sampled
+        if i % step:
+            continue
+        k = abi.PrefixKey(prefixlen=p, gen=gen, fd=fd)
+        ctypes.memmove(k.addr, a.to_bytes(nbytes, "big").ljust(16, b"\0"), 16)
+        if bytes(k) != keys[i] or bytes(loader_mod._cand_list([Candidate(*c) for c in cands], pid)) != vals[i]:
+            raise SystemExit("bench's prefix-table encoding differs from dropwatch.loader's: update load_rules()")
     B.update_batch(ld.lib, ld.labeler.maps["dw_prefixes"], b"".join(keys), b"".join(vals), ks, vs)  # type: ignore[union-attr]
     return time.monotonic() - t0
 
@@ -344,6 +406,52 @@ def load_flows(ld: Loader, spec: Spec, flows: list[tuple[int, int]]) -> None:
     vals = b"".join(s.to_bytes(nb, "big") + d.to_bytes(nb, "big") for s, d in flows)
     name = "bench_flows4" if spec.family == 4 else "bench_flows6"
     B.update_batch(ld.lib, ld.labeler.maps[name], keys, vals, 4, 2 * nb)  # type: ignore[union-attr]
+
+
+def load_alternatives(ld: Loader, spec: Spec, comp: Compiled) -> float:
+    """Fill the alternative classifiers' maps (bench/bpf/labeler_bench.bpf.c)
+    with the same prefix ids and candidate lists. IPv4 only."""
+    from array import array
+    t0 = time.monotonic()
+    lib, maps = ld.lib, ld.labeler.maps  # type: ignore[union-attr]
+    pids = sorted(pid for pid, _ in comp.prefixes.values())
+    cl = {pid: bytes(loader_mod._cand_list([Candidate(*c) for c in cands], pid))
+          for pid, cands in comp.prefixes.values()}
+    B.update_batch(lib, maps["alt_cands"], struct.pack(f"<{len(pids)}I", *pids), b"".join(cl[p] for p in pids),
+                   4, ctypes.sizeof(abi.CandList))
+
+    class LpmKey(ctypes.Structure):
+        _fields_ = [("prefixlen", ctypes.c_uint32), ("addr", ctypes.c_uint8 * 4)]
+    for (fd, p, a), (pid, _) in comp.prefixes.items():
+        k = LpmKey(prefixlen=p)
+        ctypes.memmove(k.addr, a.to_bytes(4, "big"), 4)
+        lib.map_update(maps["alt_lpm_src" if fd == abi.DW_FD_V4_SRC else "alt_lpm_dst"], k, ctypes.c_uint32(pid))
+
+    for fd, side in ((abi.DW_FD_V4_SRC, "src"), (abi.DW_FD_V4_DST, "dst")):
+        tbl24 = array("I", bytes(4 << 24))
+        groups: list[array] = []
+        for (f, p, a), (pid, _) in sorted(comp.prefixes.items(), key=lambda kv: kv[0][1]):  # shortest first
+            if f != fd:
+                continue
+            if p <= 24:
+                n = 1 << (24 - p)
+                tbl24[a >> 8:(a >> 8) + n] = array("I", [pid]) * n
+            else:
+                i = a >> 8
+                if tbl24[i] & ALT_GROUP:
+                    g = tbl24[i] & ~ALT_GROUP
+                else:
+                    g = len(groups)
+                    groups.append(array("I", [tbl24[i]]) * 256)
+                    tbl24[i] = ALT_GROUP | g
+                n = 1 << (32 - p)
+                groups[g][a & 255:(a & 255) + n] = array("I", [pid]) * n
+        lines = 1 << 20
+        B.update_batch(lib, maps[f"alt_tbl24_{side}"], array("I", range(lines)).tobytes(), tbl24.tobytes(), 4, 64)
+        if groups:
+            B.update_batch(lib, maps[f"alt_tbl8_{side}"], array("I", range(len(groups))).tobytes(),
+                           b"".join(g.tobytes() for g in groups), 4, 1024)
+    return time.monotonic() - t0
 
 
 # ---------------------------------------------------------------- running
@@ -390,7 +498,8 @@ class Front:
         progs = dict(lib.programs(self.ld.labeler.obj))
         self.fd = {name: lib.program_fd(p) for name, p in progs.items()}
         for slot, name in ((T_LABELER, "dw_labeler"), (T_EMPTY, "bench_target_empty"), (T_PARSE, "part_parse"),
-                           (T_CLASSIFY, "part_classify"), (T_COUNT, "part_count")):
+                           (T_CLASSIFY, "part_classify"), (T_COUNT, "part_count"),
+                           (T_ALT_LPM, "alt_lpm_trie"), (T_ALT_DIR, "alt_dir248"), (T_PROBE, "probe_chain")):
             lib.map_update(self.maps["bench_jmp"], ctypes.c_uint32(slot), ctypes.c_uint32(self.fd[name]))
 
     def cfg(self, n_flows: int, l3_off: int, family: int, target: int) -> None:
@@ -401,6 +510,23 @@ class Front:
 
     def close(self) -> None:
         self.ld.close()
+
+
+def count_pass(bench: Bench, front: Front, spec: Spec, n_flows: int, n_check: int, target: int, data: bytes,
+               l3: int) -> dict[int, int]:
+    """Run `target` once over the first n_check flows; packets per label id
+    from the labeler's own dw_pkt_counts."""
+    front.reset_cursor()
+    front.cfg(n_flows, l3, spec.family, target)
+    before = front.ld.read_packets(spec.dst_rules + 8)
+    bench.time_run(front.fd["bench_front"], data, repeat=n_check)
+    after = front.ld.read_packets(spec.dst_rules + 8)
+    got: dict[int, int] = {}
+    for (lid, side), (pk, _by) in after.items():
+        d = pk - before.get((lid, side), (0, 0))[0]
+        if d:
+            got[lid] = got.get(lid, 0) + d
+    return got
 
 
 def same_code(a: Path, b: Path, sym: str) -> bool | None:
@@ -470,11 +596,13 @@ def main() -> None:
         f4 = frames[(4, 64, False)][0]
         direct = B.median([bench.time_run(prod.labeler_prog_fd, f4) for _ in range(runs)])
         st = prod.read_stats("labeler")
-        failed = st.get(abi.Stat.XDP_META_FAILED, 0) / max(1, st.get(abi.Stat.XDP_PACKETS, 1))
+        failed = st.get(abi.Stat.XDP_META_FAILED, 0) / (runs * args.repeat)
 
     front = Front(lib)
     rows: list[list[Any]] = []
     parts_rows: list[list[Any]] = []
+    alt_rows: list[list[Any]] = []
+    probe_rows: list[list[Any]] = []
     overhead: dict[int, dict[str, float]] = {}
     try:
         specs: list[Spec] = []
@@ -501,16 +629,7 @@ def main() -> None:
             want, probes = expect(spec, comp, flows[:n_check])
             fam_shape = (spec.family, 64, False)
             data, l3 = frames[fam_shape]
-            front.reset_cursor()
-            front.cfg(len(flows), l3, spec.family, T_LABELER)
-            before = front.ld.read_packets(spec.dst_rules + 8)
-            bench.time_run(front.fd["bench_front"], data, repeat=n_check)
-            after = front.ld.read_packets(spec.dst_rules + 8)
-            got: dict[int, int] = {}
-            for (lid, _side), (pk, _by) in after.items():
-                d = pk - before.get((lid, _side), (0, 0))[0]
-                if d:
-                    got[lid] = got.get(lid, 0) + d
+            got = count_pass(bench, front, spec, len(flows), n_check, T_LABELER, data, l3)
             if got != want:
                 raise SystemExit(f"{spec.name}: labeler's per-label counts over one pass of the flow table "
                                  f"differ from the reference ({sum(got.values())} vs {sum(want.values())} packets)")
@@ -557,6 +676,43 @@ def main() -> None:
                             front.fd["bench_front"], data))[1] for _ in range(runs)])
                         overhead[spec.family] = {"reset_and_tail_call_ns": o0 - empty[shape],
                                                  "rewrite_ns": o1 - o0}
+            if spec.family == 4 and spec.size == 100_000 and not spec.worst:
+                alt_s = load_alternatives(front.ld, spec, comp)
+                data, l3 = frames[fam_shape]
+                for t, (prog, desc) in ALT_PROGS.items():
+                    if count_pass(bench, front, spec, len(flows), n_check, t, data, l3) != want:
+                        raise SystemExit(f"{prog}: per-label counts differ from the reference")
+                for nfl in (0, len(flows)):
+                    variants = {}
+                    for nm, t in (("base", T_EMPTY), ("lab", T_LABELER), (T_ALT_LPM, T_ALT_LPM),
+                                  (T_ALT_DIR, T_ALT_DIR)):
+                        variants[nm] = ((lambda t=t, nfl=nfl: front.cfg(nfl, l3, 4, t)), front.fd["bench_front"],
+                                        data)
+                    r = bench.interleaved(variants)  # type: ignore[arg-type]
+                    for t, (prog, desc) in [(None, ("dw_labeler", "dropwatch (this build)"))] + \
+                            list(ALT_PROGS.items()):  # type: ignore[list-item]
+                        delta = r["lab" if t is None else t] - r["base"]
+                        ns = empty[fam_shape] + delta
+                        alt_rows.append([desc, f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta),
+                                         f"{ns / empty[fam_shape]:.2f}"])
+                        results.setdefault("alternatives", []).append(
+                            {"program": prog, "flows": nfl or 1, "ns_per_pkt": ns, "minus_empty_ns": delta})
+                        if prog == "alt_lpm_trie" and nfl:
+                            results["xdp_lpm_trie_ns_per_pkt_100k"] = ns
+                print(f"  alternatives loaded in {alt_s:.1f}s; per-label counts == reference", file=sys.stderr)
+                # What one dependent random access costs, by working-set size.
+                for kb in PROBE_SIZES_KB:
+                    lines = kb * 1024 // 64
+                    lib.map_update(front.maps["probe_cfg"], ctypes.c_uint32(0), ctypes.c_uint32(lines - 1))
+
+                    def chain(n: int) -> Any:
+                        return lambda: (lib.map_update(front.maps["probe_cfg"], ctypes.c_uint32(1),
+                                                       ctypes.c_uint32(n)), front.cfg(len(flows), l3, 4, T_PROBE))
+                    r = bench.interleaved({0: (chain(0), front.fd["bench_front"], data),
+                                           4: (chain(4), front.fd["bench_front"], data)}, runs=3)
+                    per = (r[4] - r[0]) / 4
+                    probe_rows.append([f"{kb:,} KB", B.fmt(per)])
+                    results.setdefault("memory_probe_ns", {})[kb] = per
             print(f"  {spec.name}: {spec.n_prefixes():,} prefixes, loaded in {load_s:.1f}s "
                   f"(prepared in {prep_s:.1f}s), labeler counts == reference over {n_check:,} flows",
                   file=sys.stderr, flush=True)
@@ -575,6 +731,13 @@ def main() -> None:
         print()
         print(B.table(parts_rows, ["parts (ns, 100k flows, 64B)", "parse", "classify", "count+stat",
                                    "record write", "total", "probes/pkt"]))
+    if alt_rows:
+        print()
+        print(B.table(alt_rows, ["IPv4 100k prefixes, 64B: classifier", "flows", "ns/pkt", "-empty", "ratio"]))
+        print("(same parse, counters and record; only the longest-prefix match differs; same labels checked)")
+    if probe_rows:
+        print()
+        print(B.table(probe_rows, ["working set", "ns per dependent random access (XDP, this machine)"]))
     print()
     for fam, o in sorted(overhead.items()):
         print(f"bench front, IPv{fam}: metadata reset + tail call {o['reset_and_tail_call_ns']:.1f} ns, "

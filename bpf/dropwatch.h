@@ -65,8 +65,8 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 /* ---- rule maps (filled by user space, read by the labeler) ---- */
 
 /* Rules are double-buffered: a reload fills generation !active, then flips
- * dw_config.active_gen in one 4-byte write, so a packet never sees half a
- * rule set. */
+ * dw_labeler_state.active_gen in one 4-byte write, so a packet never sees
+ * half a rule set. */
 #define DW_GENS		2
 #define DW_FD_V4_SRC	0
 #define DW_FD_V4_DST	1
@@ -80,11 +80,10 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_MAX_PREFIXES	(1 << 20)	/* entries in dw_prefixes, both gens */
 #define DW_MAX_PAIRS	(1 << 16)
 #define DW_MAX_DROP_KEYS 65536
-
-struct dw_config {
-	__u32 active_gen;	/* 0 or 1 */
-	__u32 meta_key;		/* mixed into dw_meta.check */
-};
+/* IPv4 length filter: per (gen, direction, /16 block), bit L set iff a
+ * prefix of length L could contain an address of that block. */
+#define DW_V4_BLOCKS	65536
+#define DW_V4_L1_ENTRIES (DW_GENS * 2 * DW_V4_BLOCKS)
 
 struct dw_prefix_key {
 	__u32 prefixlen;
@@ -141,6 +140,23 @@ struct dw_ruleset {
 	struct dw_cand_list wildcard;
 };
 
+struct dw_gen_state {
+	struct dw_ruleset rs;
+	struct dw_plen_list plens[DW_FD_COUNT];
+};
+
+/*
+ * The labeler's global state, in .bss: the program reads it with plain
+ * loads (no map lookup), user space writes it through libbpf's mmap of the
+ * map. A reload fills gen[!active_gen], then flips active_gen with one
+ * aligned 4-byte store.
+ */
+struct dw_labeler_state {
+	__u32 active_gen;	/* 0 or 1 */
+	__u32 pad;
+	struct dw_gen_state gen[DW_GENS];
+};
+
 /* ---- counters ---- */
 
 struct dw_pkt_val {
@@ -167,9 +183,10 @@ struct dw_drop_key {
 };
 
 enum dw_stat {
-	/* labeler */
-	DW_STAT_XDP_PACKETS = 0,
-	DW_STAT_XDP_META_WRITTEN,
+	/* labeler (packets and records written are not counted per packet:
+	 * user space derives them from dw_pkt_counts) */
+	DW_STAT_XDP_PACKETS = 0,	/* unused */
+	DW_STAT_XDP_META_WRITTEN,	/* unused */
 	DW_STAT_XDP_META_FAILED,	/* adjust_meta refused: driver lacks support, or no room */
 	DW_STAT_XDP_FOREIGN_META,	/* another program's metadata was already there */
 	DW_STAT_XDP_PARSE_STOP,		/* truncated/unknown headers: classified on what was parsed */

@@ -24,6 +24,8 @@ DW_MAX_LABELS = 16384
 DW_MAX_PREFIXES = 1 << 20
 DW_MAX_PAIRS = 1 << 16
 DW_MAX_DROP_KEYS = 65536
+DW_V4_BLOCKS = 65536
+DW_V4_L1_ENTRIES = DW_GENS * 2 * DW_V4_BLOCKS
 DW_SIDE_COUNT = 4
 
 
@@ -76,10 +78,6 @@ class Meta(ctypes.Structure):
     ]
 
 
-class Config(ctypes.Structure):
-    _fields_ = [("active_gen", u32), ("meta_key", u32)]
-
-
 class PrefixKey(ctypes.Structure):
     _fields_ = [("prefixlen", u32), ("gen", u8), ("fd", u8), ("pad", u8 * 2), ("addr", u8 * 16)]
 
@@ -111,6 +109,14 @@ class Ruleset(ctypes.Structure):
     _fields_ = [("has_pairs", u32), ("default_side", u32), ("wildcard", CandList)]
 
 
+class GenState(ctypes.Structure):
+    _fields_ = [("rs", Ruleset), ("plens", PlenList * DW_FD_COUNT)]
+
+
+class LabelerState(ctypes.Structure):
+    _fields_ = [("active_gen", u32), ("pad", u32), ("gen", GenState * DW_GENS)]
+
+
 class PktVal(ctypes.Structure):
     _fields_ = [("packets", u64), ("bytes", u64)]
 
@@ -137,7 +143,6 @@ class Bucket(ctypes.Structure):
 # C struct name -> mirror, for the ABI test.
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_meta": Meta,
-    "dw_config": Config,
     "dw_prefix_key": PrefixKey,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
@@ -145,6 +150,8 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_plen_list": PlenList,
     "dw_pair_key": PairKey,
     "dw_ruleset": Ruleset,
+    "dw_gen_state": GenState,
+    "dw_labeler_state": LabelerState,
     "dw_pkt_val": PktVal,
     "dw_drop_key": DropKey,
     "dw_sample": Sample,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -439,7 +440,7 @@ def _top_batch(sampler: TopSampler, api: Api, args: argparse.Namespace) -> int:
                 frame = sampler.sample()
             except ApiError as exc:
                 assert sampler.last is not None
-                frame, status = sampler.last, f"{exc} (retrying)"
+                frame, status = sampler.last, f"[retrying every {args.interval:g}s] {exc}"
             for line in render_top(frame, api.url, args.interval, _term_width(), status=status):
                 print(line)
             print(flush=True)
@@ -462,7 +463,7 @@ def _top_curses(stdscr: Any, sampler: TopSampler, api: Api, args: argparse.Names
     dirty = True
     while True:
         if dirty:
-            height, width = stdscr.getmaxyx()
+            height, width = _fit_terminal(stdscr)
             stdscr.erase()
             lines = render_top(frame, api.url, args.interval, max(20, width - 1), height, status=status)
             for y, line in enumerate(lines[:height]):
@@ -485,8 +486,25 @@ def _top_curses(stdscr: Any, sampler: TopSampler, api: Api, args: argparse.Names
                 frame = sampler.sample()
                 status = None
             except ApiError as exc:
-                status = f"{exc} (retrying every {args.interval:g}s)"
+                status = f"[retrying every {args.interval:g}s] {exc}"
             dirty = True
+
+
+def _fit_terminal(stdscr: Any) -> tuple[int, int]:
+    """The screen's size, following the terminal even when a SIGWINCH was
+    missed (e.g. the program was busy in a request when it arrived)."""
+    import curses
+
+    height, width = stdscr.getmaxyx()
+    try:
+        size = os.get_terminal_size(sys.__stdout__.fileno() if sys.__stdout__ else 1)
+    except (OSError, ValueError):
+        return height, width
+    if (size.lines, size.columns) != (height, width):
+        curses.resizeterm(size.lines, size.columns)
+        stdscr.clear()
+        height, width = stdscr.getmaxyx()
+    return height, width
 
 
 # ---------------------------------------------------------------- registration
@@ -507,7 +525,14 @@ def _positive_float(value: str) -> float:
     return v
 
 
+# "--since -1h": argparse takes words starting with "-" for options unless they
+# look like negative numbers; relative times must count as such values.
+_RELATIVE_TIME_VALUE = re.compile(r"^-\d[0-9a-zA-Z.]*$")
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
+    if hasattr(p, "_negative_number_matcher"):
+        p._negative_number_matcher = _RELATIVE_TIME_VALUE
     p.add_argument("--url", default=os.environ.get("DROPWATCH_URL", DEFAULT_URL),
                    help=f"the daemon's API (default $DROPWATCH_URL or {DEFAULT_URL})")
     p.add_argument("--token-file", default=None, metavar="FILE",

@@ -285,6 +285,9 @@ class Libbpf:
     def map_set_max_entries(self, m: int, n: int) -> None:
         self._check(self.lib.bpf_map__set_max_entries(m, n), "bpf_map__set_max_entries")
 
+    def map_value_size(self, m: int) -> int:
+        return int(self.lib.bpf_map__value_size(m))
+
     def map_max_entries(self, m: int) -> int:
         return int(self.lib.bpf_map__max_entries(m))
 

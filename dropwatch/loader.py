@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import logging
+import mmap
 import os
 import secrets
 import socket
@@ -142,6 +143,10 @@ class Loader:
         self._gen_keys: dict[int, tuple[list[bytes], list[bytes]]] = {0: ([], []), 1: ([], [])}
         self._rules_lock = threading.Lock()
         self.rules_loaded = False
+        self._state: abi.LabelerState | None = None  # type: ignore[assignment]
+        self._state_mmap: mmap.mmap | None = None
+        self._lenmask_mmap: mmap.mmap | None = None
+        self._lenmask: ctypes.Array[ctypes.c_uint64] | None = None
 
     # ------------------------------------------------------------ load
 
@@ -276,6 +281,12 @@ class Loader:
             self.lib.link_destroy(self._reader_link)
             self._reader_link = None
             log.info("detached drop reader")
+        self._state = None  # type: ignore[assignment]
+        self._lenmask = None
+        for mm in (self._state_mmap, self._lenmask_mmap):
+            if mm is not None:
+                mm.close()
+        self._state_mmap = self._lenmask_mmap = None
         for bo in (self.reader, self.labeler):
             if bo is not None:
                 self.lib.close_object(bo.obj)
@@ -309,8 +320,23 @@ class Loader:
         return self.reader.maps[name]
 
     def _init_rule_maps(self) -> None:
-        cfg = abi.Config(active_gen=0, meta_key=self.meta_key)
-        self.lib.map_update(self._lmap("dw_config"), ctypes.c_uint32(0), cfg)
+        """Map the labeler's .bss (struct dw_labeler_state): after load,
+        libbpf has mmap'ed the kernel map there, so plain stores reach the
+        program; it starts zeroed (generation 0, no rules)."""
+        assert self.labeler is not None
+        m = self.lib.find_map(self.labeler.obj, ".bss")
+        size = self.lib.map_value_size(m)
+        if size < ctypes.sizeof(abi.LabelerState):
+            raise DropwatchError(f"{self.labeler.path}: .bss is {size} bytes, expected struct dw_labeler_state")
+        # libbpf (before skeletons) keeps a private copy; map the kernel's
+        # memory ourselves (global-data maps are BPF_F_MMAPABLE).
+        self._state_mmap = mmap.mmap(self.lib.map_fd(m), -(-size // mmap.PAGESIZE) * mmap.PAGESIZE,
+                                     mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self._state = abi.LabelerState.from_buffer(self._state_mmap)
+        lm_fd = self.labeler.maps["dw_v4_lenmask"]
+        self._lenmask_mmap = mmap.mmap(lm_fd, abi.DW_V4_L1_ENTRIES * 8, mmap.MAP_SHARED,
+                                       mmap.PROT_READ | mmap.PROT_WRITE)
+        self._lenmask = (ctypes.c_uint64 * abi.DW_V4_L1_ENTRIES).from_buffer(self._lenmask_mmap)
 
     def apply_rules(self, compiled: CompiledRules) -> None:
         """Fill the inactive generation, verify it, flip, then clear the old one.
@@ -327,8 +353,8 @@ class Loader:
             except BaseException:
                 self._clear_gen(gen)
                 raise
-            cfg = abi.Config(active_gen=gen, meta_key=self.meta_key)
-            self.lib.map_update(self._lmap("dw_config"), ctypes.c_uint32(0), cfg)
+            # The flip: one aligned 4-byte store into the program's memory.
+            self._state.active_gen = gen
             old = self.active_gen
             self.active_gen = gen
             self.rules_loaded = True
@@ -350,9 +376,9 @@ class Loader:
             k2 = abi.PairKey(src_prefix_id=sid, dst_prefix_id=did, gen=gen)
             self.lib.map_update(pair_fd, k2, _cand_list(cands, 0), BPF_NOEXIST)
             qkeys.append(bytes(k2))
-        plens_fd = self._lmap("dw_plens")
+        gs = abi.GenState()
         for fd_id in range(abi.DW_FD_COUNT):
-            pl = abi.PlenList()
+            pl = gs.plens[fd_id]
             lens = c.plens.get(fd_id, [])
             pl.n = len(lens)
             for i, plen in enumerate(lens):
@@ -361,10 +387,16 @@ class Loader:
                     bits = max(0, min(32, plen - 32 * w))
                     mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF if bits else 0
                     pl.e[i].mask[w] = int.from_bytes(mask.to_bytes(4, "big"), "little")
-            self.lib.map_update(plens_fd, ctypes.c_uint32(gen * abi.DW_FD_COUNT + fd_id), pl)
-        rs = abi.Ruleset(has_pairs=1 if c.pairs else 0, default_side=c.default_side)
-        rs.wildcard = _cand_list(c.wildcard, 0)
-        self.lib.map_update(self._lmap("dw_rulesets"), ctypes.c_uint32(gen), rs)
+        gs.rs.has_pairs = 1 if c.pairs else 0
+        gs.rs.default_side = c.default_side
+        gs.rs.wildcard = _cand_list(c.wildcard, 0)
+        # Not yet active: no packet reads this generation until the flip.
+        ctypes.memmove(ctypes.addressof(self._state.gen[gen]), ctypes.addressof(gs), ctypes.sizeof(gs))
+        assert self._lenmask is not None
+        for direction in (0, 1):
+            base = (gen * 2 + direction) << 16
+            for block, mask in c.v4_lenmask.get(direction, {}).items():
+                self._lenmask[base | block] = mask
 
     def _verify_gen(self, gen: int, c: CompiledRules) -> None:
         """Read back what we wrote: a map must never be half-updated."""
@@ -384,10 +416,9 @@ class Loader:
         for raw in qkeys:
             self.lib.map_delete(pair_fd, abi.PairKey.from_buffer_copy(raw))
         self._gen_keys[gen] = ([], [])
-        empty = abi.PlenList()
-        for fd_id in range(abi.DW_FD_COUNT):
-            self.lib.map_update(self._lmap("dw_plens"), ctypes.c_uint32(gen * abi.DW_FD_COUNT + fd_id), empty)
-        self.lib.map_update(self._lmap("dw_rulesets"), ctypes.c_uint32(gen), abi.Ruleset())
+        ctypes.memset(ctypes.addressof(self._state.gen[gen]), 0, ctypes.sizeof(abi.GenState))
+        if self._lenmask is not None:
+            ctypes.memset(ctypes.addressof(self._lenmask) + (gen * 2 << 16) * 8, 0, 2 * abi.DW_V4_BLOCKS * 8)
 
     def rule_map_entries(self) -> dict[str, int]:
         """Entries per rule map, both generations (for tests and /healthz)."""

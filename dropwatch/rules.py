@@ -284,6 +284,9 @@ class CompiledRules:
     wildcard: list[Candidate] = field(default_factory=list)
     plens: dict[int, list[int]] = field(default_factory=dict)  # fd -> lengths, longest first
     default_side: int = 0
+    # IPv4 length filter, per direction (0 src, 1 dst): /16 block -> bitmask
+    # of prefix lengths that can contain an address of that block.
+    v4_lenmask: dict[int, dict[int, int]] = field(default_factory=dict)
     label_ids: dict[str, int] = field(default_factory=dict)
     # rule index -> (label, side) for reporting
     rule_targets: list[tuple[str | None, str | None]] = field(default_factory=list)
@@ -375,6 +378,9 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
                     cands.extend(single.get((fd, sup), []))
             out.prefixes[(fd, n.prefixlen, _addr16(n))] = (pid, _finish(cands, f"prefix {n}", source))
 
+    for direction, fd in ((0, abi.DW_FD_V4_SRC), (1, abi.DW_FD_V4_DST)):
+        out.v4_lenmask[direction] = _v4_lenmask(nets.get(fd, set()))
+
     # Rules with both src and dst: the lookup yields the longest src match s*
     # and dst match d*; the rule applies iff one of its src prefixes covers s*
     # and one of its dst prefixes covers d*. Enumerate those (s*, d*) pairs.
@@ -399,6 +405,20 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
     for k, v in pair_cands.items():
         out.pairs[k] = _finish(v, f"src/dst pair {k}", source)
     return out
+
+
+def _v4_lenmask(nets: set[Network]) -> dict[int, int]:
+    """/16 block -> bit L set iff some prefix of length L can contain an
+    address in the block (it covers the block, or lies inside it)."""
+    masks: dict[int, int] = {}
+    for n in nets:
+        base = int(n.network_address) >> 16
+        if n.prefixlen <= 16:
+            for block in range(base, base + (1 << (16 - n.prefixlen))):
+                masks[block] = masks.get(block, 0) | (1 << n.prefixlen)
+        else:
+            masks[base] = masks.get(base, 0) | (1 << n.prefixlen)
+    return masks
 
 
 def classify_reference(rs: RuleSet, label_ids: Mapping[str, int], family: int, saddr: str | None,

@@ -21,6 +21,7 @@ have prometheus || need+=(prometheus)                # the fleet test runs a rea
 have tmux || need+=(tmux)                            # `dropwatch top` is tested in a tmux pseudo-terminal
 have systemd-analyze || need+=(systemd)              # `systemd-analyze verify` of deploy/systemd
 have setpriv || need+=(util-linux)                   # runs the daemon with the unit's capability set
+[ -x /usr/bin/chromium ] || need+=(chromium)         # the dashboard tests (Playwright drives it; no browser download)
 have gcc || need+=(gcc)
 have make || need+=(make)
 have nstat || need+=(iproute2)

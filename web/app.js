@@ -20,6 +20,15 @@
   const $$ = (sel, root) => Array.from((root || document).querySelectorAll(sel));
   const nf = new Intl.NumberFormat("en-US");
   const fmtInt = (n) => nf.format(n);
+  // KPI tiles: exact below ten million, compact above (the exact value is in the title).
+  const fmtBig = (n) => n < 1e7 ? nf.format(n) : (n < 1e9 ? (n / 1e6).toFixed(n < 1e8 ? 1 : 0) + "M" :
+    (n / 1e9).toFixed(1) + "G");
+  function setKpi(id, text, value, title) {
+    const e = $(id);
+    e.textContent = text;
+    if (value !== undefined) e.dataset.value = String(value);
+    e.title = title || text;
+  }
   const fmtRate = (v) => window.DWChart.fmtRate(v);
 
   function el(tag, attrs, ...kids) {
@@ -69,7 +78,7 @@
     if (s.by !== DEFAULTS.by) q.set("by", s.by);
     if (s.mode !== DEFAULTS.mode) q.set("mode", s.mode);
     if (s.refresh !== DEFAULTS.refresh) q.set("refresh", String(s.refresh));
-    const str = q.toString().replace(/%2C/g, ",");
+    const str = q.toString().replace(/%2C/g, ",").replace(/%3A/g, ":");
     return str ? "?" + str : location.pathname;
   }
 
@@ -176,36 +185,39 @@
       return t;
     };
 
-    // The chart first: it is what a person looks at.
+    // The chart first, alone with the cheap health check: it is what a person looks
+    // at, and the daemon answers one query faster than nine at once. The other
+    // panels are asked for when it has answered.
     const chartReq = api("/drops/timeseries", Object.assign({}, filt, range, {step: "auto", group_by: state.by}));
     track(chartReq, renderChart).catch(() => renderChartError());
-    // Sparklines: per label, the page filters minus the label filter (so every row has one).
-    const sparkSame = state.by === "label" && !state.filters.label;
-    const sparkReq = sparkSame ? chartReq :
-      api("/drops/timeseries", Object.assign({}, filterParams(null, "label"), range, {step: "auto", group_by: "label"}));
-
-    const labelsReq = api("/labels", range);
-    const labelDropsReq = api("/drops", Object.assign({}, filterParams(null, "label"), range,
-      {group_by: "label,reason", limit: 10000}));
-    track(Promise.all([labelsReq, labelDropsReq, sparkReq]), renderLabels).catch(() => renderLabelsError());
-    track(labelsReq, renderRules).catch(() => {});
-
-    const bds = {};
-    for (const key of ["reason", "side", "location", "iface"]) {
-      bds[key] = api("/drops", Object.assign({}, filt, range, {group_by: key, limit: 50}));
-      track(bds[key], (r) => renderBreakdown(key, r)).catch(() => renderBreakdownError(key));
-    }
-    track(Promise.all([bds.reason, chartReq, labelsReq]), renderKpis).catch(() => {});
-
-    track(api("/drops/samples", Object.assign({}, filterParams(SAMPLE_KEYS), {limit: 100})), renderSamples)
-      .catch((e) => renderSamplesError(e));
-
     track(api("/healthz").then((b) => ({ok: true, body: b}), (e) => {
       if (e.kind === "http" && e.status === 503 && e.body) return {ok: false, body: e.body};
       throw e;
     }), (h) => { status.health = h; }).catch(() => { status.health = null; });
 
-    Promise.allSettled(tasks).then((results) => {
+    const rest = () => {
+      if (!isCurrent()) return;
+      // Sparklines: per label, the page filters minus the label filter (so every row has one).
+      const sparkSame = state.by === "label" && !state.filters.label;
+      const sparkReq = sparkSame ? chartReq :
+        api("/drops/timeseries", Object.assign({}, filterParams(null, "label"), range, {step: "auto", group_by: "label"}));
+      const labelsReq = api("/labels", range);
+      const labelDropsReq = api("/drops", Object.assign({}, filterParams(null, "label"), range,
+        {group_by: "label,reason", limit: 10000}));
+      track(Promise.all([labelsReq, labelDropsReq, sparkReq]), renderLabels).catch(() => renderLabelsError());
+      track(labelsReq, renderRules).catch(() => {});
+      const bds = {};
+      for (const key of ["reason", "side", "location", "iface"]) {
+        bds[key] = api("/drops", Object.assign({}, filt, range, {group_by: key, limit: 50}));
+        track(bds[key], (r) => renderBreakdown(key, r)).catch(() => renderBreakdownError(key));
+      }
+      track(Promise.all([bds.reason, chartReq, labelsReq]), renderKpis).catch(() => {});
+      track(api("/drops/samples", Object.assign({}, filterParams(SAMPLE_KEYS), {limit: 100})), renderSamples)
+        .catch((e) => renderSamplesError(e));
+      return Promise.allSettled(tasks);
+    };
+
+    chartReq.then(rest, rest).then(() => {
       if (!isCurrent()) return;
       if (!status.unreachable) {
         lastOk = new Date();
@@ -214,7 +226,6 @@
       renderStatus();
       schedule();
       document.body.dataset.loaded = String(my);
-      void results;
     });
   }
 
@@ -537,9 +548,7 @@
   function renderKpis([reasons, ts, labels]) {
     void ts;
     const total = reasons.total;
-    const k = $("#kpi-drops");
-    k.textContent = fmtInt(total);
-    k.dataset.value = String(total);
+    setKpi("#kpi-drops", fmtBig(total), total, fmtInt(total) + " drops");
     const st = chartStats;
     if (st) {
       $("#kpi-rate").textContent = fmtRate(total / Math.max(1, (Date.parse(reasons.until) - Date.parse(reasons.since)) / 1000));
@@ -547,12 +556,8 @@
     }
     const lf = state.filters.label;
     const pk = labels.labels.filter((l) => !lf || lf.includes(l.label)).reduce((a, l) => a + l.packets, 0);
-    $("#kpi-packets").textContent = fmtInt(pk);
-    const ratioOk = !state.filters.side && !state.filters.location && !state.filters.iface;
-    const ratio = $("#kpi-ratio");
-    ratio.textContent = ratioOk && pk ? fmtPct(total / pk) : "\u2013";
-    ratio.title = ratioOk ? "drops / packets labeled at ingress" : "packets are counted per label only";
-    $("#kpi-reason").textContent = reasons.groups.length ? `${reasons.groups[0].reason} (${fmtInt(reasons.groups[0].count)})` : "\u2013";
+    setKpi("#kpi-packets", fmtBig(pk), pk, fmtInt(pk) + " packets labeled at ingress");
+    setKpi("#kpi-reason", reasons.groups.length ? `${reasons.groups[0].reason} (${fmtBig(reasons.groups[0].count)})` : "\u2013");
   }
 
   function fmtPct(r) {
@@ -584,8 +589,19 @@
         spark: sparkMap.get(n) || null};
     });
     lastSeries = sparkMap;
-    const dropping = lastLabelRows.filter((r) => r.drops > 0).length;
-    $("#kpi-labels").textContent = `${fmtInt(dropping)} of ${fmtInt(lastLabelRows.length)}`;
+    const lf = state.filters.label;
+    const inScope = lastLabelRows.filter((r) => !lf || lf.includes(r.label));
+    // Drop ratio over labeled traffic: "unlabeled" drops include host-local traffic that
+    // never passed XDP, so they count against it only when that label is selected.
+    const ratioOk = !state.filters.side && !state.filters.location && !state.filters.iface;
+    const rs = inScope.filter((r) => lf || r.label !== "unlabeled");
+    const rp = rs.reduce((a, r) => a + r.packets, 0), rd = rs.reduce((a, r) => a + r.drops, 0);
+    setKpi("#kpi-ratio", ratioOk && rp ? fmtPct(rd / rp) : "\u2013", undefined,
+      ratioOk ? (lf ? "drops / packets labeled at ingress" : "labeled drops / labeled ingress packets (unlabeled excluded)")
+        : "packets are counted per label, not per side, location or interface");
+    const nDrop = inScope.filter((r) => r.drops > 0).length;
+    setKpi("#kpi-labels", `${fmtInt(nDrop)}/${fmtInt(inScope.length)}`, nDrop,
+      `${nDrop} of ${inScope.length} labels dropped packets in this window`);
     drawLabelRows();
   }
 
@@ -657,7 +673,8 @@
       el("td", {class: "name"}, el("a", {href, class: r.label === "unlabeled" ? "unl" : null, text: r.label})),
       el("td", {class: "num packets", dataset: {value: r.packets}, text: fmtInt(r.packets)}),
       el("td", {class: "num drops", dataset: {value: r.drops}, text: fmtInt(r.drops)}),
-      el("td", {class: "num ratio", text: r.ratio === null ? "\u2013" : fmtPct(r.ratio)}),
+      el("td", {class: "num ratio", text: r.ratio === null ? "\u2013" : fmtPct(r.ratio),
+        title: r.label === "unlabeled" ? "unlabeled drops include host-local traffic that never passed XDP" : null}),
       el("td", {class: "reason mono", text: r.reason}),
       el("td", {class: "trend"}, sparkline(r.spark, colorOf.get(r.label) || accent)));
       frag.append(tr);

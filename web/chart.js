@@ -228,7 +228,8 @@
       for (let t = Math.ceil((t0 - tz) / tstep) * tstep + tz; t <= t0 + span; t += tstep) {
         const x = Math.round(p.x + (t - t0) * pxPerS) + 0.5;
         ctx.beginPath(); ctx.moveTo(x, p.y + p.h); ctx.lineTo(x, p.y + p.h + 4); ctx.stroke();
-        ctx.fillText(fmtTick(t, tstep), Math.min(Math.max(x, p.x + 18), p.x + p.w - 18), p.y + p.h + 6);
+        const label = fmtTick(t, tstep), half = ctx.measureText(label).width / 2;
+        ctx.fillText(label, Math.min(Math.max(x, p.x + half), w - half - 1), p.y + p.h + 6);
       }
 
       const bw = p.w / n;

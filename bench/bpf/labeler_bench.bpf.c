@@ -143,6 +143,8 @@ int bench_front(struct xdp_md *ctx)
 	case 3: bpf_tail_call_static(ctx, &bench_jmp, 3); break;
 	case 4: bpf_tail_call_static(ctx, &bench_jmp, 4); break;
 	case 5: bpf_tail_call_static(ctx, &bench_jmp, 5); break;
+	case 6: bpf_tail_call_static(ctx, &bench_jmp, 6); break;
+	case 7: bpf_tail_call_static(ctx, &bench_jmp, 7); break;
 	}
 	return XDP_ABORTED;	/* empty slot: the bench sees retval 0 and stops */
 }
@@ -200,12 +202,238 @@ int part_count(struct xdp_md *ctx)
 	struct pkt_info pi = {};
 	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
 
-	stat_inc(DW_STAT_XDP_PACKETS);
 	parse_packet(data, end, &pi);
+	if (pi.truncated)
+		stat_inc(DW_STAT_XDP_PARSE_STOP);
 	if (pi.family)
 		classify(&pi, &r);
 	if (r.label_id >= DW_MAX_LABELS)
 		r.label_id = 0;
 	count_packet(r.label_id, r.side, end - data);
+	return XDP_PASS;
+}
+
+/*
+ * ---- Alternative classifiers (IPv4 only), for comparison ----
+ *
+ * The same labeler (parse, counters, record) with the per-length hash probes
+ * replaced by another longest-prefix-match structure mapping an address to
+ * the same prefix id and candidate list the loader computes:
+ *   alt_lpm_trie: one BPF_MAP_TYPE_LPM_TRIE lookup per side (the naive design)
+ *   alt_dir248:   DIR-24-8 (as DPDK's rte_lpm): tbl24 indexed by the top 24
+ *                 bits (one load), a 256-entry tbl8 group for longer prefixes
+ * bench/xdp_labeler.py fills these maps from the compiled rules.
+ */
+#define ALT_MAX_PIDS	(1 << 18)
+#define ALT_TBL8_GROUPS	(1 << 15)
+#define ALT_IS_GROUP	0x80000000u
+
+struct alt_lpm_key {
+	__u32 prefixlen;
+	__u32 addr;		/* network order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, ALT_MAX_PIDS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct alt_lpm_key);
+	__type(value, __u32);
+} alt_lpm_src SEC(".maps"), alt_lpm_dst SEC(".maps");
+
+struct alt_line {
+	__u32 e[16];		/* one cache line of tbl24 */
+};
+
+struct alt_group {
+	__u32 e[256];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 20);	/* 2^24 entries, 16 per line */
+	__type(key, __u32);
+	__type(value, struct alt_line);
+} alt_tbl24_src SEC(".maps"), alt_tbl24_dst SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ALT_TBL8_GROUPS);
+	__type(key, __u32);
+	__type(value, struct alt_group);
+} alt_tbl8_src SEC(".maps"), alt_tbl8_dst SEC(".maps");
+
+/* prefix id -> candidate list (the same lists dw_prefixes holds) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ALT_MAX_PIDS);
+	__type(key, __u32);
+	__type(value, struct dw_cand_list);
+} alt_cands SEC(".maps");
+
+static __always_inline __u32 dir248(void *t24, void *t8, __u32 addr_be)
+{
+	__u32 a = bpf_ntohl(addr_be);
+	__u32 i = a >> 8, line = i >> 4;
+	struct alt_line *l = bpf_map_lookup_elem(t24, &line);
+
+	if (!l)
+		return 0;
+	__u32 v = l->e[i & 15];
+
+	if (!(v & ALT_IS_GROUP))
+		return v;
+	__u32 g = v & ~ALT_IS_GROUP;
+	struct alt_group *grp = bpf_map_lookup_elem(t8, &g);
+
+	return grp ? grp->e[a & 255] : 0;
+}
+
+static __always_inline __u32 lpm(void *trie, __u32 addr_be)
+{
+	struct alt_lpm_key k = { .prefixlen = 32, .addr = addr_be };
+	__u32 *v = bpf_map_lookup_elem(trie, &k);
+
+	return v ? *v : 0;
+}
+
+static __always_inline void alt_eval(__u32 pid, const struct pkt_info *pi, struct dw_result *r)
+{
+	if (!pid)
+		return;
+	const struct dw_cand_list *l = bpf_map_lookup_elem(&alt_cands, &pid);
+
+	if (l)
+		eval_list(l, pi, r);
+}
+
+/* Self-contained on purpose (no rule-set state of the labeler): the bench's
+ * rule sets have no prefix-less rules and default_side eyeball. */
+static __always_inline void alt_classify(const struct pkt_info *pi, struct dw_result *r, const int dir)
+{
+	r->side = DW_SIDE_EYEBALL;
+	if (pi->family != 4)
+		return;
+	if (dir) {
+		alt_eval(dir248(&alt_tbl24_src, &alt_tbl8_src, pi->saddr[0]), pi, r);
+		alt_eval(dir248(&alt_tbl24_dst, &alt_tbl8_dst, pi->daddr[0]), pi, r);
+	} else {
+		alt_eval(lpm(&alt_lpm_src, pi->saddr[0]), pi, r);
+		alt_eval(lpm(&alt_lpm_dst, pi->daddr[0]), pi, r);
+	}
+}
+
+/* dw_labeler's body with classify() replaced (copied; keep in step). */
+static __always_inline int alt_labeler(struct xdp_md *ctx, const int dir)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct pkt_info pi = {};
+	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
+
+	parse_packet(data, end, &pi);
+	if (pi.truncated)
+		stat_inc(DW_STAT_XDP_PARSE_STOP);
+	if (pi.family)
+		alt_classify(&pi, &r, dir);
+	if (r.label_id >= DW_MAX_LABELS) {
+		stat_inc(DW_STAT_XDP_LABEL_RANGE);
+		r.label_id = 0;
+	}
+	count_packet(r.label_id, r.side, end - data);
+	if (!pi.family)
+		return XDP_PASS;
+	if ((void *)(long)ctx->data_meta < data)
+		stat_inc(DW_STAT_XDP_FOREIGN_META);
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct dw_meta))) {
+		stat_inc(DW_STAT_XDP_META_FAILED);
+		return XDP_PASS;
+	}
+	struct dw_meta *m = (void *)(long)ctx->data_meta;
+
+	if ((void *)(m + 1) > (void *)(long)ctx->data)
+		return XDP_PASS;
+	m->magic = DW_META_MAGIC;
+	m->version = DW_META_VERSION;
+	m->rec_len = sizeof(*m);
+	m->label_id = r.label_id;
+	m->pop_id = 0;
+	m->side = r.side;
+	m->flags = 0;
+	__u32 *w = (__u32 *)m;
+
+	m->check = dw_meta_mix(w[0], w[1], w[2], dw_meta_key);
+	m->tail_pad = 0;
+	return XDP_PASS;
+}
+
+SEC("xdp")
+int alt_lpm_trie(struct xdp_md *ctx)
+{
+	return alt_labeler(ctx, 0);
+}
+
+SEC("xdp")
+int alt_dir248(struct xdp_md *ctx)
+{
+	return alt_labeler(ctx, 1);
+}
+
+/*
+ * ---- Memory probe: what one random memory access costs here ----
+ * PROBE_CHAIN dependent loads into the first probe_cfg.mask + 1 cache lines
+ * of a 256 MB array, starting from the packet's (rewritten, random)
+ * destination address: ns per access vs working-set size.
+ */
+#define PROBE_LINES	(1 << 22)
+#define PROBE_CHAIN	4
+
+struct probe_line {
+	__u64 w[8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PROBE_LINES);
+	__type(key, __u32);
+	__type(value, struct probe_line);
+} probe_mem SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u32);
+} probe_cfg SEC(".maps");	/* [0] = mask (lines - 1), [1] = chain length 0..PROBE_CHAIN */
+
+SEC("xdp")
+int probe_chain(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct iphdr *iph = data + sizeof(struct ethhdr);
+	__u32 zero = 0, one = 1;
+	__u32 *maskp = bpf_map_lookup_elem(&probe_cfg, &zero);
+	__u32 *np = bpf_map_lookup_elem(&probe_cfg, &one);
+
+	if ((void *)(iph + 1) > end || !maskp || !np)
+		return XDP_ABORTED;
+	__u32 mask = *maskp, n = *np;
+	__u32 idx = bpf_ntohl(iph->daddr) * 0x9E3779B1u;
+	__u64 acc = 0;
+
+	for (int i = 0; i < PROBE_CHAIN; i++) {
+		if (i >= n)
+			break;
+		__u32 k = idx & mask;
+		struct probe_line *l = bpf_map_lookup_elem(&probe_mem, &k);
+
+		if (!l)
+			break;
+		acc += l->w[0];
+		/* the next address depends on the loaded value: a chain */
+		idx = (idx ^ (__u32)l->w[0]) * 0x85EBCA77u + i;
+	}
+	sink(acc);
 	return XDP_PASS;
 }

@@ -352,7 +352,6 @@ def test_no_room_for_record_leaves_foreign_metadata(loader_factory: Any) -> None
             written += 1
     assert written >= 8  # 4..32 bytes of foreign metadata always leave room
     stats = ld.read_stats("labeler")
-    assert stats.get(abi.Stat.XDP_META_WRITTEN, 0) == written
     assert stats.get(abi.Stat.XDP_META_FAILED, 0) == failed
     assert sum(ld.read_meta_failures().values()) == failed
     assert ld.read_packets(max(IDS.values()))[want] == (written + failed, (written + failed) * len(pkt.frame))
@@ -414,10 +413,10 @@ def test_packet_counters_exact(loader_factory: Any) -> None:
     others = {k: v for k, v in got.items() if k not in want}
     assert all(lid == 0 for lid, _ in others) and sum(v[0] for v in others.values()) == 2
     ip_runs = sum(n for _, n in plan)
+    assert sum(v[0] for v in got.values()) == ip_runs + 2
     stats = ld.read_stats("labeler")
-    assert stats.get(abi.Stat.XDP_PACKETS) == ip_runs + 2
-    assert stats.get(abi.Stat.XDP_META_WRITTEN) == ip_runs
-    assert abi.Stat.XDP_META_FAILED not in stats and abi.Stat.XDP_LABEL_RANGE not in stats
+    # Only failures are counted per packet; packets come from dw_pkt_counts.
+    assert not stats
 
     # Cumulative, also with the kernel repeating the run itself.
     pkt, _ = plan[0]

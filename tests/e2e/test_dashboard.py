@@ -9,7 +9,6 @@ unreachable states render. Screenshots go to tests/artifacts/.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -207,6 +206,8 @@ COLORED_PIXELS_JS = """() => {
 def test_label_table_and_chart_show_exact_drops(stack: tuple[Lab, RunningDaemon], browser: Any) -> None:
     lb, d = stack
     with page_of(browser) as page:
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
         open_dashboard(page, d.url + "/")
         wait_cell(page, "customerX", "drops", N_X)
         wait_cell(page, "customerY", "drops", M_Y)
@@ -222,9 +223,10 @@ def test_label_table_and_chart_show_exact_drops(stack: tuple[Lab, RunningDaemon]
         # The chart has data and drew it.
         page.wait_for_function("document.querySelector('#chart').dataset.state === 'ok'")
         chart = page.locator("#chart")
-        total = int(chart.get_attribute("data-total"))
-        assert total >= N_X + M_Y
-        assert total == kpi_drops(page)
+        # Unfiltered totals are at least what we sent: the drop reader sees the whole
+        # kernel, so other namespaces' (unlabeled) drops may add to them.
+        assert int(chart.get_attribute("data-total")) >= N_X + M_Y
+        page.wait_for_function(f"+document.querySelector('#kpi-drops').dataset.value >= {N_X + M_Y}")
         assert page.evaluate(COLORED_PIXELS_JS) > 50
         assert page.locator("#chart-empty").is_hidden()
         legend = page.locator("#legend").inner_text()
@@ -246,6 +248,8 @@ def test_label_table_and_chart_show_exact_drops(stack: tuple[Lab, RunningDaemon]
         assert page.locator("#health").get_attribute("data-state") == "ok"
         assert page.locator("#banner").is_hidden()
         shot(page, "dashboard-1280x800-light.png")
+        # Everything came from the daemon: no CDN, no other host.
+        assert requested and all(u.startswith(d.url + "/") for u in requested), requested
 
 
 def test_click_label_filters_page_and_url(stack: tuple[Lab, RunningDaemon], browser: Any) -> None:
@@ -259,13 +263,16 @@ def test_click_label_filters_page_and_url(stack: tuple[Lab, RunningDaemon], brow
         page.wait_for_function(f"document.querySelector('#chart').dataset.total === '{M_Y}'")
         assert "label=customerY" in page.url and "since=-15m" in page.url
         assert page.locator('.chip[data-key="label"][data-value="customerY"]').count() == 1
-        assert page.locator('#labels tbody tr[data-label="customerY"]').get_attribute("class").startswith("selected")
+        page.wait_for_selector('#labels tbody tr.selected[data-label="customerY"]')
         # Every breakdown follows the filter.
         page.wait_for_function(
             f"document.querySelector('.breakdown[data-key=side] .bars').dataset.total === '{M_Y}'")
         sides = page.locator('.breakdown[data-key="side"] .bar')
         assert sides.count() == 1 and sides.first.get_attribute("data-name") == "origin"
-        assert page.locator('.breakdown[data-key="reason"] .bar').first.get_attribute("data-name") == "NETFILTER_DROP"
+        page.wait_for_function(
+            f"document.querySelector('.breakdown[data-key=reason] .bars').dataset.total === '{M_Y}'")
+        reasons = page.locator('.breakdown[data-key="reason"] .bar')
+        assert reasons.count() == 1 and reasons.first.get_attribute("data-name") == "NETFILTER_DROP"
         # The other labels stay in the table (to switch), with their own counts.
         assert cell_value(page, "customerX", "drops") == N_X
         shot(page, "dashboard-filtered-customerY.png")
@@ -338,25 +345,12 @@ def test_empty_state(stack: tuple[Lab, RunningDaemon], browser: Any) -> None:
         empty.locator("button", has_text="clear filters").click()
         page.wait_for_function("document.querySelector('#chart').dataset.state === 'ok'")
         assert "label=" not in page.url
-
-
-def test_not_attached_state(stack: tuple[Lab, RunningDaemon], browser: Any) -> None:
-    """/healthz 503 as the daemon answers it when nothing is attached (the body is the
-    daemon's own, with the attachment removed): the page says so and keeps the history."""
-    _, d = stack
-    body = d.get("/healthz").json()
-    body.update(status="unhealthy", problems=["no interface attached"], attached={})
-    with page_of(browser) as page:
-        page.route("**/healthz", lambda route: route.fulfill(status=503, content_type="application/json",
-                                                             body=json.dumps(body)))
-        open_dashboard(page, d.url + "/")
+        # A bad filter in a pasted link: the API's 400 message is shown, not a blank page.
+        open_dashboard(page, d.url + "/?reason=NOT_A_REASON")
         banner = page.locator("#banner")
-        assert banner.is_visible()
-        assert "Daemon not attached" in banner.inner_text()
-        assert "no interface attached" in banner.inner_text()
-        assert page.locator("#health").inner_text() == "not attached"
-        wait_cell(page, "customerX", "drops", N_X)  # history still shown
-        shot(page, "dashboard-not-attached.png")
+        assert banner.get_attribute("data-kind") == "error"
+        assert "unknown reason 'NOT_A_REASON'" in banner.inner_text()
+        assert page.locator("#chart").get_attribute("data-state") == "error"
 
 
 @pytest.mark.parametrize("width,height,scheme", [(1280, 800, "dark"), (2560, 1200, "light"), (2560, 1200, "dark")])
@@ -375,17 +369,30 @@ def test_layout_screenshots(stack: tuple[Lab, RunningDaemon], browser: Any, widt
         shot(page, f"dashboard-{width}x{height}-{scheme}.png")
 
 
-def test_auto_refresh_then_api_unreachable(browser: Any, tmp_path: Path) -> None:
-    """Its own daemon, since it stops it: new drops appear without a reload, and
-    when the daemon goes away the page says the API is unreachable."""
+def test_auto_refresh_not_attached_then_api_unreachable(browser: Any, tmp_path: Path) -> None:
+    """Its own lab and daemon, since it breaks both: new drops appear without a
+    reload; the interface is deleted, so /healthz answers 503 and the page says
+    the daemon is not attached; the daemon stops, and the page says the API is
+    unreachable, keeping the last data."""
     with lab_daemon(tmp_path) as (lb, d), page_of(browser) as page:
         open_dashboard(page, d.url + "/?refresh=1")
         page.wait_for_selector('#labels tbody tr[data-label="customerX"]')
         lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 11)
         wait_cell(page, "customerX", "drops", 11)  # via auto-refresh, no reload
+
+        lb.ns(lb.rx_ns, "ip", "link", "del", lb.rx_if)  # the XDP link dies with the device
+        d.wait_for(lambda: d.get("/healthz").status_code == 503, "/healthz to answer 503")
+        page.wait_for_function("document.querySelector('#health').dataset.state === 'unhealthy'")
+        banner = page.locator("#banner")
+        assert banner.is_visible()
+        text = banner.inner_text()
+        assert "Daemon not attached" in text and "no interface attached" in text, text
+        assert page.locator("#health").inner_text() == "not attached"
+        assert cell_value(page, "customerX", "drops") == 11  # the history is still shown
+        shot(page, "dashboard-not-attached.png")
+
         d.stop()
         page.wait_for_function("document.body.dataset.api === 'unreachable'")
-        banner = page.locator("#banner")
         assert banner.is_visible() and "API unreachable" in banner.inner_text()
         assert page.locator("#health").get_attribute("data-state") == "unreachable"
         assert cell_value(page, "customerX", "drops") == 11  # last data stays, dimmed

@@ -58,7 +58,15 @@ class KernelPath:
         deadline = time.monotonic() + 5
         while settle is not None and not settle() and time.monotonic() < deadline:
             time.sleep(0.02)
+        # The kernel's counters (e.g. Udp.NoPorts) move just before
+        # kfree_skb runs: read until two reads 50 ms apart agree.
         after = self.tally()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            again = self.tally()
+            if again == after:
+                break
+            after = again
         return Counter({k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)})
 
 
