@@ -39,8 +39,16 @@ struct {
 	__type(value, __u64);
 } dw_v4_lenmask SEC(".maps");
 
-/* One hash table for all prefix lengths: the key carries the length. A
- * packet probes only the lengths in use, longest first (dw_state plens). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, DW_MAX_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dw_prefix4_key);
+	__type(value, struct dw_cand_list);
+} dw_prefixes4 SEC(".maps");
+
+/* IPv6: one hash table for all prefix lengths: the key carries the length.
+ * A packet probes only the lengths in use, longest first (dw_state plens). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, DW_MAX_PREFIXES);
@@ -263,6 +271,8 @@ match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 		if (!lenmask)
 			return NULL;
 	}
+	struct dw_prefix4_key key4 = { .gen = gen, .fd = fd };
+
 	key.gen = gen;
 	key.fd = fd;
 	for (__u32 i = 0; i < (v6 ? 129 : 33); i++) {
@@ -272,15 +282,20 @@ match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 
 		if (!v6 && !((lenmask >> (e->prefixlen & 63)) & 1))
 			continue;
-		key.prefixlen = e->prefixlen;
-		ka[0] = addr[0] & e->mask[0];
+		const struct dw_cand_list *l;
+
 		if (v6) {
+			key.prefixlen = e->prefixlen;
+			ka[0] = addr[0] & e->mask[0];
 			ka[1] = addr[1] & e->mask[1];
 			ka[2] = addr[2] & e->mask[2];
 			ka[3] = addr[3] & e->mask[3];
+			l = bpf_map_lookup_elem(&dw_prefixes, &key);
+		} else {
+			key4.prefixlen = e->prefixlen;
+			key4.addr = addr[0] & e->mask[0];
+			l = bpf_map_lookup_elem(&dw_prefixes4, &key4);
 		}
-		const struct dw_cand_list *l = bpf_map_lookup_elem(&dw_prefixes, &key);
-
 		if (l)
 			return l;
 	}

@@ -82,6 +82,10 @@ class PrefixKey(ctypes.Structure):
     _fields_ = [("prefixlen", u32), ("gen", u8), ("fd", u8), ("pad", u8 * 2), ("addr", u8 * 16)]
 
 
+class Prefix4Key(ctypes.Structure):
+    _fields_ = [("prefixlen", u8), ("gen", u8), ("fd", u8), ("pad", u8), ("addr", u32)]
+
+
 class Cand(ctypes.Structure):
     _fields_ = [
         ("label_id", u32), ("prio", u32), ("dport_lo", u16), ("dport_hi", u16),
@@ -144,6 +148,7 @@ class Bucket(ctypes.Structure):
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_meta": Meta,
     "dw_prefix_key": PrefixKey,
+    "dw_prefix4_key": Prefix4Key,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
     "dw_plen_entry": PlenEntry,

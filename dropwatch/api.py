@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.middleware.gzip import GZipMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
@@ -92,12 +93,13 @@ def _is_loopback(host: str) -> bool:
 
 def web_dir() -> Path:
     """The dashboard: DROPWATCH_WEB_DIR, else web/ next to the package (source
-    checkout or editable install), else dropwatch/web inside the package."""
+    checkout or editable install), else /usr/share/dropwatch/web (packages,
+    the container image)."""
     env = os.environ.get("DROPWATCH_WEB_DIR")
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for cand in (here.parent / "web", here / "web"):
+    for cand in (here.parent / "web", here / "web", Path("/usr/share/dropwatch/web")):
         if cand.is_dir():
             return cand
     return here.parent / "web"
@@ -194,7 +196,10 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         for probes. Compared in constant time; never logged."""
         path = request.url.path
         write = request.method not in ("GET", "HEAD", "OPTIONS")
-        if path != "/healthz":
+        # The page and its assets carry no data (the page asks for the token
+        # and sends it with every API call); /healthz stays open for probes.
+        open_path = path in ("/healthz", "/") or path.startswith("/static/")
+        if not (open_path and not write):
             if token is not None:
                 if write or not public_reads:
                     given = request.headers.get("authorization", "")
@@ -207,6 +212,8 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
                                                "is configured"}, status_code=403)
         response: Response = await call_next(request)
         return response
+
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Any) -> Response:
@@ -283,8 +290,11 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
               for g in daemon.store.query_drops(s, u, group_by=["label"], limit=None).groups}
         rules = daemon.rules
         names = set(rules.labels() if rules else []) | set(pk) | set(dr) | {UNLABELED}
+        # "unlabeled" drops include packets that never passed the labeler
+        # (local traffic, other interfaces): no meaningful ratio.
         out = [LabelStats(label=n, packets=pk.get(n, 0), drops=dr.get(n, 0),
-                          drop_ratio=(dr.get(n, 0) / pk[n]) if pk.get(n) else None) for n in names]
+                          drop_ratio=(dr.get(n, 0) / pk[n]) if pk.get(n) and n != UNLABELED else None)
+               for n in names]
         out.sort(key=lambda x: (-x.drops, x.label))
         # Per rule: what its label (and side) saw. Counters are kept per
         # (label, side), not per rule, so two rules setting the same label
@@ -322,13 +332,21 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
                 "message": f"rules not applied, previous rules stay active: {exc}", "rule": None, "field": None}})
         return _labels_response("-15m", "now")
 
+    def _sample_query(label: list[str] | None, side: list[str] | None, reason: list[str] | None,
+                      location: list[str] | None, iface: list[str] | None, since: str | None,
+                      limit: int) -> list[Any]:
+        f = _filters(daemon, label, side, reason, location, iface)
+        after = _window(since, "now")[0] if since else None
+        return daemon.samples.query(label=f.get("label", ()), side=f.get("side", ()), reason=f.get("reason", ()),
+                                    location=f.get("location", ()), iface=f.get("iface", ()), since=after,
+                                    limit=limit)
+
     @app.get("/drops/samples", summary="Most recent sampled drops (examples, rate-limited), newest first")
     def samples(label: list[str] | None = Query(None), side: list[str] | None = Query(None),
-                reason: list[str] | None = Query(None),
+                reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
+                iface: list[str] | None = Query(None), since: str | None = Query(None),
                 limit: int = Query(100, ge=1, le=MAX_SAMPLES)) -> dict[str, Any]:
-        f = _filters(daemon, label, side, reason, None, None)
-        items = daemon.samples.query(label=f.get("label", ()), side=f.get("side", ()),
-                                     reason=f.get("reason", ()), limit=limit)
+        items = _sample_query(label, side, reason, location, iface, since, limit)
         st = daemon.collector.totals.stats
         return {"samples": [s.to_json() for s in items],
                 "lost": {"rate_limit": st.get("sample_rate_limited", 0), "ring_full": st.get("sample_ring_full", 0)},
@@ -337,11 +355,10 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
     @app.get("/drops/samples.pcap", summary="The same samples as pcapng (comments carry label/side/reason)",
              response_class=Response, responses={200: {"content": {"application/x-pcapng": {}}}})
     def samples_pcap(label: list[str] | None = Query(None), side: list[str] | None = Query(None),
-                     reason: list[str] | None = Query(None),
+                     reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
+                     iface: list[str] | None = Query(None), since: str | None = Query(None),
                      limit: int = Query(MAX_SAMPLES, ge=1, le=MAX_SAMPLES)) -> Response:
-        f = _filters(daemon, label, side, reason, None, None)
-        items = daemon.samples.query(label=f.get("label", ()), side=f.get("side", ()),
-                                     reason=f.get("reason", ()), limit=limit)
+        items = _sample_query(label, side, reason, location, iface, since, limit)
         return Response(to_pcapng(items), media_type="application/x-pcapng",
                         headers={"content-disposition": 'attachment; filename="dropwatch-samples.pcapng"'})
 

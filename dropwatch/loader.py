@@ -361,17 +361,26 @@ class Loader:
             time.sleep(GEN_GRACE_S)
             self._clear_gen(old)
 
+    @staticmethod
+    def _prefix_key(gen: int, fd_id: int, plen: int, addr: bytes) -> tuple[str, ctypes.Structure]:
+        """(map name, key) of one prefix: IPv4 and IPv6 live in separate maps."""
+        if fd_id in (abi.DW_FD_V4_SRC, abi.DW_FD_V4_DST):
+            # Network-order bytes stored as they are: the program compares raw words.
+            k4 = abi.Prefix4Key(prefixlen=plen, gen=gen, fd=fd_id, addr=int.from_bytes(addr[:4], "little"))
+            return "dw_prefixes4", k4
+        k = abi.PrefixKey(prefixlen=plen, gen=gen, fd=fd_id)
+        ctypes.memmove(k.addr, addr, 16)
+        return "dw_prefixes", k
+
     def _write_gen(self, gen: int, c: CompiledRules) -> None:
-        pfx_fd, pair_fd = self._lmap("dw_prefixes"), self._lmap("dw_pairs")
-        pkeys: list[bytes] = []
+        pair_fd = self._lmap("dw_pairs")
+        pkeys: list[tuple[str, bytes]] = []
         qkeys: list[bytes] = []
-        self._gen_keys[gen] = (pkeys, qkeys)
+        self._gen_keys[gen] = (pkeys, qkeys)  # type: ignore[assignment]
         for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
-            k = abi.PrefixKey(prefixlen=plen, gen=gen, fd=fd_id)
-            ctypes.memmove(k.addr, addr, 16)
-            v = _cand_list(cands, pid)
-            self.lib.map_update(pfx_fd, k, v, BPF_NOEXIST)
-            pkeys.append(bytes(k))
+            name, k = self._prefix_key(gen, fd_id, plen, addr)
+            self.lib.map_update(self._lmap(name), k, _cand_list(cands, pid), BPF_NOEXIST)
+            pkeys.append((name, bytes(k)))
         for (sid, did), cands in c.pairs.items():
             k2 = abi.PairKey(src_prefix_id=sid, dst_prefix_id=did, gen=gen)
             self.lib.map_update(pair_fd, k2, _cand_list(cands, 0), BPF_NOEXIST)
@@ -400,19 +409,18 @@ class Loader:
 
     def _verify_gen(self, gen: int, c: CompiledRules) -> None:
         """Read back what we wrote: a map must never be half-updated."""
-        pfx_fd = self._lmap("dw_prefixes")
         v = abi.CandList()
         for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
-            k = abi.PrefixKey(prefixlen=plen, gen=gen, fd=fd_id)
-            ctypes.memmove(k.addr, addr, 16)
-            if not self.lib.map_lookup(pfx_fd, k, v) or bytes(v) != bytes(_cand_list(cands, pid)):
+            name, k = self._prefix_key(gen, fd_id, plen, addr)
+            if not self.lib.map_lookup(self._lmap(name), k, v) or bytes(v) != bytes(_cand_list(cands, pid)):
                 raise DropwatchError(f"rule map verification failed for prefix len {plen}")
 
     def _clear_gen(self, gen: int) -> None:
-        pfx_fd, pair_fd = self._lmap("dw_prefixes"), self._lmap("dw_pairs")
+        pair_fd = self._lmap("dw_pairs")
         pkeys, qkeys = self._gen_keys.get(gen, ([], []))
-        for raw in pkeys:
-            self.lib.map_delete(pfx_fd, abi.PrefixKey.from_buffer_copy(raw))
+        for name, raw in pkeys:  # type: ignore[misc]
+            ktype = abi.Prefix4Key if name == "dw_prefixes4" else abi.PrefixKey
+            self.lib.map_delete(self._lmap(name), ktype.from_buffer_copy(raw))
         for raw in qkeys:
             self.lib.map_delete(pair_fd, abi.PairKey.from_buffer_copy(raw))
         self._gen_keys[gen] = ([], [])
@@ -422,8 +430,10 @@ class Loader:
 
     def rule_map_entries(self) -> dict[str, int]:
         """Entries per rule map, both generations (for tests and /healthz)."""
-        out = {}
-        for name, ktype in (("dw_prefixes", abi.PrefixKey), ("dw_pairs", abi.PairKey)):
+        out = {"dw_prefixes": 0, "dw_pairs": 0}
+        for name, ktype, report in (("dw_prefixes4", abi.Prefix4Key, "dw_prefixes"),
+                                    ("dw_prefixes", abi.PrefixKey, "dw_prefixes"),
+                                    ("dw_pairs", abi.PairKey, "dw_pairs")):
             fd = self._lmap(name)
             n = 0
             k = ktype()
@@ -433,7 +443,7 @@ class Loader:
                 n += 1
                 ctypes.memmove(ctypes.byref(k), ctypes.byref(nk), ctypes.sizeof(k))
                 cur = k
-            out[name] = n
+            out[report] += n
         return out
 
     # ------------------------------------------------------------ counters

@@ -125,14 +125,19 @@ class SampleBuffer:
             self.received += 1
 
     def query(self, *, label: Iterable[str] = (), side: Iterable[str] = (), reason: Iterable[str] = (),
+              location: Iterable[str] = (), iface: Iterable[str] = (), since: datetime | None = None,
               limit: int = 100) -> list[DropSample]:
         labels, sides, reasons = set(label), set(side), set(reason)
+        locations, ifaces = set(location), set(iface)
         out = []
         with self._lock:
             items = list(self._buf)
         for s in reversed(items):
+            if since is not None and s.time < since:
+                break  # newest first: the rest are older
             if (labels and s.label not in labels) or (sides and s.side not in sides) or \
-                    (reasons and s.reason not in reasons):
+                    (reasons and s.reason not in reasons) or (locations and s.location not in locations) or \
+                    (ifaces and s.iface not in ifaces):
                 continue
             out.append(s)
             if len(out) >= limit:

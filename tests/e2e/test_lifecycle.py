@@ -139,6 +139,7 @@ def test_token_protects_writes_and_reads(lt: tuple[Lab, Path]) -> None:
         d.wait_for(lambda: httpx.get(d.url + "/healthz", timeout=5).status_code == 200, "healthy (open)")
         auth = {"authorization": f"Bearer {token}"}
         assert httpx.get(d.url + "/drops", timeout=5).status_code == 401
+        assert httpx.get(d.url + "/", timeout=5).status_code == 200  # the page carries no data
         assert httpx.get(d.url + "/drops", headers={"authorization": "Bearer wrong"}, timeout=5).status_code == 401
         assert httpx.get(d.url + "/drops", headers=auth, timeout=5).status_code == 200
         body = {"rules": [{"label": "customerX", "dst": ["10.10.1.0/24"]}]}

@@ -392,11 +392,12 @@ class Tmux:
     def cmd(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.tmux, "-L", self.sock, *args], check=False, capture_output=True, text=True, timeout=10)
 
-    def start(self, command: str) -> None:
-        # remain-on-exit keeps the pane (and its exit status) after the program ends.
+    def start(self, command: str, status: Path | None = None) -> None:
+        """Runs ``command``; its exit status goes to ``status`` (the pane then stays)."""
+        if status is not None:
+            command = f"{command}; echo $? > {status}; sleep 60"
         p = self.cmd("new-session", "-d", "-s", "t", "-x", str(self.width), "-y", str(self.height), command)
         assert p.returncode == 0, p.stderr
-        self.cmd("set-option", "-t", "t", "remain-on-exit", "on")
 
     def screen(self) -> str:
         return self.cmd("capture-pane", "-p", "-t", "t").stdout
@@ -410,10 +411,6 @@ class Tmux:
                 return s
             time.sleep(0.1)
         raise AssertionError(f"timed out waiting for {what}; screen:\n{s}")
-
-    def pane_dead(self) -> tuple[bool, str]:
-        out = self.cmd("display-message", "-p", "-t", "t", "#{pane_dead} #{pane_dead_status}").stdout.split()
-        return (bool(out) and out[0] == "1"), (out[1] if len(out) > 1 else "")
 
     def kill(self) -> None:
         self.cmd("kill-server")
@@ -439,7 +436,7 @@ def rows_on(screen: str) -> list[list[str]]:
     return [ln.split() for ln in lines[i + 1:] if ln.strip() and not ln.startswith("(")]
 
 
-def test_top_live_screen_sorted_by_rate(api: FakeApi, tmux: Tmux) -> None:
+def test_top_live_screen_sorted_by_rate(api: FakeApi, tmux: Tmux, tmp_path: Path) -> None:
     x, y = ("customerX", "eyeball", "NO_SOCKET"), ("customerY", "origin", "NETFILTER_DROP")
     api.add(*x, 10)
     api.add(*y, 1000)  # a big total, but not growing
@@ -453,7 +450,8 @@ def test_top_live_screen_sorted_by_rate(api: FakeApi, tmux: Tmux) -> None:
     t = threading.Thread(target=traffic)
     t.start()
     try:
-        tmux.start(top_command(api.url, "--interval", "0.5"))
+        status = tmp_path / "status"
+        tmux.start(top_command(api.url, "--interval", "0.5"), status)
         s = tmux.wait_screen(lambda s: "rate over" in s and "customerX" in s, "a frame with rates")
         assert s.splitlines()[0].startswith(f"dropwatch top - {api.url} - ")
         assert "q quits" in s.splitlines()[0]
@@ -481,10 +479,9 @@ def test_top_live_screen_sorted_by_rate(api: FakeApi, tmux: Tmux) -> None:
         assert "customerY" in tmux.screen()  # the last numbers stay on screen
         tmux.cmd("send-keys", "-t", "t", "q")
         deadline = time.monotonic() + 10
-        while not tmux.pane_dead()[0] and time.monotonic() < deadline:
+        while not (status.exists() and status.read_text().strip()) and time.monotonic() < deadline:
             time.sleep(0.1)
-        dead, status = tmux.pane_dead()
-        assert dead and status == "0", tmux.screen()
+        assert status.exists() and status.read_text().strip() == "0", tmux.screen()
         assert "Traceback" not in tmux.screen()
     finally:
         stop.set()
