@@ -256,3 +256,55 @@ def test_tracepoint_fallback_classic(kp: KernelPath) -> None:
                 after[(k[0], k[2])] += v
         no_socket = kp.reasons.value("NO_SOCKET")
         assert after[(1, no_socket)] - before[(1, no_socket)] == n
+
+
+def test_vxlan_decap_stale_metadata_is_never_misattributed(kp: KernelPath) -> None:
+    """VXLAN decapsulation resets the MAC header to the inner frame without
+    moving the metadata, so head + mac_header - meta_len points into the
+    outer headers. The outer packet was labeled customerX; the inner drops
+    must count as unlabeled (no record, or corrupt), never as a customer."""
+    lb = kp.lab
+    vni = 42 if kp.mode == "native" else 43
+    name = f"vx{vni}"
+    inner_rx, inner_tx = f"10.99.{vni}.1", f"10.99.{vni}.2"
+    lb.ns(lb.rx_ns, "ip", "link", "add", name, "type", "vxlan", "id", str(vni), "remote", TX_EYEBALL_V4,
+          "local", RX_V4["customerX"], "dstport", str(4700 + vni), "dev", lb.rx_if)
+    lb.ns(lb.tx_ns, "ip", "link", "add", name, "type", "vxlan", "id", str(vni), "remote", RX_V4["customerX"],
+          "local", TX_EYEBALL_V4, "dstport", str(4700 + vni), "dev", lb.tx_if)
+    try:
+        lb.ns(lb.rx_ns, "ip", "addr", "add", f"{inner_rx}/24", "dev", name)
+        lb.ns(lb.tx_ns, "ip", "addr", "add", f"{inner_tx}/24", "dev", name)
+        for ns in (lb.rx_ns, lb.tx_ns):
+            lb.ns(ns, "ip", "link", "set", name, "up")
+        lb.ns(lb.tx_ns, "ping", "-c1", "-W1", inner_rx, check=False)
+        vx_ifindex = int(lb.ns(lb.rx_ns, "cat", f"/sys/class/net/{name}/ifindex"))
+        n = 90
+
+        def inner_drops() -> Counter[tuple[str, int]]:
+            out: Counter[tuple[str, int]] = Counter()
+            for (label_id, _s, reason, _l, ifindex, _p, source, netns), c in kp.loader.read_drops().items():
+                if netns == kp.rx_netns and ifindex == vx_ifindex and kp.reasons.name(reason) == "NO_SOCKET":
+                    out[(NAMES.get(label_id, str(label_id)), source)] += c
+            return out
+
+        before = inner_drops()
+        s0 = lb.snmp()["Udp.NoPorts"]
+        sock = lb.udp_socket(lb.tx_ns, bind=(inner_tx, 0))
+        try:
+            for _ in range(n):
+                sock.sendto(b"inner", (inner_rx, 5555))
+        finally:
+            sock.close()
+        deadline = time.monotonic() + 5
+        while lb.snmp()["Udp.NoPorts"] - s0 < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.1)
+        after = inner_drops()
+        delta = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+        assert lb.snmp()["Udp.NoPorts"] - s0 == n
+        assert sum(delta.values()) == n, delta
+        # Every one of them unlabeled; none under customerX (the outer label).
+        assert all(label == "unlabeled" for label, _src in delta), delta
+    finally:
+        for ns in (lb.rx_ns, lb.tx_ns):
+            lb.ns(ns, "ip", "link", "del", name, check=False)

@@ -202,3 +202,32 @@ def test_store_on_full_disk_keeps_counting_and_flushes_later(lt: tuple[Lab, Path
             assert d.stop() == 0
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+FOREIGN_XDP = r"""
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+char LICENSE[] SEC("license") = "GPL";
+SEC("xdp") int foreign(struct xdp_md *ctx) { return XDP_PASS; }
+"""
+
+
+def test_refuses_interface_with_another_xdp_program(lt: tuple[Lab, Path]) -> None:
+    """Another program is already on the interface: refuse with a clear
+    message (exit 1), and leave that program in place."""
+    lb, tmp = lt
+    src = tmp / "foreign.bpf.c"
+    src.write_text(FOREIGN_XDP)
+    obj = tmp / "foreign.bpf.o"
+    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True).stdout.strip()
+    subprocess.run(["clang", "-target", "bpf", "-O2", "-g", f"-I/usr/include/{arch}", "-c", str(src), "-o",
+                    str(obj)], check=True)
+    lb.ns(lb.rx_ns, "ip", "link", "set", "dev", lb.rx_if, "xdpgeneric", "obj", str(obj), "sec", "xdp")
+    before = lb.ns(lb.rx_ns, "ip", "-d", "link", "show", lb.rx_if)
+    assert "prog/xdp" in before
+    d = run_daemon(lb, tmp, wait_healthy=False)
+    assert d.proc.wait(timeout=60) == 1
+    log = d.log_path.read_text()
+    assert f"interface {lb.rx_if} (netns {lb.rx_ns}) already has an XDP program" in log
+    assert "dropwatch does not replace it" in log
+    assert lb.ns(lb.rx_ns, "ip", "-d", "link", "show", lb.rx_if) == before  # untouched
