@@ -60,6 +60,13 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def parse_tailcall(value: str) -> tuple[str, int]:
+    path, sep, index = value.rpartition(":")
+    if not sep or not path.startswith("/") or not index.isdigit():
+        raise UsageError(f"--xdp-tailcall {value!r}: expected /sys/fs/bpf/PATH:INDEX")
+    return path, int(index)
+
+
 def _loopback_host(host: str) -> bool:
     import ipaddress
     if host == "localhost":
@@ -138,8 +145,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon, DaemonConfig
     from .api import create_app
 
-    if not args.iface:
-        raise UsageError("at least one --iface is required")
+    tailcalls = [parse_tailcall(v) for v in args.xdp_tailcall]
+    if not args.iface and not tailcalls:
+        raise UsageError("at least one --iface (or --xdp-tailcall) is required")
     try:
         poll_s = parse_duration(args.poll_interval)
     except TimeParseError as exc:
@@ -163,7 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = DaemonConfig(ifaces=args.iface, config_path=config, db_path=Path(args.db), listen=args.listen,
                        xdp_mode=args.xdp_mode, poll_interval_s=poll_s, netns=args.netns,
                        tracepoint_mode=args.tracepoint, metrics_max_labels=args.metrics_max_labels,
-                       sample_rate=args.sample_rate, token=token, public_reads=args.public_reads)
+                       sample_rate=args.sample_rate, token=token, public_reads=args.public_reads,
+                       tailcalls=tailcalls)
     daemon = Daemon(cfg)
     try:
         daemon.start()
@@ -414,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export at most N label values (top N by drops); the rest as label=\"other\"")
     r.add_argument("--sample-rate", type=int, default=10, metavar="N",
                    help="sampled drop events per second per CPU (0 disables; counts are exact either way)")
+    r.add_argument("--xdp-tailcall", action="append", default=[], metavar="PINNED_PROG_ARRAY:INDEX",
+                   help="chain after another XDP program: put the labeler into that slot of its pinned "
+                        "program array (repeatable)")
     r.add_argument("--token-file", default=None, metavar="FILE",
                    help="API token (or env DROPWATCH_TOKEN); required to listen beyond loopback")
     r.add_argument("--public-reads", action="store_true",

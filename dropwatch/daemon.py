@@ -41,6 +41,7 @@ class DaemonConfig:
     tracepoint_mode: str = "auto"
     metrics_max_labels: int | None = None  # cardinality cap for /metrics (None: no cap)
     sample_rate: int = 10  # sampled drop events per second per CPU; 0 disables
+    tailcalls: list[tuple[str, int]] = field(default_factory=list)  # (pinned prog array, slot)
     token: str | None = None  # API token; None: writes only from loopback
     public_reads: bool = False  # with a token: leave GET endpoints open
     samples_kept: int = 2000
@@ -100,6 +101,8 @@ class Daemon:
         for iface in self.cfg.ifaces:
             att = self.loader.attach_xdp(iface, self.cfg.xdp_mode, netns=self.cfg.netns)
             log.info("attach %s: XDP labeler in %s mode", iface, att.mode)
+        for path, index in self.cfg.tailcalls:
+            self.loader.attach_tailcall(path, index)
         self.collector.refresh_label_names()
 
     def start_polling(self) -> None:
@@ -250,6 +253,7 @@ class Daemon:
         age = (now - last).total_seconds() if last else None
         stale_after = max(3 * self.cfg.poll_interval_s, 5.0)
         attached = {att.iface: att.mode for att in self.loader.xdp.values()}
+        attached.update({f"tailcall:{p}[{i}]": "chained" for p, i in self.loader.tailcalls})
         reader = self.loader.reader_kind if self.loader.reader_prog_fd is not None else None
         problems = []
         if not attached:

@@ -204,6 +204,8 @@ class Libbpf:
             "bpf_xdp_query": (i, [i, i, vp]),
             "bpf_obj_get_info_by_fd": (i, [i, vp, ctypes.POINTER(u32)]),
             "bpf_enable_stats": (i, [i]),
+            "bpf_obj_get": (i, [ctypes.c_char_p]),
+            "bpf_prog_get_fd_by_id": (i, [ctypes.c_uint32]),
             "libbpf_num_possible_cpus": (i, []),
             "libbpf_probe_bpf_prog_type": (i, [i, vp]),
             "ring_buffer__new": (vp, [i, RINGBUF_CB, vp, vp]),
@@ -429,6 +431,13 @@ class Libbpf:
 
     def ringbuf_free(self, rb: int) -> None:
         self.lib.ring_buffer__free(rb)
+
+    def obj_get(self, path: str) -> int:
+        """fd of a pinned BPF object (bpffs path)."""
+        return self._check(self.lib.bpf_obj_get(path.encode()), f"bpf_obj_get({path})")
+
+    def prog_fd_by_id(self, prog_id: int) -> int:
+        return self._check(self.lib.bpf_prog_get_fd_by_id(prog_id), f"bpf_prog_get_fd_by_id({prog_id})")
 
     def enable_stats(self) -> int:
         """fd that keeps kernel.bpf_stats_enabled on while open."""

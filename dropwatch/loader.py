@@ -139,6 +139,7 @@ class Loader:
         self._reader_prog_fd: int | None = None
         self._labeler_prog_fd: int | None = None
         self.xdp: dict[tuple[str | None, str], XdpAttachment] = {}
+        self.tailcalls: dict[tuple[str, int], int] = {}  # (pinned prog array, slot) -> map fd
         self.active_gen = 0
         self._gen_keys: dict[int, tuple[list[bytes], list[bytes]]] = {0: ([], []), 1: ([], [])}
         self._rules_lock = threading.Lock()
@@ -268,6 +269,61 @@ class Loader:
                               f"XDP ({err.strerror}); use --xdp-mode generic or auto")
         raise AttachError(f"cannot attach XDP to {where} ({mode} mode): {err.strerror}")
 
+    # ------------------------------------------------------------ tail-call chaining
+
+    def attach_tailcall(self, map_path: str, index: int) -> None:
+        """Chain after another XDP program: put the labeler into slot `index`
+        of its pinned BPF_MAP_TYPE_PROG_ARRAY; that program ends with
+        bpf_tail_call(ctx, &array, index) where it would return XDP_PASS.
+        Its metadata stays in place; ours is prepended in front of it."""
+        key = (map_path, index)
+        if key in self.tailcalls:
+            return
+        try:
+            fd = self.lib.obj_get(map_path)
+        except OSError as exc:
+            raise AttachError(f"--xdp-tailcall {map_path}:{index}: no pinned program array there "
+                              f"({exc.strerror})") from None
+        try:
+            cur = ctypes.c_uint32()
+            occupied = self.lib.map_lookup(fd, ctypes.c_uint32(index), cur)
+            if occupied:
+                name = self._prog_name_by_id(cur.value)
+                if name != "dw_labeler":
+                    raise AttachError(f"--xdp-tailcall {map_path}:{index}: slot holds program {name!r} "
+                                      f"(id {cur.value}); dropwatch does not replace it")
+                log.warning("%s[%d]: replacing a stale dropwatch labeler (prog id %d)", map_path, index, cur.value)
+            self.lib.map_update(fd, ctypes.c_uint32(index), ctypes.c_uint32(self.labeler_prog_fd))
+        except OSError as exc:
+            os.close(fd)
+            raise AttachError(f"--xdp-tailcall {map_path}:{index}: {exc.strerror} (the array must be a "
+                              f"BPF_MAP_TYPE_PROG_ARRAY of XDP programs)") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self.tailcalls[key] = fd
+        log.info("chained the XDP labeler into %s[%d]", map_path, index)
+
+    def _prog_name_by_id(self, prog_id: int) -> str:
+        try:
+            fd = self.lib.prog_fd_by_id(prog_id)
+        except OSError:
+            return "?"
+        try:
+            return self.lib.prog_info(fd).name
+        finally:
+            os.close(fd)
+
+    def detach_tailcall(self, map_path: str, index: int) -> None:
+        fd = self.tailcalls.pop((map_path, index), None)
+        if fd is None:
+            return
+        try:
+            self.lib.map_delete(fd, ctypes.c_uint32(index))
+        finally:
+            os.close(fd)
+        log.info("removed the XDP labeler from %s[%d]", map_path, index)
+
     def detach_xdp(self, iface: str, netns: str | None = None) -> None:
         att = self.xdp.pop((netns, iface), None)
         if att is not None:
@@ -277,6 +333,8 @@ class Loader:
     def close(self) -> None:
         for key in list(self.xdp):
             self.detach_xdp(key[1], key[0])
+        for path, index in list(self.tailcalls):
+            self.detach_tailcall(path, index)
         if self._reader_link:
             self.lib.link_destroy(self._reader_link)
             self._reader_link = None
