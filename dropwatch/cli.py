@@ -468,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DropwatchError, RulesError, StoreError) as exc:
         print(f"dropwatch: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file or device we could not use: say which, no traceback
+        where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"dropwatch: error:{where} {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
 

@@ -104,6 +104,10 @@ class Daemon:
         for path, index in self.cfg.tailcalls:
             self.loader.attach_tailcall(path, index)
         self.collector.refresh_label_names()
+        if self.kallsyms.restricted:
+            log.warning("/proc/kallsyms hides addresses from this process (needs CAP_SYSLOG when "
+                        "kernel.perf_event_paranoid > 1 or kptr_restrict is set): kernel locations are shown "
+                        "as addresses")
 
     def start_polling(self) -> None:
         self._thread = threading.Thread(target=self._run, name="dropwatch-poll", daemon=True)
