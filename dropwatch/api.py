@@ -120,8 +120,10 @@ def _split(values: list[str] | None) -> list[str]:
 def _window(since: str, until: str) -> tuple[datetime, datetime]:
     now = datetime.now(timezone.utc)
     try:
-        s = parse_time(since, now)
-        u = parse_time(until, now)
+        # Whole seconds: the window we query is exactly the one we echo, so
+        # a client can send it back and get the same answer.
+        s = parse_time(since, now).replace(microsecond=0)
+        u = parse_time(until, now).replace(microsecond=0)
     except TimeParseError as exc:
         raise _bad(str(exc)) from None
     if s >= u:

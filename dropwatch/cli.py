@@ -145,6 +145,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import Daemon, DaemonConfig
     from .api import create_app
 
+    if args.metrics_max_labels is not None and args.metrics_max_labels < 1:
+        raise UsageError(f"--metrics-max-labels {args.metrics_max_labels}: must be at least 1")
+    if not 0 <= args.sample_rate <= 100_000:
+        raise UsageError(f"--sample-rate {args.sample_rate}: 0..100000 events/s per CPU")
     tailcalls = [parse_tailcall(v) for v in args.xdp_tailcall]
     if not args.iface and not tailcalls:
         raise UsageError("at least one --iface (or --xdp-tailcall) is required")

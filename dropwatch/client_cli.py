@@ -265,7 +265,6 @@ class Frame:
     until: str
     rows: list[Row]
     rate_window_s: float | None
-    error: str | None = None
 
     @property
     def total(self) -> int:
@@ -305,7 +304,10 @@ class TopSampler:
             self.anchor = str(ans["since"])
         counts: dict[Key, int] = {(str(g["label"]), str(g["side"]), str(g["reason"])): int(g["count"])
                                   for g in ans["groups"]}
-        labels = self.api.get("/labels", [("since", self.anchor), ("until", str(ans["until"]))])
+        # Packets up to now, read after the drops: while traffic flows the ratio
+        # errs low, never above the truth. (The answer's "until" is cut to the
+        # second, so it is not reused: it can fall before the last bucket.)
+        labels = self.api.get("/labels", [("since", self.anchor), ("until", "now")])
         packets = {str(x["label"]): int(x["packets"]) for x in labels.get("labels", [])}
         self.samples.append((t, counts))
         while len(self.samples) > 2 and t - self.samples[1][0] >= self.window_s:
@@ -338,7 +340,7 @@ def render_top(frame: Frame, url: str, interval_s: float, width: int, height: in
               f"{_fmt_rate(rate)}/s" + ("" if frame.rate_window_s is None else
                                         f" (rate over {frame.rate_window_s:.0f}s)")
               + f", {len({r.label for r in frame.rows})} labels")[:width]]
-    lines.append((status or frame.error or "")[:width])
+    lines.append((status or "")[:width])
     rows = [[r.label, r.side, r.reason, _fmt_rate(r.rate), _fmt_int(r.total), _fmt_ratio(r.ratio)]
             for r in frame.rows]
     if height is not None:

@@ -278,9 +278,17 @@ def daemonset() -> dict[str, Any]:
     return next(d for d in k8s_docs() if d["kind"] == "DaemonSet")
 
 
+def kubernetes_validate() -> Any:
+    try:
+        import kubernetes_validate as kv
+    except ImportError:
+        pytest.fail("kubernetes-validate missing: it is in the test extra (pip install -e '.[test]')")
+    return kv
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS + ("latest",))
 def test_kubernetes_manifests_validate_against_schemas(version: str) -> None:
-    kv = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (test extra)")
+    kv = kubernetes_validate()
     v = kv.latest_version() if version == "latest" else version
     kinds = []
     for doc in k8s_docs():
@@ -290,7 +298,7 @@ def test_kubernetes_manifests_validate_against_schemas(version: str) -> None:
 
 
 def test_kubernetes_validation_catches_mistakes() -> None:
-    kv = pytest.importorskip("kubernetes_validate")
+    kv = kubernetes_validate()
     ds = daemonset()
     ds["spec"]["template"]["spec"]["hostNetwrk"] = True  # typo
     with pytest.raises(kv.ValidationError):
