@@ -11,23 +11,24 @@ import ipaddress
 import logging
 import math
 import os
-from pathlib import Path
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, AsyncIterator
+from pathlib import Path
+from typing import Any
 
 from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.middleware.gzip import GZipMiddleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from starlette.middleware.gzip import GZipMiddleware
 
 from .daemon import Daemon
 from .loader import DropwatchError
 from .metrics import make_registry
-from .samples import to_pcapng
 from .rules import LABEL_RE, UNLABELED, RulesError, parse_rules
+from .samples import to_pcapng
 from .store import DROP_DIMS
 from .timeparse import TimeParseError, format_iso, parse_duration, parse_time
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from . import abi
-from .loader import XDP_MODES, TRACEPOINT_MODES, DropwatchError, bpf_dir
+from .loader import TRACEPOINT_MODES, XDP_MODES, DropwatchError, bpf_dir
 from .rules import RulesError
 from .store import StoreError
 from .timeparse import TimeParseError, parse_duration
@@ -47,7 +47,7 @@ def _effective_caps() -> int:
 
 def privilege_problem() -> str | None:
     caps = _effective_caps()
-    have = lambda c: bool(caps >> c & 1)  # noqa: E731
+    have = lambda c: bool(caps >> c & 1)
     if have(CAP_SYS_ADMIN) or (have(CAP_BPF) and have(CAP_PERFMON) and have(CAP_NET_ADMIN)):
         return None
     return "needs root or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN (run as root, or via the systemd unit)"
@@ -118,6 +118,7 @@ def _serve(app: object, sock: socket.socket) -> None:
     process would die of SIGTERM); we handle the signals ourselves.
     """
     import contextlib
+
     import uvicorn
 
     class Server(uvicorn.Server):
@@ -142,8 +143,8 @@ def _serve(app: object, sock: socket.socket) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, DaemonConfig
     from .api import create_app
+    from .daemon import Daemon, DaemonConfig
 
     if args.metrics_max_labels is not None and args.metrics_max_labels < 1:
         raise UsageError(f"--metrics-max-labels {args.metrics_max_labels}: must be at least 1")
@@ -283,9 +284,10 @@ def _driver(iface: str) -> str:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .daemon import Daemon, DaemonConfig
     import yaml
+
     from .api import create_app
+    from .daemon import Daemon, DaemonConfig
     from .lab import LAB_RULES, lab
 
     problem = privilege_problem()
@@ -338,7 +340,7 @@ def _watch_generator(gen: threading.Thread, stop: threading.Event) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _demo_traffic(lb: "object", stop: threading.Event) -> None:
+def _demo_traffic(lb: object, stop: threading.Event) -> None:
     """Steady labeled traffic with several kinds of real drops, bounded rate."""
     from .lab import RX_V4, RX_V6, TX_EYEBALL_V4, TX_ORIGIN_V4, TX_V6, Lab
     assert isinstance(lb, Lab)
@@ -396,9 +398,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                            reasons.name(reason))] += n
                 pk = ld.read_packets(len(names))
                 print(f"--- {time.strftime('%H:%M:%S')}")
-                for (label, side, reason), n in tally.most_common(args.top):
-                    seen = sum(v[0] for (lid, s), v in pk.items() if by_id.get(lid, "unlabeled") == label)
-                    print(f"{label:<20} {side:<8} {reason:<28} {n:>10}  (of {seen} labeled packets)")
+                for (label, side_name, reason_name), n in tally.most_common(args.top):
+                    seen = sum(v[0] for (lid, _s), v in pk.items() if by_id.get(lid, "unlabeled") == label)
+                    print(f"{label:<20} {side_name:<8} {reason_name:<28} {n:>10}  (of {seen} labeled packets)")
                 sys.stdout.flush()
         except KeyboardInterrupt:
             pass

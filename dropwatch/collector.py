@@ -19,9 +19,9 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable
 
 from . import abi
 from .kernel import DropReasons, Kallsyms
@@ -173,9 +173,9 @@ class Collector:
         with self.lock:
             for row, n in drop_rows.items():
                 self.totals.drops[(row.label, row.side, row.reason)] += n
-            for (label, side, _i, _p), (dp, db) in pkt_rows.items():
-                self.totals.packets[(label, side)] += dp
-                self.totals.bytes[(label, side)] += db
+            for (plabel, pside, _i, _p), (dp, db) in pkt_rows.items():
+                self.totals.packets[(plabel, pside)] += dp
+                self.totals.bytes[(plabel, pside)] += db
             self.totals.corrupt_records += corrupt
             self.totals.map_full += max(0, stat_delta.get(abi.Stat.MAP_FULL, 0))
             self.totals.stats = {st.name.lower(): v for st, v in stats.items()}

@@ -22,8 +22,8 @@ from .collector import Collector
 from .kernel import DropReasons, Kallsyms
 from .loader import DropwatchError, Loader
 from .netns import entered
+from .rules import RulesError, RuleSet, compile_rules, dump_rules_yaml, load_rules_file
 from .samples import SampleBuffer, SampleReader
-from .rules import RuleSet, RulesError, compile_rules, dump_rules_yaml, load_rules_file
 from .store import Store
 
 log = logging.getLogger("dropwatch.daemon")
@@ -307,4 +307,4 @@ class Daemon:
         return rules
 
 
-__all__ = ["Daemon", "DaemonConfig", "RulesError", "DropwatchError"]
+__all__ = ["Daemon", "DaemonConfig", "DropwatchError", "RulesError"]

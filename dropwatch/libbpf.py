@@ -14,9 +14,9 @@ import errno as errno_mod
 import os
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 # UAPI constants (include/uapi/linux/bpf.h, if_link.h): part of the kernel ABI.
 BPF_XDP = 37
@@ -419,7 +419,7 @@ class Libbpf:
 
     # -- ring buffers ----------------------------------------------------------
 
-    def ringbuf_new(self, map_fd: int, callback: "ctypes._CFuncPtr") -> int:  # type: ignore[name-defined]
+    def ringbuf_new(self, map_fd: int, callback: ctypes._CFuncPtr) -> int:  # type: ignore[name-defined]
         """The caller keeps `callback` alive as long as the ring buffer."""
         return self._check_ptr(self.lib.ring_buffer__new(map_fd, callback, None, None), "ring_buffer__new")
 

@@ -16,14 +16,13 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from . import abi
 from .btf import Btf
-from .libbpf import (BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, LibbpfError,
-                     libbpf)
+from .libbpf import BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, libbpf
 from .netns import entered
 from .rules import CompiledRules
 
@@ -141,10 +140,11 @@ class Loader:
         self.xdp: dict[tuple[str | None, str], XdpAttachment] = {}
         self.tailcalls: dict[tuple[str, int], int] = {}  # (pinned prog array, slot) -> map fd
         self.active_gen = 0
-        self._gen_keys: dict[int, tuple[list[bytes], list[bytes]]] = {0: ([], []), 1: ([], [])}
+        # Per generation: (prefix map name, key bytes) and pair key bytes written.
+        self._gen_keys: dict[int, tuple[list[tuple[str, bytes]], list[bytes]]] = {0: ([], []), 1: ([], [])}
         self._rules_lock = threading.Lock()
         self.rules_loaded = False
-        self._state: abi.LabelerState | None = None  # type: ignore[assignment]
+        self._state_obj: abi.LabelerState | None = None
         self._state_mmap: mmap.mmap | None = None
         self._lenmask_mmap: mmap.mmap | None = None
         self._lenmask: ctypes.Array[ctypes.c_uint64] | None = None
@@ -339,7 +339,7 @@ class Loader:
             self.lib.link_destroy(self._reader_link)
             self._reader_link = None
             log.info("detached drop reader")
-        self._state = None  # type: ignore[assignment]
+        self._state_obj = None
         self._lenmask = None
         for mm in (self._state_mmap, self._lenmask_mmap):
             if mm is not None:
@@ -351,11 +351,17 @@ class Loader:
         self.reader = self.labeler = None
         self._labeler_prog_fd = self._reader_prog_fd = None
 
-    def __enter__(self) -> "Loader":
+    def __enter__(self) -> Loader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def _state(self) -> abi.LabelerState:
+        if self._state_obj is None:
+            raise DropwatchError("labeler not loaded")
+        return self._state_obj
 
     @property
     def labeler_prog_fd(self) -> int:
@@ -390,7 +396,7 @@ class Loader:
         # memory ourselves (global-data maps are BPF_F_MMAPABLE).
         self._state_mmap = mmap.mmap(self.lib.map_fd(m), -(-size // mmap.PAGESIZE) * mmap.PAGESIZE,
                                      mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        self._state = abi.LabelerState.from_buffer(self._state_mmap)
+        self._state_obj = abi.LabelerState.from_buffer(self._state_mmap)
         lm_fd = self.labeler.maps["dw_v4_lenmask"]
         self._lenmask_mmap = mmap.mmap(lm_fd, abi.DW_V4_L1_ENTRIES * 8, mmap.MAP_SHARED,
                                        mmap.PROT_READ | mmap.PROT_WRITE)
@@ -434,7 +440,7 @@ class Loader:
         pair_fd = self._lmap("dw_pairs")
         pkeys: list[tuple[str, bytes]] = []
         qkeys: list[bytes] = []
-        self._gen_keys[gen] = (pkeys, qkeys)  # type: ignore[assignment]
+        self._gen_keys[gen] = (pkeys, qkeys)
         for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
             name, k = self._prefix_key(gen, fd_id, plen, addr)
             self.lib.map_update(self._lmap(name), k, _cand_list(cands, pid), BPF_NOEXIST)
@@ -476,7 +482,7 @@ class Loader:
     def _clear_gen(self, gen: int) -> None:
         pair_fd = self._lmap("dw_pairs")
         pkeys, qkeys = self._gen_keys.get(gen, ([], []))
-        for name, raw in pkeys:  # type: ignore[misc]
+        for name, raw in pkeys:
             ktype = abi.Prefix4Key if name == "dw_prefixes4" else abi.PrefixKey
             self.lib.map_delete(self._lmap(name), ktype.from_buffer_copy(raw))
         for raw in qkeys:

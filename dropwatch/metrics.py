@@ -58,7 +58,7 @@ def _fold(values: Mapping[K, int], export: Callable[[str], str]) -> dict[K, int]
 
 
 class DropwatchCollector:
-    def __init__(self, daemon: "Daemon") -> None:
+    def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
 
     def collect(self) -> Iterator[Metric]:
@@ -138,7 +138,7 @@ class DropwatchCollector:
         yield rec
 
 
-def make_registry(daemon: "Daemon") -> CollectorRegistry:
+def make_registry(daemon: Daemon) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(DropwatchCollector(daemon))  # type: ignore[arg-type]
     ProcessCollector(registry=reg)

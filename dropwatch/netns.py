@@ -10,9 +10,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/run/netns")
@@ -37,7 +37,7 @@ def entered(name_or_path: str | None) -> Iterator[None]:
         return
     libc = _libc()
     target = netns_path(name_or_path)
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         fd = os.open(target, os.O_RDONLY)
     except OSError as exc:

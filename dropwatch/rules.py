@@ -22,9 +22,10 @@ import ipaddress
 import json
 import re
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Mapping, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -147,7 +148,7 @@ class Rule(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _sets_something(self) -> "Rule":
+    def _sets_something(self) -> Rule:
         if self.label is None and self.side is None:
             raise ValueError("a rule must set a label, a side, or both")
         if self.dport is not None and self.proto in ("icmp", "icmpv6"):

@@ -15,9 +15,9 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Iterable
 
 from . import abi
 from .libbpf import RINGBUF_CB, Libbpf

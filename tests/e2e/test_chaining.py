@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, Lab, lab
-from tests.e2e.test_daemon import RunningDaemon, free_port
+from tests.e2e.helpers import RunningDaemon, free_port
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,96 +6,20 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab, lab
+from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab
 
 pytestmark = pytest.mark.e2e
 
-POLL = "0.5s"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
-@dataclass
-class RunningDaemon:
-    proc: subprocess.Popen[str]
-    url: str
-    log_path: Path
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, timeout=10)
-
-    def wait_for(self, pred: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
-            try:
-                if pred():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; log:\n{self.log_path.read_text()[-2000:]}")
-
-    def drops(self, **params: Any) -> dict[tuple[str, ...], int]:
-        r = self.get("/drops", **params)
-        assert r.status_code == 200, r.text
-        return {tuple(str(v) for k, v in g.items() if k != "count"): int(g["count"]) for g in r.json()["groups"]}
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-
-def start_daemon(lb: Lab, rules: Path, db: Path, log_path: Path, port: int | None = None) -> RunningDaemon:
-    port = port or free_port()
-    cmd = [sys.executable, "-m", "dropwatch", "run", "--netns", lb.rx_ns, "--iface", lb.rx_if,
-           "--config", str(rules), "--db", str(db), "--listen", f"127.0.0.1:{port}", "--poll-interval", POLL]
-    logf = open(log_path, "a")
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-    d = RunningDaemon(proc, f"http://127.0.0.1:{port}", log_path)
-    d.wait_for(lambda: d.get("/healthz").status_code == 200, "the daemon to be healthy", timeout_s=30)
-    return d
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[tuple[Lab, Path, Path, Path]]:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(yaml.safe_dump(LAB_RULES, sort_keys=False))
-    with lab() as lb:
-        yield lb, rules, tmp_path / "history.db", tmp_path / "daemon.log"
-
-
-@pytest.fixture
-def daemon(env: tuple[Lab, Path, Path, Path]) -> Iterator[tuple[Lab, RunningDaemon]]:
-    lb, rules, db, logp = env
-    d = start_daemon(lb, rules, db, logp)
-    try:
-        yield lb, d
-    finally:
-        if d.proc.poll() is None:
-            d.stop()
+from tests.e2e.helpers import POLL, RunningDaemon, free_port, start_daemon  # noqa: E402,F401  (re-exported)
 
 
 def test_api_shows_exact_drops(daemon: tuple[Lab, RunningDaemon]) -> None:
@@ -194,8 +118,9 @@ def test_sigterm_writes_last_interval(env: tuple[Lab, Path, Path, Path]) -> None
     while lb.snmp()["Udp.NoPorts"] - s0 < 25:
         time.sleep(0.01)
     assert d.stop() == 0  # possibly before any poll saw them
-    from dropwatch.store import Store
     from datetime import datetime, timedelta, timezone
+
+    from dropwatch.store import Store
     now = datetime.now(timezone.utc)
     with Store(db) as st:
         res = st.query_drops(now - timedelta(minutes=5), now + timedelta(minutes=1),

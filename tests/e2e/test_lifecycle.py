@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, Lab, lab
-from tests.e2e.test_daemon import RunningDaemon, free_port
+from tests.e2e.helpers import RunningDaemon, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -110,7 +110,7 @@ def test_interface_down_up_and_rename(lt: tuple[Lab, Path]) -> None:
     lb, tmp = lt
     d = run_daemon(lb, tmp)
     try:
-        ifs = lambda: httpx.get(d.url + "/healthz", timeout=5).json()["interfaces"]  # noqa: E731
+        ifs = lambda: httpx.get(d.url + "/healthz", timeout=5).json()["interfaces"]
         lb.ns(lb.rx_ns, "ip", "link", "set", lb.rx_if, "down")
         d.wait_for(lambda: ifs().get(lb.rx_if) == "down", "down reported")
         lb.ns(lb.rx_ns, "ip", "link", "set", lb.rx_if, "up")

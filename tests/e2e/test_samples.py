@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dropwatch.lab import LAB_RULES, RX_V4, RX_V6, TX_EYEBALL_V4, TX_ORIGIN_V4, TX_V6, Lab, lab
-from tests.e2e.test_daemon import RunningDaemon, free_port
+from tests.e2e.helpers import RunningDaemon, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -97,7 +97,7 @@ def test_rate_limit_bounds_samples_counts_stay_exact(lab_tmp: tuple[Lab, Path]) 
             pass
         d.wait_for(lambda: d.drops().get(("customerX", "eyeball", "NO_SOCKET")) == n, "exact count")
         got = d.get("/drops/samples", label="customerX", limit=2000).json()
-        ncpu = len(re.findall(r"^processor", Path("/proc/cpuinfo").read_text(), re.M))
+        ncpu = len(re.findall(r"^processor", Path("/proc/cpuinfo").read_text(), re.MULTILINE))
         # At most burst + rate * elapsed per CPU; the flood took well under 10 s.
         assert len(got["samples"]) <= ncpu * (10 + 5 * 10)
         assert got["lost"]["rate_limit"] > 0

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab
-from tests.e2e.test_daemon import RunningDaemon, start_daemon
+from tests.e2e.helpers import RunningDaemon
 
 pytestmark = pytest.mark.e2e
 
@@ -102,6 +102,3 @@ def test_soak(daemon: tuple[Lab, RunningDaemon]) -> None:
     assert reloads[0] >= max(1, int(SOAK_S / 2) - 2)
     assert rss_end - rss_start < RSS_GROWTH_BOUND_MB
     assert "ERROR" not in d.log_path.read_text()
-
-
-from tests.e2e.test_daemon import daemon, env  # noqa: E402,F401  (fixtures)
