@@ -250,7 +250,11 @@ static __always_inline void parse_packet(void *data, void *end, struct pkt_info 
 		parse_ipv6(data, end, off, pi);
 }
 
-/* Longest-prefix match as one exact lookup per prefix length in use. */
+/*
+ * Longest-prefix match as exact lookups, longest length first, one per
+ * length in use; for IPv4 only the lengths that the address's /16 block can
+ * match (dw_v4_lenmask), which is usually one and often none.
+ */
 static __always_inline const struct dw_cand_list *
 match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 {
@@ -258,7 +262,6 @@ match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 	struct dw_prefix_key key = {};
 	__u32 *ka = (__u32 *)key.addr;
 	__u32 n = plens->n;
-
 	__u64 lenmask = ~0ULL;
 
 	if (!v6) {
