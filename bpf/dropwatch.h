@@ -47,18 +47,28 @@ struct dw_meta {
 };
 
 /*
- * A 16-bit mix of the first three words and a per-load key. The key makes
- * a record forged by a remote sender (or left over from an earlier daemon)
- * fail the check, so it counts as corrupt, never under someone's label.
- * Mirrored by dropwatch.abi.meta_check().
+ * A 16-bit check over the first three words and a per-load key. The key
+ * makes a record forged by a remote sender (or left over from an earlier
+ * daemon) fail the check, so it counts as corrupt, never under someone's
+ * label. Each word goes through a full 32-bit avalanche (lowbias32), so
+ * every bit of every field, side and flags included, reaches all 16 bits
+ * of the check. Mirrored by dropwatch.abi.meta_check().
  */
+static __inline __u32 dw_mix32(__u32 x)
+{
+	x ^= x >> 16; x *= 0x7FEB352Du;
+	x ^= x >> 15; x *= 0x846CA68Bu;
+	x ^= x >> 16;
+	return x;
+}
+
 static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 {
-	__u32 h = key ^ 0x2545F491u;
+	__u32 h = dw_mix32(key ^ 0x2545F491u);
 
-	h ^= w0; h *= 0x9E3779B1u; h ^= h >> 15;
-	h ^= w1; h *= 0x85EBCA77u; h ^= h >> 13;
-	h ^= w2; h *= 0xC2B2AE3Du; h ^= h >> 16;
+	h = dw_mix32(h ^ w0);
+	h = dw_mix32(h ^ w1);
+	h = dw_mix32(h ^ w2);
 	return (__u16)(h ^ (h >> 16));
 }
 

@@ -164,18 +164,21 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
 }
 
 
-def _mix(w0: int, w1: int, w2: int, key: int) -> int:
+def _mix32(x: int) -> int:
     m = 0xFFFFFFFF
-    h = (key ^ 0x2545F491) & m
-    h ^= w0
-    h = (h * 0x9E3779B1) & m
-    h ^= h >> 15
-    h ^= w1
-    h = (h * 0x85EBCA77) & m
-    h ^= h >> 13
-    h ^= w2
-    h = (h * 0xC2B2AE3D) & m
-    h ^= h >> 16
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & m
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & m
+    x ^= x >> 16
+    return x
+
+
+def _mix(w0: int, w1: int, w2: int, key: int) -> int:
+    h = _mix32((key ^ 0x2545F491) & 0xFFFFFFFF)
+    h = _mix32(h ^ w0)
+    h = _mix32(h ^ w1)
+    h = _mix32(h ^ w2)
     return (h ^ (h >> 16)) & 0xFFFF
 
 

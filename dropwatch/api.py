@@ -42,6 +42,14 @@ MAX_SAMPLES = 2000
 NICE_STEPS_S = (10, 30, 60, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 86400)
 
 
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+BAD_REQUEST: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "a parameter is invalid; detail says which and why"}}
+
+
 class DropsResponse(BaseModel):
     since: str
     until: str
@@ -238,7 +246,8 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         def index_missing() -> RedirectResponse:
             return RedirectResponse("/docs")
 
-    @app.get("/drops", response_model=DropsResponse, summary="Drops by label, side, reason, location, iface")
+    @app.get("/drops", response_model=DropsResponse, summary="Drops by label, side, reason, location, iface",
+             responses=BAD_REQUEST)
     def drops(
         label: list[str] | None = Query(None, description="label name(s); 'unlabeled' selects drops with no label"),
         side: list[str] | None = Query(None, description="eyeball, origin or unknown"),
@@ -256,7 +265,8 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         res = daemon.store.query_drops(s, u, filters=f, group_by=g, limit=limit)
         return DropsResponse(since=format_iso(s), until=format_iso(u), total=res.total, groups=res.groups)
 
-    @app.get("/drops/timeseries", response_model=TimeseriesResponse, summary="Drops per time step, per group")
+    @app.get("/drops/timeseries", response_model=TimeseriesResponse, summary="Drops per time step, per group",
+             responses=BAD_REQUEST)
     def timeseries(
         label: list[str] | None = Query(None), side: list[str] | None = Query(None),
         reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
@@ -316,7 +326,8 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         return LabelsResponse(rules=rules.to_dict() if rules else {}, since=format_iso(s), until=format_iso(u),
                               labels=out, rule_counts=per_rule)
 
-    @app.get("/labels", response_model=LabelsResponse, summary="Active rules; per label packets, drops, ratio")
+    @app.get("/labels", response_model=LabelsResponse, summary="Active rules; per label packets, drops, ratio",
+             responses=BAD_REQUEST)
     def get_labels(since: str = Query("-15m"), until: str = Query("now")) -> LabelsResponse:
         return _labels_response(since, until)
 
@@ -344,7 +355,8 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
                                     location=f.get("location", ()), iface=f.get("iface", ()), since=after,
                                     limit=limit)
 
-    @app.get("/drops/samples", summary="Most recent sampled drops (examples, rate-limited), newest first")
+    @app.get("/drops/samples", summary="Most recent sampled drops (examples, rate-limited), newest first",
+             responses=BAD_REQUEST)
     def samples(label: list[str] | None = Query(None), side: list[str] | None = Query(None),
                 reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
                 iface: list[str] | None = Query(None), since: str | None = Query(None),
@@ -356,7 +368,7 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
                 "sample_rate": daemon.cfg.sample_rate}
 
     @app.get("/drops/samples.pcap", summary="The same samples as pcapng (comments carry label/side/reason)",
-             response_class=Response, responses={200: {"content": {"application/x-pcapng": {}}}})
+             response_class=Response, responses={200: {"content": {"application/x-pcapng": {}}}, **BAD_REQUEST})
     def samples_pcap(label: list[str] | None = Query(None), side: list[str] | None = Query(None),
                      reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
                      iface: list[str] | None = Query(None), since: str | None = Query(None),

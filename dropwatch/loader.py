@@ -423,7 +423,14 @@ class Loader:
             self.active_gen = gen
             self.rules_loaded = True
             time.sleep(GEN_GRACE_S)
-            self._clear_gen(old)
+            # The new rules are live now: a failure to clear the old
+            # generation is only garbage (cleared again before that
+            # generation is next written), not a failed reload.
+            try:
+                self._clear_gen(old)
+            except OSError as exc:
+                log.warning("rules applied; clearing the previous generation failed (retried on the next "
+                            "reload): %s", exc)
 
     @staticmethod
     def _prefix_key(gen: int, fd_id: int, plen: int, addr: bytes) -> tuple[str, ctypes.Structure]:
@@ -478,6 +485,11 @@ class Loader:
             name, k = self._prefix_key(gen, fd_id, plen, addr)
             if not self.lib.map_lookup(self._lmap(name), k, v) or bytes(v) != bytes(_cand_list(cands, pid)):
                 raise DropwatchError(f"rule map verification failed for prefix len {plen}")
+        pair_fd = self._lmap("dw_pairs")
+        for (sid, did), cands in c.pairs.items():
+            pk = abi.PairKey(src_prefix_id=sid, dst_prefix_id=did, gen=gen)
+            if not self.lib.map_lookup(pair_fd, pk, v) or bytes(v) != bytes(_cand_list(cands, 0)):
+                raise DropwatchError(f"rule map verification failed for src/dst pair {sid}/{did}")
 
     def _clear_gen(self, gen: int) -> None:
         pair_fd = self._lmap("dw_pairs")

@@ -37,6 +37,7 @@ UNLABELED = "unlabeled"
 PROTOS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 MAX_RULES = 65535
 MAX_FILE_BYTES = 32 * 1024 * 1024
+MAX_LIST_ENTRIES = 2_000_000
 # Both generations must fit during a reload (see dropwatch.h).
 MAX_PREFIX_ENTRIES = abi.DW_MAX_PREFIXES // abi.DW_GENS
 MAX_PAIR_ENTRIES = abi.DW_MAX_PAIRS // abi.DW_GENS
@@ -62,15 +63,22 @@ class RulesError(ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+def _show(value: Any, limit: int = 60) -> str:
+    """A bad value for an error message: quoted, and cut if long (a 1 MB
+    value must not make a 1 MB error line)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _parse_network(value: Any) -> Network:
     if not isinstance(value, str):
         raise ValueError(f"expected a CIDR string, got {type(value).__name__}")
     try:
         net = ipaddress.ip_network(value.strip(), strict=True)
     except ValueError as exc:
-        raise ValueError(f"invalid CIDR {value!r}: {exc}") from None
+        raise ValueError(f"invalid CIDR {_show(value)}: {str(exc)[:120]}") from None
     if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96 and net.network_address.ipv4_mapped:
-        raise ValueError(f"{value!r} is IPv4-mapped IPv6; IPv4 packets are matched by IPv4 prefixes, write "
+        raise ValueError(f"{_show(value)} is IPv4-mapped IPv6; IPv4 packets are matched by IPv4 prefixes, write "
                          f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
     return net
 
@@ -83,15 +91,15 @@ def _parse_port_range(value: Any) -> tuple[int, int]:
     elif isinstance(value, str):
         m = re.fullmatch(r"\s*([0-9]{1,5})\s*(?:-\s*([0-9]{1,5})\s*)?", value, re.ASCII)
         if not m:
-            raise ValueError(f"invalid port or range {value!r}: use 443 or '5000-5999'")
+            raise ValueError(f"invalid port or range {_show(value)}: use 443 or '5000-5999'")
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) else lo
     else:
         raise ValueError(f"expected a port or a 'lo-hi' range, got {type(value).__name__}")
     if not (0 <= lo <= 65535 and 0 <= hi <= 65535):
-        raise ValueError(f"port {value!r} out of range 0-65535")
+        raise ValueError(f"port {_show(value)} out of range 0-65535")
     if lo > hi:
-        raise ValueError(f"range {value!r} is empty (lo > hi)")
+        raise ValueError(f"range {_show(value)} is empty (lo > hi)")
     return lo, hi
 
 
@@ -124,7 +132,7 @@ class Rule(BaseModel):
         if v is None:
             return v
         if not LABEL_RE.fullmatch(v):
-            raise ValueError(f"invalid label {v!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
+            raise ValueError(f"invalid label {_show(v)}: 1-64 characters of A-Z a-z 0-9 _ . -")
         if v == UNLABELED:
             raise ValueError(f"{UNLABELED!r} is reserved for drops that match no label")
         return v
@@ -181,7 +189,20 @@ class RuleSet(BaseModel):
     @field_validator("rules", mode="before")
     @classmethod
     def _none_is_empty(cls, v: Any) -> Any:
-        return [] if v is None else v  # "rules:" with no value: no rules
+        if v is None:
+            return []  # "rules:" with no value: no rules
+        if isinstance(v, list):
+            # Before validating item by item: YAML aliases can make a small
+            # file expand to millions of entries.
+            total = 0
+            for i, r in enumerate(v):
+                if isinstance(r, Mapping):
+                    for fld in ("src", "dst", "dport"):
+                        x = r.get(fld)
+                        total += len(x) if isinstance(x, (list, tuple)) else 0
+                if total > MAX_LIST_ENTRIES:
+                    raise ValueError(f"more than {MAX_LIST_ENTRIES} src/dst/dport entries in all (at rules[{i}])")
+        return v
 
     @field_validator("rules")
     @classmethod
@@ -205,7 +226,7 @@ def _error_from_validation(exc: ValidationError, source: str) -> RulesError:
     if err.get("type") == "extra_forbidden":
         msg = f"unknown key {loc[-1]!r}"
     elif err.get("type") == "literal_error":
-        msg = f"{msg}, got {err.get('input')!r}"
+        msg = f"{msg}, got {_show(err.get('input'))}"
     rule: int | None = None
     if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
         rule = loc[1]
@@ -228,6 +249,8 @@ def parse_rules(data: Any, source: str = "<body>") -> RuleSet:
         return RuleSet.model_validate(data)
     except ValidationError as exc:
         raise _error_from_validation(exc, source) from None
+    except RecursionError:
+        raise RulesError("nested too deeply", source=source) from None
 
 
 def load_rules_file(path: Path) -> RuleSet:
@@ -241,11 +264,20 @@ def load_rules_file(path: Path) -> RuleSet:
         raise RulesError(f"cannot read: {exc.strerror}", source=src) from None
     except UnicodeDecodeError as exc:
         raise RulesError(f"not UTF-8: {exc}", source=src) from None
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        # libyaml's loader when present: ~10x faster on large rule files.
+        data = json.loads(text) if kind == "JSON" else yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise RulesError(f"not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}", source=src) from None
+        raise RulesError(f"not valid {kind}: {str(exc)[:300]}", source=src) from None
+    except RecursionError:
+        raise RulesError(f"not valid {kind}: nested too deeply", source=src) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise RulesError(f"not valid {kind}: {str(exc)[:200]}", source=src) from None
     return parse_rules(data, src)
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def dump_rules_yaml(rs: RuleSet) -> str:
@@ -311,7 +343,8 @@ def _cands_for(rule: Rule, idx: int, match_len: int, label_ids: Mapping[str, int
     return [Candidate(label_id, side, proto, lo, hi, prio, idx, flags) for lo, hi in rule.port_ranges()]
 
 
-def _finish(cands: list[Candidate], what: str, source: str) -> list[Candidate]:
+def _finish(cands: list[Candidate], what: str, source: str, rules: list[Rule] | None = None,
+            fld: str = "dst") -> list[Candidate]:
     best: dict[tuple[int, int, int], Candidate] = {}
     for c in cands:
         k = (c.rule, c.dport_lo, c.dport_hi)
@@ -319,12 +352,28 @@ def _finish(cands: list[Candidate], what: str, source: str) -> list[Candidate]:
             best[k] = c
     out = sorted(best.values(), key=lambda c: c.prio)
     if len(out) > abi.DW_MAX_CANDS:
-        rules = sorted({c.rule for c in out})
+        culprit = out[abi.DW_MAX_CANDS].rule
+        idxs = sorted({c.rule for c in out})
+        # The rule's port ranges or its prefix list put it over the limit.
+        if rules is not None and len(rules[culprit].port_ranges()) > 1:
+            fld = "dport"
         raise RulesError(
-            f"{len(out)} rule/port-range combinations apply to {what} (rules {rules}); at most "
+            f"{len(out)} rule/port-range combinations apply to {what} (rules {idxs}); at most "
             f"{abi.DW_MAX_CANDS} may overlap one prefix: merge port ranges or split the prefix",
-            source=source, rule=out[abi.DW_MAX_CANDS].rule)
+            source=source, rule=culprit, field=fld)
     return out
+
+
+def _capacity_culprit(rs: RuleSet, limit: int) -> tuple[int | None, str | None]:
+    """The rule (and field) at which the distinct prefixes pass `limit`."""
+    seen: set[str] = set()
+    for idx, r in enumerate(rs.rules):
+        for fld in ("src", "dst"):
+            for x in getattr(r, fld) or []:
+                seen.add(f"{fld}:{x}")
+                if len(seen) > limit:
+                    return idx, fld
+    return None, None
 
 
 def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rules>") -> CompiledRules:
@@ -353,11 +402,14 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
                 single[(_fd(n, "src" if srcs else "dst"), n)].extend(_cands_for(rule, idx, n.prefixlen, label_ids))
         else:
             out.wildcard.extend(_cands_for(rule, idx, -1, label_ids))
-    out.wildcard = _finish(out.wildcard, "every packet (rules without src/dst)", source)
+    out.wildcard = _finish(out.wildcard, "every packet (rules without src/dst)", source, rs.rules,
+                           fld="proto")
 
     total = sum(len(v) for v in nets.values())
     if total > MAX_PREFIX_ENTRIES:
-        raise RulesError(f"{total} distinct prefixes; the maps hold at most {MAX_PREFIX_ENTRIES}", source=source)
+        idx, fld = _capacity_culprit(rs, MAX_PREFIX_ENTRIES)
+        raise RulesError(f"{total} distinct prefixes; the maps hold at most {MAX_PREFIX_ENTRIES}", source=source,
+                         rule=idx, field=fld)
 
     ids: dict[tuple[int, Network], int] = {}
     for fd in sorted(nets):
@@ -377,7 +429,8 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
                 sup = n.supernet(new_prefix=plen)
                 if (plen, sup.network_address.packed) in members:
                     cands.extend(single.get((fd, sup), []))
-            out.prefixes[(fd, n.prefixlen, _addr16(n))] = (pid, _finish(cands, f"prefix {n}", source))
+            out.prefixes[(fd, n.prefixlen, _addr16(n))] = (pid, _finish(
+                cands, f"prefix {n}", source, rs.rules, "src" if fd in (abi.DW_FD_V4_SRC, abi.DW_FD_V6_SRC) else "dst"))
 
     for direction, fd in ((0, abi.DW_FD_V4_SRC), (1, abi.DW_FD_V4_DST)):
         out.v4_lenmask[direction] = _v4_lenmask(nets.get(fd, set()))
@@ -386,25 +439,35 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
     # and dst match d*; the rule applies iff one of its src prefixes covers s*
     # and one of its dst prefixes covers d*. Enumerate those (s*, d*) pairs.
     pair_cands: dict[tuple[int, int], list[Candidate]] = defaultdict(list)
+    desc_cache: dict[tuple[int, Network], list[int]] = {}
+
+    def descendants(fd: int, p: Network) -> list[int]:
+        # Prefixes of that direction/family inside p (p included); computed
+        # once per prefix, so a rule with many src and dst prefixes costs
+        # (src + dst) x prefixes, not src x dst x prefixes.
+        key = (fd, p)
+        if key not in desc_cache:
+            desc_cache[key] = [ids[(fd, x)] for x in nets[fd] if x.subnet_of(p)]  # type: ignore[arg-type]
+        return desc_cache[key]
+
     for idx, rule in pair_rules:
-        for s in rule.networks("src"):
-            for d in rule.networks("dst"):
+        srcs, dsts = rule.networks("src"), rule.networks("dst")
+        # Bound the work before doing it: the pairs this rule would add.
+        work = sum(len(descendants(_fd(s, "src"), s)) * len(descendants(_fd(d, "dst"), d))
+                   for s in srcs for d in dsts if s.version == d.version)
+        if work + len(pair_cands) > MAX_PAIR_ENTRIES:
+            raise RulesError(f"its src x dst prefixes make {work} src/dst prefix pairs; the pair map holds at most "
+                             f"{MAX_PAIR_ENTRIES} in all: split the rule or use fewer, shorter prefixes",
+                             source=source, rule=idx, field="src")
+        for s in srcs:
+            for d in dsts:
                 if s.version != d.version:
                     continue
-                sfd, dfd = _fd(s, "src"), _fd(d, "dst")
-                s_desc = [ids[(sfd, x)] for x in nets[sfd] if x.subnet_of(s)]  # type: ignore[arg-type]
-                d_desc = [ids[(dfd, x)] for x in nets[dfd] if x.subnet_of(d)]  # type: ignore[arg-type]
-                if len(s_desc) * len(d_desc) + len(pair_cands) > MAX_PAIR_ENTRIES * 4:
-                    raise RulesError("src x dst combinations exceed the pair map", source=source,
-                                     rule=idx, field="dst")
-                for si in s_desc:
-                    for di in d_desc:
+                for si in descendants(_fd(s, "src"), s):
+                    for di in descendants(_fd(d, "dst"), d):
                         pair_cands[(si, di)].extend(_cands_for(rule, idx, s.prefixlen + d.prefixlen, label_ids))
-    if len(pair_cands) > MAX_PAIR_ENTRIES:
-        raise RulesError(f"{len(pair_cands)} src/dst prefix pairs; the pair map holds at most "
-                         f"{MAX_PAIR_ENTRIES}", source=source)
     for k, v in pair_cands.items():
-        out.pairs[k] = _finish(v, f"src/dst pair {k}", source)
+        out.pairs[k] = _finish(v, f"src/dst pair {k}", source, rs.rules, "src")
     return out
 
 

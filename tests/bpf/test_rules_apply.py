@@ -1,0 +1,473 @@
+"""Rule reloads are all or nothing in the kernel, and the maps' capacity is
+enforced before anything is written.
+
+Ruleset A is applied; then ruleset B is applied with a fault injected at
+every single map write it makes (Loader.lib.map_update raising, the way a
+full or out-of-memory map would), with its read-back verification failing,
+and with one of its writes silently corrupted. After each failed reload the
+test reads the maps back: the active generation is still A's, holds exactly
+A's entries, the inactive generation is empty (no half-written entries),
+Loader.rule_map_entries() equals A's prefix/pair count, and the labeler
+(BPF_PROG_TEST_RUN) classifies probe packets per A. Then B applies cleanly,
+so a failed reload never wedges the loader.
+
+Capacity: a ruleset with more prefixes, pairs or overlapping rules than the
+maps hold is refused by compile_rules with a RulesError naming the limit,
+and nothing reaches the kernel. The drop map filling up is counted
+(DW_STAT_MAP_FULL, what /healthz and dropwatch_map_full_total report),
+never silent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import packets as P
+from dropwatch import abi
+from dropwatch import rules as rules_mod
+from dropwatch.loader import DropwatchError, Loader
+from dropwatch.loader import test_run_xdp as xdp_test_run  # not "test_*": pytest would collect it
+from dropwatch.rules import CompiledRules, RulesError, RuleSet, classify_reference, compile_rules, parse_rules
+
+pytestmark = pytest.mark.bpf
+
+XDP_PASS = 2
+META_KEY = 0xA11FA11F
+IDS = {"custA": 3, "custB": 4, "quic": 9, "peer": 12, "old": 20}
+
+RULES_A = parse_rules({"default_side": "eyeball", "rules": [
+    {"label": "custA", "dst": ["10.10.1.0/24", "2001:db8:a::/48"]},
+    {"label": "quic", "proto": "udp", "dport": [443], "dst": ["10.20.0.0/16"]},
+    {"side": "origin", "src": ["192.0.2.0/24"]},
+    {"label": "peer", "src": ["198.51.100.0/24"], "dst": ["10.30.0.0/16"]},
+    {"label": "old", "proto": "icmp"},
+]})
+# B moves custA, adds many prefixes (so a fault can hit the middle of the
+# prefix writes) and several pair rules.
+RULES_B = parse_rules({"default_side": "origin", "rules": [
+    {"label": "custA", "dst": ["10.10.2.0/24"]},
+    {"label": "custB", "dst": ["10.10.1.0/24", "10.10.0.0/16", "2001:db8:b::/48"]
+     + [f"172.16.{i}.0/24" for i in range(24)]},
+    {"label": "quic", "side": "eyeball", "src": ["192.0.2.0/24", "203.0.113.0/24"],
+     "dst": ["10.20.0.0/16", "10.10.1.0/24", "10.30.0.0/16"]},
+    {"label": "peer", "src": ["198.51.100.0/25", "198.51.100.128/25"], "dst": ["10.30.0.0/16", "10.20.0.0/16"]},
+    {"side": "eyeball", "dport": [53], "proto": "udp"},
+]})
+PROBES = [P.build(4, l4, src=s, dst=d, dport=p) for l4, s, d, p in (
+    ("udp", "203.0.113.5", "10.10.1.7", 443), ("udp", "203.0.113.5", "10.10.2.7", 443),
+    ("udp", "192.0.2.1", "10.20.0.1", 443), ("tcp", "192.0.2.1", "10.10.1.1", 80),
+    ("udp", "198.51.100.200", "10.30.0.1", 53), ("udp", "198.51.100.1", "10.20.0.1", 53),
+    ("icmp", "8.8.8.8", "172.16.7.9", 0), ("tcp", "8.8.8.8", "172.16.7.9", 22))]
+PROBES.append(P.build(6, "tcp", src="2001:db8::1", dst="2001:db8:a::1"))
+PROBES.append(P.build(6, "udp", src="2001:db8::1", dst="2001:db8:b::1", dport=53))
+
+
+def classify_all(ld: Loader) -> list[tuple[int, int]]:
+    out = []
+    for pkt in PROBES:
+        verdict, meta, frame, _ = xdp_test_run(ld, pkt.frame)
+        assert verdict == XDP_PASS and frame == pkt.frame
+        source, rec = abi.decode_meta(meta, META_KEY)
+        assert source == abi.Source.META and rec is not None, meta.hex()
+        out.append((rec.label_id, rec.side))
+    return out
+
+
+def reference(rs: RuleSet) -> list[tuple[int, int]]:
+    out = []
+    for pkt in PROBES:
+        exp = pkt.expect()
+        assert exp is not None
+        out.append(classify_reference(rs, IDS, exp.family, exp.saddr, exp.daddr, exp.proto, exp.dport))
+    return out
+
+
+def test_probes_tell_a_from_b() -> None:
+    assert reference(RULES_A) != reference(RULES_B)
+    a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
+    assert len(b.prefixes) > 20 and len(b.pairs) > 3 and a.pairs
+
+
+# ---------------------------------------------------------------- reading the maps back
+
+PREFIX_MAPS = (("dw_prefixes4", abi.Prefix4Key), ("dw_prefixes", abi.PrefixKey))
+
+
+def _iter_keys(ld: Loader, name: str, ktype: type[ctypes.Structure]) -> Iterator[ctypes.Structure]:
+    fd = ld.labeler.maps[name]  # type: ignore[union-attr]
+    cur: ctypes.Structure | None = None
+    nk = ktype()
+    while ld.lib.map_next_key(fd, cur, nk):
+        k = ktype.from_buffer_copy(bytes(nk))
+        yield k
+        cur = k
+
+
+def _labeler_state(ld: Loader) -> abi.LabelerState:
+    """struct dw_labeler_state as the kernel holds it (a map lookup on the
+    program's .bss, not the loader's own mapping of it)."""
+    lb = ld.labeler
+    assert lb is not None
+    m = ld.lib.find_map(lb.obj, ".bss")
+    buf = (ctypes.c_uint8 * ld.lib.map_value_size(m))()
+    assert ld.lib.map_lookup(ld.lib.map_fd(m), ctypes.c_uint32(0), buf)
+    return abi.LabelerState.from_buffer_copy(bytes(buf)[:ctypes.sizeof(abi.LabelerState)])
+
+
+def _lenmask_nonzero(ld: Loader, gen: int) -> int:
+    """Non-zero IPv4 length masks of one generation (both directions)."""
+    lb = ld.labeler
+    assert lb is not None
+    fd = lb.maps["dw_v4_lenmask"]
+    mm = mmap.mmap(fd, abi.DW_V4_L1_ENTRIES * 8, mmap.MAP_SHARED, mmap.PROT_READ)
+    try:
+        words = memoryview(mm)[gen * 2 * abi.DW_V4_BLOCKS * 8:(gen + 1) * 2 * abi.DW_V4_BLOCKS * 8].cast("Q")
+        n = sum(1 for w in words if w)
+        words.release()
+        return n
+    finally:
+        mm.close()
+
+
+def map_state(ld: Loader) -> dict[str, Any]:
+    """Everything the rule maps hold, read from the kernel."""
+    maps = ld.labeler.maps  # type: ignore[union-attr]
+    prefixes: dict[tuple[str, bytes], bytes] = {}
+    gens: set[int] = set()
+    v = abi.CandList()
+    for name, ktype in PREFIX_MAPS:
+        for k in _iter_keys(ld, name, ktype):
+            assert ld.lib.map_lookup(maps[name], k, v)
+            prefixes[(name, bytes(k))] = bytes(v)
+            gens.add(k.gen)  # type: ignore[attr-defined]
+    pairs: dict[bytes, bytes] = {}
+    pgens: set[int] = set()
+    for k in _iter_keys(ld, "dw_pairs", abi.PairKey):
+        assert ld.lib.map_lookup(maps["dw_pairs"], k, v)
+        pairs[bytes(k)] = bytes(v)
+        pgens.add(k.gen)  # type: ignore[attr-defined]
+    state = _labeler_state(ld)
+    return {"active_gen": state.active_gen, "state": state, "prefixes": prefixes, "prefix_gens": gens,
+            "pairs": pairs, "pair_gens": pgens}
+
+
+def assert_only(ld: Loader, compiled: CompiledRules, rs: RuleSet, what: str) -> None:
+    """The kernel holds exactly ``compiled`` in the active generation, and
+    nothing at all in the other one; the labeler answers per ``rs``."""
+    st = map_state(ld)
+    gen = st["active_gen"]
+    assert gen == ld.active_gen, what
+    assert ld.rule_map_entries() == {"dw_prefixes": len(compiled.prefixes), "dw_pairs": len(compiled.pairs)}, what
+    assert len(st["prefixes"]) == len(compiled.prefixes) and len(st["pairs"]) == len(compiled.pairs), what
+    assert st["prefix_gens"] <= {gen}, f"{what}: prefix entries of generation {st['prefix_gens'] - {gen}} left"
+    assert st["pair_gens"] <= {gen}, f"{what}: pair entries of generation {st['pair_gens'] - {gen}} left"
+    other = 1 - gen
+    assert bytes(st["state"].gen[other]) == bytes(abi.GenState()), f"{what}: inactive generation state not empty"
+    assert _lenmask_nonzero(ld, other) == 0, f"{what}: inactive IPv4 length masks not empty"
+    active = st["state"].gen[gen]
+    for fd in range(abi.DW_FD_COUNT):
+        pl = active.plens[fd]
+        assert [pl.e[j].prefixlen for j in range(pl.n)] == compiled.plens.get(fd, []), what
+    assert active.rs.default_side == compiled.default_side, what
+    # Every entry is the one compile_rules asked for (the loader's own read-back).
+    Loader._verify_gen(ld, gen, compiled)
+    assert classify_all(ld) == reference(rs), what
+
+
+# ---------------------------------------------------------------- fault injection
+
+@pytest.fixture(scope="module")
+def ld() -> Iterator[Loader]:
+    with pytest.MonkeyPatch.context() as mp, Loader(meta_key=META_KEY) as loader:
+        # The grace period protects concurrent XDP runs during a flip; test
+        # runs are synchronous.
+        mp.setattr("dropwatch.loader.GEN_GRACE_S", 0.0)
+        loader.load()
+        yield loader
+
+
+def _fd_names(ld: Loader) -> dict[int, str]:
+    return {fd: name for name, fd in ld.labeler.maps.items()}  # type: ignore[union-attr]
+
+
+def record_calls(ld: Loader, monkeypatch: pytest.MonkeyPatch, compiled: CompiledRules,
+                 method: str = "map_update") -> list[str]:
+    """The map each ``method`` call of one clean apply_rules() goes to."""
+    names = _fd_names(ld)
+    seen: list[str] = []
+    real = getattr(ld.lib, method)
+
+    def spy(fd: int, *args: Any) -> Any:
+        seen.append(names.get(fd, f"fd{fd}"))
+        return real(fd, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(ld.lib, method, spy)
+        ld.apply_rules(compiled)
+    return seen
+
+
+class Injected(OSError):
+    pass
+
+
+def failing(real: Callable[..., Any], at: int) -> Callable[..., Any]:
+    calls = [0]
+
+    def call(fd: int, *args: Any) -> Any:
+        n = calls[0]
+        calls[0] += 1
+        if n == at:
+            raise Injected(errno.ENOMEM, f"injected failure of map call #{at}")
+        return real(fd, *args)
+
+    return call
+
+
+def test_fault_at_every_write_keeps_a(ld: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every map write of a reload happens before the flip (the plens,
+    rulesets and IPv4 length masks are plain stores into mapped memory):
+    a failure at any of them leaves A active and nothing of B behind."""
+    a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
+    ld.apply_rules(a)
+    writes = record_calls(ld, monkeypatch, b)  # a clean B: learn its write sequence
+    n_pfx = sum(writes.count(name) for name, _ in PREFIX_MAPS)
+    assert n_pfx == len(b.prefixes) and writes.count("dw_pairs") == len(b.pairs), writes
+    tried = 0
+    for at in range(len(writes)):
+        ld.apply_rules(a)
+        assert_only(ld, a, RULES_A, "A applied")
+        real = ld.lib.map_update
+        with monkeypatch.context() as m:
+            m.setattr(ld.lib, "map_update", failing(real, at))
+            with pytest.raises(Injected):
+                ld.apply_rules(b)
+        assert_only(ld, a, RULES_A, f"after a fault at write #{at} ({writes[at]}) of B")
+        tried += 1
+    # The loader is not wedged: B applies cleanly afterwards.
+    ld.apply_rules(b)
+    assert_only(ld, b, RULES_B, "B after all the faults")
+    assert tried == len(writes) > len(b.prefixes)
+    print(f"\n{tried} faults injected (one per map write of B); A intact after each")
+
+
+def test_fault_after_the_flip_is_not_reported_as_failure(ld: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
+    ld.apply_rules(a)
+    deletes = record_calls(ld, monkeypatch, b, "map_delete")  # B replacing A: deletes A's entries
+    assert len(deletes) == len(a.prefixes) + len(a.pairs), deletes
+    bad = []
+    for at in range(len(deletes)):
+        ld.apply_rules(a)
+        real = ld.lib.map_delete
+        with monkeypatch.context() as m:
+            m.setattr(ld.lib, "map_delete", failing(real, at))
+            try:
+                ld.apply_rules(b)
+                raised = False
+            except Injected:
+                raised = True
+        # Either it raised and A is what runs, or it returned and B runs.
+        active = classify_all(ld)
+        if (raised and active != reference(RULES_A)) or (not raised and active != reference(RULES_B)):
+            bad.append((at, deletes[at], "raised" if raised else "returned"))
+    ld.apply_rules(a)
+    assert_only(ld, a, RULES_A, "A after the faults")
+    assert not bad, f"cleanup faults after the flip that misreport which rules are active: {bad}"
+
+
+def test_failed_verification_keeps_a(ld: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
+    ld.apply_rules(a)
+
+    def bad_verify(self: Loader, gen: int, c: CompiledRules) -> None:
+        raise DropwatchError("rule map verification failed (injected)")
+
+    with monkeypatch.context() as m:
+        m.setattr(Loader, "_verify_gen", bad_verify)
+        with pytest.raises(DropwatchError, match="verification failed"):
+            ld.apply_rules(b)
+    assert_only(ld, a, RULES_A, "after a failed verification of B")
+
+
+def corrupting_update(real: Callable[..., None], target_fds: set[int], nth: int) -> Callable[..., None]:
+    """Pass every write through, but the nth one to ``target_fds`` with the
+    first candidate's label id changed (what a wrong write would leave)."""
+    calls = [0]
+
+    def update(fd: int, key: object, value: object, flags: int = 0) -> None:
+        if fd in target_fds:
+            if calls[0] == nth:
+                raw = bytearray(bytes(value))  # type: ignore[call-overload]
+                raw[8] ^= 0x01  # struct dw_cand_list: c[0].label_id
+                value = type(value).from_buffer_copy(bytes(raw))  # type: ignore[attr-defined]
+            calls[0] += 1
+        real(fd, key, value, flags)
+
+    return update
+
+
+@pytest.mark.parametrize("target", [
+    "prefixes",
+    "dw_pairs",
+])
+def test_corrupted_write_is_caught_by_read_back(ld: Loader, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
+    """README: new rules are "written to the inactive half, read back, and
+    made active". A write that lands wrong must be refused, A kept."""
+    a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
+    ld.apply_rules(a)
+    maps = ld.labeler.maps  # type: ignore[union-attr]
+    fds = {maps[n] for n, _ in PREFIX_MAPS} if target == "prefixes" else {maps[target]}
+    real = ld.lib.map_update
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(ld.lib, "map_update", corrupting_update(real, fds, 3 if target == "prefixes" else 1))
+            with pytest.raises(DropwatchError, match="verification"):
+                ld.apply_rules(b)
+        assert_only(ld, a, RULES_A, f"after a corrupted {target} write")
+    finally:
+        ld.apply_rules(a)
+
+
+def test_interrupt_mid_write_keeps_a(ld: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not only errors: a KeyboardInterrupt/SystemExit in the middle of the
+    writes also leaves A alone (apply_rules catches BaseException)."""
+    a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
+    ld.apply_rules(a)
+    real = ld.lib.map_update
+    calls = [0]
+
+    def update(fd: int, key: object, value: object, flags: int = 0) -> None:
+        calls[0] += 1
+        if calls[0] == 17:
+            raise KeyboardInterrupt
+        real(fd, key, value, flags)
+
+    with monkeypatch.context() as m:
+        m.setattr(ld.lib, "map_update", update)
+        with pytest.raises(KeyboardInterrupt):
+            ld.apply_rules(b)
+    assert_only(ld, a, RULES_A, "after an interrupt")
+
+
+# ---------------------------------------------------------------- capacity
+
+def _many_prefixes(n: int) -> RuleSet:
+    return parse_rules({"rules": [{"label": "custB", "dst": [f"10.{i // 256}.{i % 256}.0/24" for i in range(n)]}]})
+
+
+def test_prefix_capacity_refused_before_the_kernel(ld: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = compile_rules(RULES_A, IDS)
+    ld.apply_rules(a)
+    monkeypatch.setattr(rules_mod, "MAX_PREFIX_ENTRIES", 16)
+    fitting = compile_rules(_many_prefixes(16), IDS)  # exactly the limit: fits, all of it
+    assert len(fitting.prefixes) == 16
+    with pytest.raises(RulesError) as ei:
+        compile_rules(_many_prefixes(17), IDS)
+    msg = str(ei.value)
+    assert "17 distinct prefixes" in msg and "at most 16" in msg, msg
+    assert type(ei.value) is RulesError
+    assert_only(ld, a, RULES_A, "after a refused over-capacity ruleset")
+    # At the limit, everything lands in the kernel (nothing silently truncated).
+    ld.apply_rules(fitting)
+    assert ld.rule_map_entries() == {"dw_prefixes": 16, "dw_pairs": 0}
+    for i in (0, 15):
+        pkt = P.build(4, "udp", src="1.1.1.1", dst=f"10.0.{i}.9")
+        _, meta, _, _ = xdp_test_run(ld, pkt.frame)
+        assert abi.decode_meta(meta, META_KEY)[1].label_id == IDS["custB"]  # type: ignore[union-attr]
+    ld.apply_rules(a)
+
+
+def test_pair_capacity_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rules_mod, "MAX_PAIR_ENTRIES", 4)
+    rs = parse_rules({"rules": [{"label": "peer", "src": [f"192.0.2.{i * 16}/28" for i in range(3)],
+                                 "dst": ["10.30.0.0/16", "10.31.0.0/16"]}]})
+    with pytest.raises(RulesError) as ei:
+        compile_rules(rs, IDS)
+    assert "6 src/dst prefix pairs" in str(ei.value) and "at most 4" in str(ei.value), str(ei.value)
+
+
+def test_candidate_capacity_refused_naming_the_rule() -> None:
+    rs = parse_rules({"rules": [{"label": "custA", "proto": "tcp", "dport": [p], "dst": ["10.10.1.0/24"]}
+                                for p in range(1, 10)]})
+    with pytest.raises(RulesError) as ei:
+        compile_rules(rs, IDS)
+    assert ei.value.rule == abi.DW_MAX_CANDS and f"at most {abi.DW_MAX_CANDS}" in str(ei.value), str(ei.value)
+
+
+def test_compile_limits_match_the_kernel_maps(ld: Loader) -> None:
+    """Both generations at their limit fit the kernel maps at the same time
+    (all prefixes of one family in one map: the worst case)."""
+    lb = ld.labeler
+    assert lb is not None
+    size = {name: ld.lib.map_max_entries(ld.lib.find_map(lb.obj, name))
+            for name in ("dw_prefixes4", "dw_prefixes", "dw_pairs")}
+    assert abi.DW_GENS * rules_mod.MAX_PREFIX_ENTRIES <= min(size["dw_prefixes4"], size["dw_prefixes"])
+    assert abi.DW_GENS * rules_mod.MAX_PAIR_ENTRIES <= size["dw_pairs"]
+
+
+def test_full_drop_map_is_counted(tmp_path: Path) -> None:
+    """More distinct drop keys than dw_drops holds: the extra drops are
+    counted in DW_STAT_MAP_FULL (and reach the collector's map_full total,
+    which /healthz and dropwatch_map_full_total export), and the map keeps
+    exactly its capacity."""
+    from dropwatch.collector import Collector
+    from dropwatch.kernel import DropReasons, Kallsyms
+    from dropwatch.store import Store
+
+    with Loader(meta_key=META_KEY) as loader:
+        loader.load()
+        loader.attach_reader()
+        assert loader.reader is not None
+        fd = loader.reader.maps["dw_drops"]
+        cap = loader.lib.map_max_entries(loader.lib.find_map(loader.reader.obj, "dw_drops"))
+        assert cap == abi.DW_MAX_DROP_KEYS
+        zero = (ctypes.c_uint64 * loader.ncpus)()
+        filled = 0
+        k = abi.DropKey()
+        for i in range(cap + 1):
+            k.location = 0xFFFF_FFFF_0000_0000 + i  # no kernel text lives there
+            try:
+                loader.lib.map_update(fd, k, zero)
+            except OSError as exc:
+                assert exc.errno == errno.E2BIG, exc
+                break
+            filled += 1
+        assert filled <= cap
+        before = loader.read_stats("reader").get(abi.Stat.MAP_FULL, 0)
+        # Real drops: UDP to a closed port on loopback (NO_SOCKET).
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind(("127.0.0.1", 0))
+        port = rx.getsockname()[1]
+        rx.close()
+        tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for _ in range(20):
+                tx.sendto(b"x", ("127.0.0.1", port))
+        finally:
+            tx.close()
+        stats = loader.read_stats("reader")
+        assert stats.get(abi.Stat.MAP_FULL, 0) - before >= 20
+        n = sum(1 for _ in iter_drop_keys(loader, fd))
+        assert n == cap
+        with Store(tmp_path / "h.db") as store:
+            col = Collector(loader, store, DropReasons.load(), Kallsyms.load())
+            col.poll()
+            assert col.totals.map_full >= 20
+
+
+def iter_drop_keys(ld: Loader, fd: int) -> Iterator[abi.DropKey]:
+    cur: abi.DropKey | None = None
+    nk = abi.DropKey()
+    while ld.lib.map_next_key(fd, cur, nk):
+        k = abi.DropKey.from_buffer_copy(bytes(nk))
+        yield k
+        cur = k
