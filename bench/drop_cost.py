@@ -17,10 +17,12 @@ in each configuration, rounds interleaved:
   lab+rdr   dropwatch's XDP labeler (native, lab rules) + reader
   xdp0      (reference) an empty XDP program in native mode, no reader: what
             attaching any XDP program to a veth costs (skb -> xdp_buff)
-CPU time = busy time of all CPUs from /proc/stat (user+nice+system+irq+softirq)
-over the flood, divided by the packets the kernel counted dropped at the
-target; the flood's own thread CPU time is shown as a cross-check (the whole
-receive path runs in the sender's context on this setup). Kernel BPF run-time
+CPU time per drop = CPU time of the flood's thread (CLOCK_THREAD_CPUTIME_ID:
+on a veth pair the whole receive path, XDP, netfilter, the drop and every
+kfree_skb probe run in the sender's context, softirqs included) plus the run
+time of that CPU's ksoftirqd (softirq work deferred out of it), divided by
+the drops the kernel counted at the target. /proc/stat's busy time of all
+CPUs is shown too, but it counts every other process on the machine. Kernel BPF run-time
 statistics (kernel.bpf_stats_enabled) are collected in a separate pass,
 because enabling them adds two clock reads to every program run.
 """
@@ -28,7 +30,6 @@ because enabling them adds two clock reads to every program run.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import signal
@@ -37,7 +38,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import benchlib as B
 
@@ -58,14 +59,29 @@ TARGETS = {
     "noport": ("10.10.1.1", 7777, "customerX", "NO_SOCKET"),
 }
 CONFIGS = ["none", "bpftrace", "reader", "lab+rdr", "xdp0"]
+OBSERVERS = CONFIGS[1:]
 USER_HZ = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_busy_ns() -> int:
+    """All CPUs' busy time from /proc/stat (tick-sampled; includes every
+    other process on the machine)."""
     with open("/proc/stat") as f:
         vals = [int(x) for x in f.readline().split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq = vals[:7]
     return (user + nice + system + irq + softirq) * 1_000_000_000 // USER_HZ
+
+
+def ksoftirqd_ns(cpu: int) -> int:
+    """Run time (ns, /proc/PID/schedstat) of the CPU's ksoftirqd: softirq work
+    the kernel deferred out of the sender's context."""
+    pid = subprocess.run(["pgrep", "-x", f"ksoftirqd/{cpu}"], capture_output=True, text=True).stdout.split()
+    if not pid:
+        return 0
+    try:
+        return int(Path(f"/proc/{pid[0]}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Bpftrace:
@@ -162,8 +178,9 @@ def kernel_count(lb: Lab, target: str) -> int:
 def dw_count(ld: Loader | None, label_id: int, reason: int, ifindex: int) -> int | None:
     if ld is None or ld.reader is None:
         return None
-    return sum(v for (lid, _side, rsn, _loc, ifi, _pop, src), v in ld.read_drops().items()
-               if lid == label_id and rsn == reason and ifi == ifindex and src == abi.Source.META)
+    # Loader.read_drops() keys start (label_id, side, reason, location, ifindex, pop_id, source, ...)
+    return sum(v for k, v in ld.read_drops().items()
+               if k[0] == label_id and k[2] == reason and k[4] == ifindex and k[6] == abi.Source.META)
 
 
 def flood(lb: Lab, target: str, packets: int, max_s: float, cpu: int) -> dict[str, Any]:
@@ -180,28 +197,35 @@ def measure(lb: Lab, st: Setup, target: str, packets: int, max_s: float, cpu: in
     assert reason is not None, rname
     k0 = kernel_count(lb, target)
     d0 = dw_count(st.ld, LABEL_IDS[label], reason, rx_ifindex) if st.name == "lab+rdr" else None
-    b0 = cpu_busy_ns()
+    b0, s0 = cpu_busy_ns(), ksoftirqd_ns(cpu)
     f = flood(lb, target, packets, max_s, cpu)
     time.sleep(0.3)  # let the last softirq batches finish
-    b1 = cpu_busy_ns()
+    b1, s1 = cpu_busy_ns(), ksoftirqd_ns(cpu)
     k1 = kernel_count(lb, target)
     d1 = dw_count(st.ld, LABEL_IDS[label], reason, rx_ifindex) if st.name == "lab+rdr" else None
     drops = k1 - k0
     return {"config": st.name, "target": target, "sent": f["sent"], "kernel_drops": drops,
             "dropwatch": None if d0 is None or d1 is None else d1 - d0,
+            "cpu_ns_per_drop": (f["cpu_ns"] + s1 - s0) / max(1, drops), "ksoftirqd_ns": s1 - s0,
             "busy_ns_per_drop": (b1 - b0) / max(1, drops), "flood_cpu_ns_per_drop": f["cpu_ns"] / max(1, drops),
             "elapsed_s": f["elapsed_ns"] / 1e9, "pps": f["sent"] / (f["elapsed_ns"] / 1e9)}
 
 
-def bpftool_prog(pid: int) -> dict[str, Any] | None:
+def bpftool_progs() -> dict[int, dict[str, Any]]:
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, timeout=20).stdout
-    for p in json.loads(out or "[]"):
-        if any(x.get("pid") == pid for x in p.get("pids", [])) and p.get("type") == "tracepoint":
-            return p
-    return None
+    return {p["id"]: p for p in json.loads(out or "[]")}
 
 
-def stats_pass(lb: Lab, packets: int, max_s: float, cpu: int, empty_fd: int) -> dict[str, Any]:
+def bpftrace_prog(before: set[int]) -> dict[str, Any] | None:
+    """bpftrace's kfree_skb program: the tracepoint program that appeared
+    since `before` (this bpftool build cannot name the owning process)."""
+    new = [p for i, p in bpftool_progs().items() if i not in before and p.get("type") == "tracepoint"
+           and "kfree_skb" in p.get("name", "")]
+    return new[0] if len(new) == 1 else None
+
+
+def stats_pass(lb: Lab, packets: int, max_s: float, cpu: int, empty_fd: int,
+               targets: tuple[str, ...] = tuple(TARGETS)) -> dict[str, Any]:
     """All observers at once, kernel.bpf_stats_enabled on: ns per program run."""
     lib = libbpf()
     res: dict[str, Any] = {}
@@ -210,19 +234,27 @@ def stats_pass(lb: Lab, packets: int, max_s: float, cpu: int, empty_fd: int) -> 
     st: Setup | None = None
     try:
         st = Setup(lb, "lab+rdr", empty_fd)
+        before = set(bpftool_progs())
         bt.start()
         assert st.ld is not None
-        bp0 = bpftool_prog(bt.pid) or {}
+        bp0 = bpftrace_prog(before) or {}
         i0 = st.ld.prog_infos()
-        for target in TARGETS:
+        for target in targets:
             flood(lb, target, packets, max_s, cpu)
         time.sleep(0.3)
         i1 = st.ld.prog_infos()
-        bp1 = bpftool_prog(bt.pid) or {}
+        bp1 = bpftool_progs().get(bp0.get("id", -1), {})
         for k in ("labeler", "reader"):
             a, b = i0[k], i1[k]
             n = b.run_cnt - a.run_cnt  # type: ignore[attr-defined]
             res[k] = {"runs": n, "ns_per_run": (b.run_time_ns - a.run_time_ns) / max(1, n)}  # type: ignore[attr-defined]
+        # What the method itself reports for an empty program (two clock reads
+        # per run): run it 1,000,000 times with the statistics on.
+        e0 = lib.prog_info(empty_fd)
+        lib.test_run(empty_fd, bytes(64), repeat=1_000_000)
+        e1 = lib.prog_info(empty_fd)
+        n_e = e1.run_cnt - e0.run_cnt
+        res["empty XDP (method floor)"] = {"runs": n_e, "ns_per_run": (e1.run_time_ns - e0.run_time_ns) / max(1, n_e)}
         if bp1:
             n = bp1.get("run_cnt", 0) - bp0.get("run_cnt", 0)
             res["bpftrace"] = {"runs": n, "ns_per_run": (bp1.get("run_time_ns", 0) - bp0.get("run_time_ns", 0))
@@ -237,15 +269,16 @@ def stats_pass(lb: Lab, packets: int, max_s: float, cpu: int, empty_fd: int) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1,000,000 packets per flood, 2 rounds")
-    ap.add_argument("--packets", type=int, help="datagrams per flood (default 2,000,000; quick 1,000,000)")
+    ap.add_argument("--quick", action="store_true",
+                    help="2 rounds, no xdp0 reference configuration, one bpf_stats flood")
+    ap.add_argument("--packets", type=int, default=1_000_000, help="datagrams per flood (default 1,000,000)")
     ap.add_argument("--rounds", type=int, help="rounds over all configurations (default 3; quick 2)")
     ap.add_argument("--max-seconds", type=float, default=15.0, help="time bound of one flood")
     ap.add_argument("--no-stats", action="store_true", help="skip the bpf_stats pass")
     ap.add_argument("--json", type=Path, default=B.OUT / "drop_cost.json")
     args = ap.parse_args()
     B.need_root()
-    packets = args.packets or (1_000_000 if args.quick else 2_000_000)
+    packets = args.packets
     rounds = args.rounds or (2 if args.quick else 3)
     if packets < 1_000_000:
         print("note: below the issue's minimum of 1,000,000 packets per run", file=sys.stderr)
@@ -274,14 +307,20 @@ def main() -> None:
     if foreign:
         print(f"WARNING: programs not started by this bench are attached to kfree_skb ({'; '.join(foreign)}): "
               f"they add the same cost to every configuration", flush=True)
+    lab_ns: list[str] = []
     try:
         with lab() as lb:
+            lab_ns = [lb.rx_ns, lb.tx_ns]
+            print(f"lab namespaces {lb.rx_ns}, {lb.tx_ns}", flush=True)
             with entered(lb.rx_ns):
                 rx_ifindex = socket.if_nametoindex(lb.rx_if)
             # warm-up: ARP, caches, page pools
             flood(lb, "nft", 200_000, args.max_seconds, cpu)
+            observers = [c for c in OBSERVERS if c != "xdp0" or not args.quick]
             for r in range(rounds):
-                order = CONFIGS[r % len(CONFIGS):] + CONFIGS[:r % len(CONFIGS)]
+                # 'none' opens and closes every round; the observers rotate.
+                k = r % len(observers)
+                order = ["none"] + observers[k:] + observers[:k] + ["none"]
                 for name in order:
                     st = Setup(lb, name, empty_fd)
                     try:
@@ -291,14 +330,19 @@ def main() -> None:
                             results["runs"].append(m)
                             ex = "" if m["dropwatch"] is None else f"  dropwatch {m['dropwatch']:,}"
                             print(f"  round {r} {name:8s} {target:6s} sent {m['sent']:,} kernel "
-                                  f"{m['kernel_drops']:,}{ex}  {m['busy_ns_per_drop']:.0f} ns/drop "
+                                  f"{m['kernel_drops']:,}{ex}  {m['cpu_ns_per_drop']:.0f} ns/drop "
+                                  f"(all CPUs {m['busy_ns_per_drop']:.0f}) "
                                   f"({m['pps'] / 1e6:.2f} Mpps)", file=sys.stderr, flush=True)
                     finally:
                         st.close()
             if not args.no_stats:
-                results["bpf_stats"] = stats_pass(lb, packets, args.max_seconds, cpu, empty_fd)
+                results["bpf_stats"] = stats_pass(lb, packets, args.max_seconds, cpu, empty_fd,
+                                                  ("nft",) if args.quick else tuple(TARGETS))
     finally:
         lib.close_object(eobj)
+        left = set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()) & \
+            set(lab_ns)
+        print(f"lab namespaces removed: {'no, left ' + str(sorted(left)) if left else 'yes'}", flush=True)
     report(results)
     results["elapsed_s"] = time.monotonic() - t_start
     B.write_json(args.json, results)
@@ -307,34 +351,35 @@ def main() -> None:
 
 def report(results: dict[str, Any]) -> None:
     runs = results["runs"]
+    configs = [c for c in CONFIGS if any(r["config"] == c for r in runs)]
     med: dict[tuple[str, str], dict[str, float]] = {}
-    for cfg in CONFIGS:
-        for target in TARGETS:
+    added: dict[tuple[str, str], float] = {}
+    for target in TARGETS:
+        for cfg in configs:
             rs = [r for r in runs if r["config"] == cfg and r["target"] == target]
-            if rs:
-                med[(cfg, target)] = {k: B.median([r[k] for r in rs]) for k in
-                                      ("busy_ns_per_drop", "flood_cpu_ns_per_drop", "pps")}
-                med[(cfg, target)]["spread"] = max(r["busy_ns_per_drop"] for r in rs) - \
-                    min(r["busy_ns_per_drop"] for r in rs)
+            med[(cfg, target)] = {k: B.median([r[k] for r in rs]) for k in ("cpu_ns_per_drop", "busy_ns_per_drop",
+                                                                             "pps")}
+            med[(cfg, target)]["spread"] = max(r["cpu_ns_per_drop"] for r in rs) - min(r["cpu_ns_per_drop"] for r in rs)
+            if cfg != "none":
+                # Against the median of every 'none' run (two per round, at
+                # its start and end): one disturbed baseline run cannot move it.
+                added[(cfg, target)] = med[(cfg, target)]["cpu_ns_per_drop"] - med[("none", target)]["cpu_ns_per_drop"]
     rows = []
     for target in TARGETS:
-        base = med[("none", target)]
-        bt_add = med[("bpftrace", target)]["busy_ns_per_drop"] - base["busy_ns_per_drop"]
-        for cfg in CONFIGS:
+        bt_add = added[("bpftrace", target)]
+        for cfg in configs:
             m = med[(cfg, target)]
-            add = m["busy_ns_per_drop"] - base["busy_ns_per_drop"]
-            add_f = m["flood_cpu_ns_per_drop"] - base["flood_cpu_ns_per_drop"]
-            rows.append([target, cfg, B.fmt(m["busy_ns_per_drop"], 0), B.fmt(m["spread"], 0),
-                         B.fmt(add) if cfg != "none" else "-",
-                         f"{add / bt_add:.2f}" if cfg in ("reader", "lab+rdr", "xdp0") and bt_add > 0 else "-",
-                         B.fmt(m["flood_cpu_ns_per_drop"], 0), B.fmt(add_f) if cfg != "none" else "-",
-                         f"{m['pps'] / 1e6:.2f}"])
+            add = added.get((cfg, target))
+            rows.append([target, cfg, B.fmt(m["cpu_ns_per_drop"], 0), B.fmt(m["spread"], 0), B.fmt(add, 0),
+                         f"{add / bt_add:.2f}" if add is not None and cfg != "bpftrace" and bt_add > 0 else "-",
+                         B.fmt(m["busy_ns_per_drop"], 0), f"{m['pps'] / 1e6:.2f}"])
     print()
-    print(B.table(rows, ["target", "config", "ns/drop", "spread", "added", "vs bpftrace", "flood cpu ns",
-                         "added", "Mpps"]))
-    print("\nns/drop: all CPUs' busy time (/proc/stat) / kernel-counted drops, median over rounds; spread: max-min "
-          "over rounds; added: minus 'none'; vs bpftrace: added / bpftrace's added; flood cpu: the sender "
-          "thread's CPU time (the receive path runs in its context)")
+    print(B.table(rows, ["target", "config", "ns/drop", "spread", "added", "vs bpftrace", "all CPUs ns", "Mpps"]))
+    print("\nns/drop: CPU time of the sender thread (the whole receive path, XDP and the drop run in its "
+          "context) plus its CPU's ksoftirqd, per kernel-counted drop, median over rounds; spread: max-min over "
+          "rounds; added: median minus the median of all 'none' runs (two per round); vs bpftrace: added / "
+          "bpftrace's added; all CPUs: /proc/stat busy time of the whole machine per drop (includes every other "
+          "process running meanwhile)")
     ex_rows = []
     exact = True
     for r in runs:
@@ -353,11 +398,11 @@ def report(results: dict[str, Any]) -> None:
         print(B.table([[k, f"{v['runs']:,}", B.fmt(v["ns_per_run"])] for k, v in results["bpf_stats"].items()],
                       ["program (bpf_stats pass)", "runs", "ns/run"]))
     for target in TARGETS:
-        base = med[("none", target)]["busy_ns_per_drop"]
-        results[f"drop_cost_ns_none_{target}"] = base
+        results[f"drop_cost_ns_none_{target}"] = med[("none", target)]["cpu_ns_per_drop"]
         for cfg, key in (("bpftrace", "bpftrace"), ("reader", "dropwatch_reader"), ("lab+rdr", "dropwatch"),
                          ("xdp0", "empty_xdp")):
-            results[f"drop_cost_ns_{key}_{target}"] = med[(cfg, target)]["busy_ns_per_drop"] - base
+            if (cfg, target) in added:
+                results[f"drop_cost_ns_{key}_{target}"] = added[(cfg, target)]
     results["drop_cost_ns_none"] = results["drop_cost_ns_none_nft"]
     results["drop_cost_ns_bpftrace"] = results["drop_cost_ns_bpftrace_nft"]
     # The per-drop cost is the reader's (the bpftrace one-liner's counterpart);

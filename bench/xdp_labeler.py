@@ -148,20 +148,38 @@ def curve_spec(rng: random.Random, family: int, n: int) -> Spec:
 
 
 def worst_spec(rng: random.Random, family: int, per_len: int) -> Spec:
-    """Prefixes at every length, all inside one half (v4: 0/1, plus /0) or one
-    /32 (v6); the flows come from elsewhere, so every probe but /0 misses."""
-    if family == 4:
-        bits, lens, region = 32, range(0, 33), (1, 0)
-    else:
-        bits, lens, region = 128, range(48, 129), (32, 0x20010DB8 << 96)
+    """As many hash probes per packet as the design allows, with every probe
+    but the last missing.
+
+    IPv4 (33 lengths): in each of 4,096 /16 blocks a chain of nested prefixes
+    /17../32 at the block's start, prefixes /1../16 elsewhere (so every length
+    is in use) and 0.0.0.0/0; flows come from the blocks' upper halves, so a
+    per-length lookup misses every length but /0: 33 probes per side without
+    a per-block length filter, 17 (/32../17, then /0) with one.
+    IPv6 (/48-/128): prefixes at every length inside 2001:db8::/32, flows
+    from 2001:db9::/32: 81 misses per side."""
     dst: dict[int, set[int]] = {}
     src: dict[int, set[int]] = {}
-    for plen in lens:
-        r = region if plen >= region[0] else (0, 0)
-        dst[plen] = _rand_prefixes(rng, bits, plen, per_len, r)
-        src[plen] = _rand_prefixes(rng, bits, plen, per_len, r)
-    name = "v4 worst /0-/32" if family == 4 else "v6 worst /48-/128"
-    return Spec(name, family, sum(len(v) for v in dst.values()), dst, src, 4, 4, [], worst=True)
+    chain_blocks: dict[str, list[int]] = {}
+    if family == 4:
+        for name, sets in (("dst", dst), ("src", src)):
+            blocks = rng.sample(range(1 << 15, 1 << 16), 4096)  # inside 128/1
+            chain_blocks[name] = blocks
+            sets[0] = {0}
+            for plen in range(1, 17):  # inside 0/1: never covers a chain block
+                sets[plen] = _rand_prefixes(rng, 32, plen, min(per_len, 1 << (plen - 1)), (1, 0))
+            for plen in range(17, 33):
+                sets[plen] = {b << 16 for b in blocks}
+        name = "v4 worst /0-/32"
+    else:
+        region = (32, 0x20010DB8 << 96)
+        for plen in range(48, 129):
+            dst[plen] = _rand_prefixes(rng, 128, plen, per_len, region)
+            src[plen] = _rand_prefixes(rng, 128, plen, per_len, region)
+        name = "v6 worst /48-/128"
+    sp = Spec(name, family, sum(len(v) for v in dst.values()), dst, src, 4, 4, [], worst=True)
+    sp.chain_blocks = chain_blocks  # type: ignore[attr-defined]
+    return sp
 
 
 def rules_dict(spec: Spec) -> dict[str, Any]:
@@ -306,11 +324,16 @@ def check_against_compile_rules(spec: Spec, fast: Compiled) -> None:
 def make_flows(rng: random.Random, spec: Spec, n: int) -> list[tuple[int, int]]:
     bits = spec.bits
     flows: set[tuple[int, int]] = set()
-    if spec.worst:  # outside every prefix but /0
-        hi = 1 << (bits - 1) if spec.family == 4 else 0x20010DB9 << 96
-        low = bits - 1 if spec.family == 4 else 96
+    if spec.worst and spec.family == 4:  # upper halves of the chain blocks: only /0 matches
+        sb, db = spec.chain_blocks["src"], spec.chain_blocks["dst"]  # type: ignore[attr-defined]
         while len(flows) < n:
-            flows.add((hi | rng.getrandbits(low), hi | rng.getrandbits(low)))
+            flows.add(((rng.choice(sb) << 16) | 0x8000 | rng.getrandbits(15),
+                       (rng.choice(db) << 16) | 0x8000 | rng.getrandbits(15)))
+        return list(flows)
+    if spec.worst:  # outside every prefix
+        hi = 0x20010DB9 << 96
+        while len(flows) < n:
+            flows.add((hi | rng.getrandbits(96), hi | rng.getrandbits(96)))
         return list(flows)
     dsts = [(p, a) for p, s in spec.dst.items() for a in s]
     srcs = [(p, a) for p, s in spec.src.items() for a in s]
@@ -365,37 +388,42 @@ def expect(spec: Spec, comp: Compiled, flows: list[tuple[int, int]]) -> tuple[di
 
 # ---------------------------------------------------------------- loading
 
-def _pack_cand(c: CandT) -> bytes:
-    return struct.pack("<IIHHBBBx", c[0], c[5], c[3], c[4], c[2], c[1], c[7])
-
-
 def load_rules(ld: Loader, spec: Spec, comp: Compiled) -> float:
-    """Everything but the prefix table through the real Loader.apply_rules
-    (state, length lists, per-block length masks, generation flip); the prefix
-    table with bpf_map_update_batch, in the key/value layout of dropwatch.abi
-    (checked against the loader's own encoding below). Returns seconds."""
+    """Write the compiled rules into the labeler's maps; returns seconds.
+
+    Small sets go through Loader.apply_rules unchanged. Large ones too, except
+    the prefix entries themselves: Loader.apply_rules writes and reads back
+    one entry per syscall (minutes at 10^6), so they are batch-written with
+    the loader's own encoders (Loader._prefix_key, loader._cand_list) after
+    apply_rules has written everything else (state, length lists, masks,
+    generation flip) for a copy of the rules without prefixes."""
     t0 = time.monotonic()
+    fast = hasattr(Loader, "_prefix_key") and hasattr(loader_mod, "_cand_list") and len(comp.prefixes) > 20_000
+    if not fast:
+        ld.apply_rules(to_compiled_rules(spec, comp, with_prefixes=True))
+        return time.monotonic() - t0
     ld.apply_rules(to_compiled_rules(spec, comp, with_prefixes=False))
     gen = ld.active_gen
-    ks, vs = ctypes.sizeof(abi.PrefixKey), ctypes.sizeof(abi.CandList)
-    assert (ks, vs) == (24, 8 + 16 * MAX_CANDS)
     nbytes = spec.bits // 8
-    cache: dict[CandT, bytes] = {}
-    keys, vals = [], []
-    pad = bytes(16)
-    for (fd, p, a), (pid, cands) in comp.prefixes.items():
-        keys.append(struct.pack("<IBB2x", p, gen, fd) + a.to_bytes(nbytes, "big").ljust(16, b"\0"))
-        body = b"".join(cache.get(c) or cache.setdefault(c, _pack_cand(c)) for c in cands)
-        vals.append(struct.pack("<IB3x", pid, len(cands)) + body + pad * (MAX_CANDS - len(cands)))
-    step = max(1, len(keys) // 50)
-    for i, ((fd, p, a), (pid, cands)) in enumerate(comp.prefixes.items()):  # the loader's encoding, sampled
-        if i % step:
-            continue
-        k = abi.PrefixKey(prefixlen=p, gen=gen, fd=fd)
-        ctypes.memmove(k.addr, a.to_bytes(nbytes, "big").ljust(16, b"\0"), 16)
-        if bytes(k) != keys[i] or bytes(loader_mod._cand_list([Candidate(*c) for c in cands], pid)) != vals[i]:
-            raise SystemExit("bench's prefix-table encoding differs from dropwatch.loader's: update load_rules()")
-    B.update_batch(ld.lib, ld.labeler.maps["dw_prefixes"], b"".join(keys), b"".join(vals), ks, vs)  # type: ignore[union-attr]
+    off = abi.CandList.prefix_id.offset
+    cache: dict[tuple[CandT, ...], bytes] = {}
+    batches: dict[str, tuple[list[bytes], list[bytes]]] = {}
+    sample = max(1, len(comp.prefixes) // 50)
+    for i, ((fd, p, a), (pid, cands)) in enumerate(comp.prefixes.items()):
+        name, key = Loader._prefix_key(gen, fd, p, a.to_bytes(nbytes, "big").ljust(16, b"\0"))
+        ct = tuple(cands)
+        tmpl = cache.get(ct)
+        if tmpl is None:
+            tmpl = cache[ct] = bytes(loader_mod._cand_list([Candidate(*c) for c in cands], 0))
+        val = tmpl[:off] + struct.pack("<I", pid) + tmpl[off + 4:]
+        if i % sample == 0 and bytes(loader_mod._cand_list([Candidate(*c) for c in cands], pid)) != val:
+            raise SystemExit("bench's prefix-entry encoding differs from dropwatch.loader's: update load_rules()")
+        ks, vs = batches.setdefault(name, ([], []))
+        ks.append(bytes(key))
+        vs.append(val)
+    for name, (ks, vs) in batches.items():
+        B.update_batch(ld.lib, ld.labeler.maps[name], b"".join(ks), b"".join(vs), len(ks[0]),  # type: ignore[union-attr]
+                       len(vs[0]))
     return time.monotonic() - t0
 
 
@@ -476,9 +504,9 @@ class Bench:
             raise SystemExit(f"test run returned {ret}, not XDP_PASS: a tail call failed?")
         return (t1 - t0) / rep
 
-    def interleaved(self, variants: dict[str, tuple[Any, ...]], runs: int | None = None) -> dict[str, float]:
+    def interleaved(self, variants: dict[Any, tuple[Any, ...]], runs: int | None = None) -> dict[Any, float]:
         """variants: name -> (callable setting up, prog_fd, data). Median per name."""
-        res: dict[str, list[float]] = {k: [] for k in variants}
+        res: dict[Any, list[float]] = {k: [] for k in variants}
         for _ in range(runs or self.runs):
             for name, (setup, fd, data) in variants.items():
                 setup()
@@ -553,8 +581,9 @@ def same_code(a: Path, b: Path, sym: str) -> bool | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="3 runs, no 1M set, one packet shape per size")
-    ap.add_argument("--runs", type=int, help="runs per number, median taken (default 5, quick 3)")
+    ap.add_argument("--quick", action="store_true",
+                    help="no 1M sets, one frame shape per size, worst cases with 100k flows only, no memory probe")
+    ap.add_argument("--runs", type=int, help="runs per number, median taken (default 3)")
     ap.add_argument("--repeat", type=int, default=1_000_000, help="BPF_PROG_TEST_RUN repeat (default 1,000,000)")
     ap.add_argument("--flows", type=int, default=100_000, help="distinct random flows (default 100,000)")
     ap.add_argument("--sizes", default="10,1000,100000,1000000", help="dst prefix counts of the curve")
@@ -563,7 +592,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=B.OUT / "xdp_labeler.json")
     args = ap.parse_args()
     B.need_root()
-    runs = args.runs or (3 if args.quick else 5)
+    runs = args.runs or 3
     if args.repeat < 1_000_000 or runs < 3:
         print("note: below the issue's minimum (repeat >= 1,000,000, >= 3 runs)", file=sys.stderr)
     sizes = [int(x) for x in args.sizes.split(",") if x]
@@ -639,16 +668,22 @@ def main() -> None:
                 [s for s in shapes if s[0] == spec.family]
             for shape in my_shapes:
                 data, l3 = frames[shape]
-                for nfl in (0, len(flows)):
-                    def setter(target: int, nfl: int = nfl, l3: int = l3) -> Any:
-                        return lambda: front.cfg(nfl, l3, spec.family, target)
+                # Worst-case sets run up to 20 us per packet: a fifth of the repeats.
+                worst_div = 10 if args.quick else 5
+                bench.repeat = max(100_000, args.repeat // worst_div) if spec.worst else args.repeat
+                modes = (0, len(flows)) if shape == fam_shape and not (args.quick and spec.worst) else (len(flows),)
+                for nfl in modes:
+                    def setter(target: int, nfl: int = nfl, l3: int = l3, fr: Front = front, fam: int = spec.family) \
+                            -> Any:
+                        return lambda: fr.cfg(nfl, l3, fam, target)
                     variants = {"base": (setter(T_EMPTY), front.fd["bench_front"], data),
                                 "lab": (setter(T_LABELER), front.fd["bench_front"], data)}
-                    want_parts = shape == fam_shape and nfl and not spec.worst and spec.size in (10, 100_000)
+                    want_parts = shape == fam_shape and not spec.worst and \
+                        spec.size in ((100_000,) if args.quick else (10, 100_000))
                     if want_parts:
                         for nm, t in (("parse", T_PARSE), ("classify", T_CLASSIFY), ("count", T_COUNT)):
                             variants[nm] = (setter(t), front.fd["bench_front"], data)
-                    r = bench.interleaved(variants, runs=3 if spec.worst else None)
+                    r = bench.interleaved(variants, runs=max(runs, 5) if want_parts else None)
                     delta = r["lab"] - r["base"]
                     ns = empty[shape] + delta
                     row = {"ruleset": spec.name, "family": spec.family, "prefixes": spec.n_prefixes(),
@@ -656,7 +691,8 @@ def main() -> None:
                            "flows": nfl or 1, "empty_ns": empty[shape], "front_empty_ns": r["base"],
                            "front_labeler_ns": r["lab"], "labeler_minus_empty_ns": delta, "ns_per_pkt": ns,
                            "ratio": ns / empty[shape], "probes_per_pkt": probes if nfl else None,
-                           "labeled_share": labeled if nfl else None, "load_s": load_s, "prep_s": prep_s}
+                           "labeled_share": labeled if nfl else None, "load_s": load_s, "prep_s": prep_s,
+                           "repeat": bench.repeat}
                     results["rows"].append(row)
                     rows.append([spec.name, f"{spec.n_prefixes():,}", f"{len(data)}{' vlan' if shape[2] else ''}",
                                  f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta), f"{ns / empty[shape]:.2f}",
@@ -664,34 +700,36 @@ def main() -> None:
                     if want_parts:
                         p = {"parse": r["parse"] - r["base"], "classify": r["classify"] - r["parse"],
                              "count+stat": r["count"] - r["classify"], "record write": r["lab"] - r["count"]}
-                        results.setdefault("parts", {})[spec.name] = p
-                        parts_rows.append([spec.name, B.fmt(p["parse"]), B.fmt(p["classify"]),
+                        results.setdefault("parts", {})[f"{spec.name}, {nfl or 1} flows"] = p
+                        parts_rows.append([spec.name, f"{nfl:,}" if nfl else "1", B.fmt(p["parse"]),
+                                           B.fmt(p["classify"]),
                                            B.fmt(p["count+stat"]), B.fmt(p["record write"]), B.fmt(delta),
-                                           B.fmt(probes)])
+                                           B.fmt(probes if nfl else None)])
                     if shape == fam_shape and not spec.worst and spec.family not in overhead:
                         # The front's own cost: metadata reset + tail call, and the rewrite.
-                        o0 = B.median([(front.cfg(0, l3, spec.family, T_EMPTY), bench.time_run(
-                            front.fd["bench_front"], data))[1] for _ in range(runs)])
-                        o1 = B.median([(front.cfg(len(flows), l3, spec.family, T_EMPTY), bench.time_run(
-                            front.fd["bench_front"], data))[1] for _ in range(runs)])
+                        o = bench.interleaved({k: (setter(T_EMPTY, k), front.fd["bench_front"], data)
+                                               for k in (0, len(flows))})
+                        o0, o1 = o[0], o[len(flows)]
                         overhead[spec.family] = {"reset_and_tail_call_ns": o0 - empty[shape],
                                                  "rewrite_ns": o1 - o0}
+            bench.repeat = args.repeat
             if spec.family == 4 and spec.size == 100_000 and not spec.worst:
                 alt_s = load_alternatives(front.ld, spec, comp)
                 data, l3 = frames[fam_shape]
-                for t, (prog, desc) in ALT_PROGS.items():
+                for t, (prog, _desc) in ALT_PROGS.items():
                     if count_pass(bench, front, spec, len(flows), n_check, t, data, l3) != want:
                         raise SystemExit(f"{prog}: per-label counts differ from the reference")
                 for nfl in (0, len(flows)):
-                    variants = {}
-                    for nm, t in (("base", T_EMPTY), ("lab", T_LABELER), (T_ALT_LPM, T_ALT_LPM),
-                                  (T_ALT_DIR, T_ALT_DIR)):
-                        variants[nm] = ((lambda t=t, nfl=nfl: front.cfg(nfl, l3, 4, t)), front.fd["bench_front"],
-                                        data)
-                    r = bench.interleaved(variants)  # type: ignore[arg-type]
-                    for t, (prog, desc) in [(None, ("dw_labeler", "dropwatch (this build)"))] + \
-                            list(ALT_PROGS.items()):  # type: ignore[list-item]
-                        delta = r["lab" if t is None else t] - r["base"]
+                    alt_variants: dict[Any, tuple[Any, ...]] = {}
+                    alt_targets: list[tuple[Any, int]] = [("base", T_EMPTY), ("lab", T_LABELER),
+                                                          (T_ALT_LPM, T_ALT_LPM), (T_ALT_DIR, T_ALT_DIR)]
+                    for nm, t in alt_targets:
+                        alt_variants[nm] = ((lambda t=t, nfl=nfl, fr=front, l3=l3: fr.cfg(nfl, l3, 4, t)),
+                                            front.fd["bench_front"], data)
+                    r = bench.interleaved(alt_variants)
+                    named: list[tuple[Any, tuple[str, str]]] = [("lab", ("dw_labeler", "dropwatch (this build)"))]
+                    for key, (prog, desc) in named + list(ALT_PROGS.items()):
+                        delta = r[key] - r["base"]
                         ns = empty[fam_shape] + delta
                         alt_rows.append([desc, f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta),
                                          f"{ns / empty[fam_shape]:.2f}"])
@@ -701,13 +739,15 @@ def main() -> None:
                             results["xdp_lpm_trie_ns_per_pkt_100k"] = ns
                 print(f"  alternatives loaded in {alt_s:.1f}s; per-label counts == reference", file=sys.stderr)
                 # What one dependent random access costs, by working-set size.
-                for kb in PROBE_SIZES_KB:
+                for kb in (() if args.quick else PROBE_SIZES_KB):
                     lines = kb * 1024 // 64
                     lib.map_update(front.maps["probe_cfg"], ctypes.c_uint32(0), ctypes.c_uint32(lines - 1))
 
-                    def chain(n: int) -> Any:
-                        return lambda: (lib.map_update(front.maps["probe_cfg"], ctypes.c_uint32(1),
-                                                       ctypes.c_uint32(n)), front.cfg(len(flows), l3, 4, T_PROBE))
+                    def chain(n: int, fr: Front = front, nfl: int = len(flows), l3: int = l3) -> Any:
+                        def setup() -> None:
+                            lib.map_update(fr.maps["probe_cfg"], ctypes.c_uint32(1), ctypes.c_uint32(n))
+                            fr.cfg(nfl, l3, 4, T_PROBE)
+                        return setup
                     r = bench.interleaved({0: (chain(0), front.fd["bench_front"], data),
                                            4: (chain(4), front.fd["bench_front"], data)}, runs=3)
                     per = (r[4] - r[0]) / 4
@@ -726,11 +766,14 @@ def main() -> None:
     print(B.table(rows, ["ruleset", "prefixes", "frame", "flows", "ns/pkt", "-empty", "ratio", "probes/pkt",
                          "labeled"]))
     print("\nns/pkt = empty + (front->labeler - front->empty); ratio = ns/pkt / empty; probes/pkt = hash lookups "
-          "per packet (src + dst), from the reference walk over the flows")
+          "per packet (src + dst), from the reference walk over the flows; worst-case sets: repeat "
+          f"{max(100_000, args.repeat // (10 if args.quick else 5)):,}")
     if parts_rows:
         print()
-        print(B.table(parts_rows, ["parts (ns, 100k flows, 64B)", "parse", "classify", "count+stat",
-                                   "record write", "total", "probes/pkt"]))
+        print(B.table(parts_rows, ["parts (ns, 64B)", "flows", "parse", "+classify", "+count",
+                                   "+record write", "total", "probes/pkt"]))
+        print("each part: one program minus the previous; with 100k flows the CPU overlaps the later parts with "
+              "the classifier's cache misses, so only their sum is meaningful there")
     if alt_rows:
         print()
         print(B.table(alt_rows, ["IPv4 100k prefixes, 64B: classifier", "flows", "ns/pkt", "-empty", "ratio"]))

@@ -14,8 +14,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
