@@ -57,10 +57,12 @@ static __always_inline void stat_inc(__u32 idx)
 {
 	__u64 *v = bpf_map_lookup_elem(&dw_stats, &idx);
 
-	/* Atomic although per-CPU: kfree_skb in process context can be
-	 * interrupted by a softirq drop on the same CPU. */
+	/* Per-CPU and never concurrent: the kernel does not run this program
+	 * nested on one CPU (tp_btf: prog->active; classic tracepoint:
+	 * bpf_prog_active). A drop during a run on the same CPU is skipped and
+	 * counted in the program's recursion_misses (exported as a metric). */
 	if (v)
-		__sync_fetch_and_add(v, 1);
+		*v += 1;
 }
 
 /*
@@ -252,12 +254,12 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 	__u64 one = 1;
 
 	if (v) {
-		__sync_fetch_and_add(v, 1);
+		*v += 1;	/* this CPU's slot; see stat_inc() */
 	} else if (bpf_map_update_elem(&dw_drops, &key, &one, BPF_NOEXIST)) {
 		/* Lost the insert race to another CPU, or the map is full. */
 		v = bpf_map_lookup_elem(&dw_drops, &key);
 		if (v)
-			__sync_fetch_and_add(v, 1);
+			*v += 1;
 		else
 			stat_inc(DW_STAT_MAP_FULL);
 	}
