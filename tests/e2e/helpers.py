@@ -55,17 +55,31 @@ class RunningDaemon:
         return {tuple(str(v) for k, v in g.items() if k != "count"): int(g["count"]) for g in r.json()["groups"]}
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout=20)
 
 
-def start_daemon(lb: Lab, rules: Path, db: Path, log_path: Path, port: int | None = None) -> RunningDaemon:
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_daemon(lb: Lab, rules: Path, db: Path, log_path: Path, *extra: str, port: int | None = None,
+                 env: dict[str, str] | None = None, poll: str = POLL, wait_healthy: bool = True) -> RunningDaemon:
+    """`dropwatch run` on the lab's receiving interface, as a subprocess.
+    The caller's DROPWATCH_TOKEN is not inherited (pass it in env)."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "dropwatch", "run", "--netns", lb.rx_ns, "--iface", lb.rx_if,
-           "--config", str(rules), "--db", str(db), "--listen", f"127.0.0.1:{port}", "--poll-interval", POLL]
-    logf = open(log_path, "a")
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+           "--config", str(rules), "--db", str(db), "--listen", f"127.0.0.1:{port}", "--poll-interval", poll,
+           *extra]
+    base = {k: v for k, v in os.environ.items() if k != "DROPWATCH_TOKEN"}
+    with open(log_path, "a") as logf:
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True,
+                                env={**base, "PYTHONPATH": str(ROOT), **(env or {})})
     d = RunningDaemon(proc, f"http://127.0.0.1:{port}", log_path)
-    d.wait_for(lambda: d.get("/healthz").status_code == 200, "the daemon to be healthy", timeout_s=30)
+    if wait_healthy:
+        try:
+            d.wait_for(lambda: d.get("/healthz").status_code == 200, "the daemon to be healthy", timeout_s=30)
+        except BaseException:
+            d.stop()
+            raise
     return d

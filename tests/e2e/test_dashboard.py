@@ -11,21 +11,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
+from tests.e2e.helpers import RunningDaemon, start_daemon
 from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab, lab
 
 pytestmark = pytest.mark.e2e
@@ -41,65 +36,7 @@ M_Y = 23  # customerY / origin / NETFILTER_DROP
 UI_TIMEOUT_MS = 15_000
 
 
-# ---------------------------------------------------------------- daemon (as tests/e2e/test_daemon.py runs it)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
-@dataclass
-class RunningDaemon:
-    proc: subprocess.Popen[str]
-    url: str
-    log_path: Path
-
-    def get(self, path: str, **params: Any) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, timeout=10)
-
-    def wait_for(self, pred: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"daemon exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
-            try:
-                if pred():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; log:\n{self.log_path.read_text()[-2000:]}")
-
-    def drops(self, **params: Any) -> dict[tuple[str, ...], int]:
-        r = self.get("/drops", **params)
-        assert r.status_code == 200, r.text
-        return {tuple(str(v) for k, v in g.items() if k != "count"): int(g["count"]) for g in r.json()["groups"]}
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=20)
-
-
-def start_daemon(lb: Lab, rules: Path, db: Path, log_path: Path) -> RunningDaemon:
-    port = free_port()
-    cmd = [sys.executable, "-m", "dropwatch", "run", "--netns", lb.rx_ns, "--iface", lb.rx_if,
-           "--config", str(rules), "--db", str(db), "--listen", f"127.0.0.1:{port}", "--poll-interval", POLL]
-    env = {k: v for k, v in os.environ.items() if k != "DROPWATCH_TOKEN"}
-    with open(log_path, "a") as logf:
-        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True,
-                                env={**env, "PYTHONPATH": str(ROOT)})
-    d = RunningDaemon(proc, f"http://127.0.0.1:{port}", log_path)
-    try:
-        d.wait_for(lambda: d.get("/healthz").status_code == 200, "the daemon to be healthy", timeout_s=30)
-    except BaseException:
-        d.stop()
-        raise
-    return d
+# The daemon runs as in tests/e2e/test_daemon.py (tests/e2e/helpers.py).
 
 
 @contextmanager

@@ -25,7 +25,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.e2e.helpers import free_port
 from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab, lab
 
 pytestmark = pytest.mark.e2e
@@ -46,14 +46,6 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 POLL = "0.5s"
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 def wait_until(pred: Callable[[], Any], what: str, timeout_s: float = 30, on_fail: Callable[[], str] = str,

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, Lab, lab
-from tests.e2e.helpers import RunningDaemon, free_port
+from tests.e2e.helpers import RunningDaemon, free_port, start_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -29,17 +29,8 @@ def run_daemon(lb: Lab, tmp: Path, *extra: str, env: dict[str, str] | None = Non
     rules = tmp / "rules.yaml"
     if not rules.exists():
         rules.write_text(yaml.safe_dump(LAB_RULES, sort_keys=False))
-    port = free_port()
-    cmd = [sys.executable, "-m", "dropwatch", "run", "--netns", lb.rx_ns, "--iface", lb.rx_if, "--config",
-           str(rules), "--db", str(db or tmp / "h.db"), "--listen", f"127.0.0.1:{port}", "--poll-interval", "0.3s",
-           *extra]
-    log = tmp / "daemon.log"
-    proc = subprocess.Popen(cmd, stdout=open(log, "a"), stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-    d = RunningDaemon(proc, f"http://127.0.0.1:{port}", log)
-    if wait_healthy:
-        d.wait_for(lambda: httpx.get(d.url + "/healthz", timeout=5).status_code == 200, "healthy", 30)
-    return d
+    return start_daemon(lb, rules, db or tmp / "h.db", tmp / "daemon.log", *extra, env=env, poll="0.3s",
+                        wait_healthy=wait_healthy)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import yaml
 
 from dropwatch.lab import LAB_RULES, RX_V4, RX_V6, TX_EYEBALL_V4, TX_ORIGIN_V4, TX_V6, Lab, lab
-from tests.e2e.helpers import RunningDaemon, free_port
+from tests.e2e.helpers import RunningDaemon, start_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -24,20 +23,7 @@ pytestmark = pytest.mark.e2e
 def _start(lb: Lab, tmp: Path, rate: int) -> RunningDaemon:
     rules = tmp / "rules.yaml"
     rules.write_text(yaml.safe_dump(LAB_RULES, sort_keys=False))
-    return start_daemon_with(lb, rules, tmp / "h.db", tmp / "d.log", ["--sample-rate", str(rate)])
-
-
-def start_daemon_with(lb: Lab, rules: Path, db: Path, log: Path, extra: list[str]) -> RunningDaemon:
-    import os
-    port = free_port()
-    cmd = [sys.executable, "-m", "dropwatch", "run", "--netns", lb.rx_ns, "--iface", lb.rx_if, "--config",
-           str(rules), "--db", str(db), "--listen", f"127.0.0.1:{port}", "--poll-interval", "0.5s", *extra]
-    logf = open(log, "a")
-    proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
-    d = RunningDaemon(proc, f"http://127.0.0.1:{port}", log)
-    d.wait_for(lambda: d.get("/healthz").status_code == 200, "healthy daemon", timeout_s=30)
-    return d
+    return start_daemon(lb, rules, tmp / "h.db", tmp / "d.log", "--sample-rate", str(rate), poll="0.5s")
 
 
 @pytest.fixture
