@@ -37,6 +37,11 @@ DropKeyT = tuple[int, int, int, int, int, int, int, int]
 # Pending deltas kept while the store is failing: beyond this many distinct
 # rows the oldest detail is folded (location -> "?"), never discarded.
 MAX_PENDING_ROWS = 200_000
+# Drop-map housekeeping: when the map is this full, entries unchanged for
+# this many polls are read-and-deleted (their last increments are kept) so
+# new (label, reason, location, interface) keys find room.
+EVICT_AT_FRACTION = 0.75
+EVICT_IDLE_POLLS = 60
 
 
 @dataclass
@@ -72,6 +77,10 @@ class Collector:
         self._names: dict[int, str] = {}
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._prev_drops: dict[DropKeyT, int] = {}
+        self._idle_polls: dict[DropKeyT, int] = {}
+        self.evict_at = int(abi.DW_MAX_DROP_KEYS * EVICT_AT_FRACTION)
+        self.evict_idle_polls = EVICT_IDLE_POLLS
+        self.evicted = 0
         self._prev_pkts: dict[tuple[int, int], tuple[int, int]] = {}
         self._prev_stats: dict[abi.Stat, int] = {}
         self._ifnames: dict[int, str] = {}
@@ -135,11 +144,13 @@ class Collector:
         stats = self.loader.read_stats()
         fails = self.loader.read_meta_failures()
 
+        drops, evicted = self._evict_idle(drops)
         drop_rows: Counter[DropDelta] = Counter()
         corrupt = 0
         for key, cur in drops.items():
             prev = self._prev_drops.get(key, 0)
             delta = cur - prev if cur >= prev else cur
+            self._idle_polls[key] = self._idle_polls.get(key, 0) + 1 if delta <= 0 else 0
             if delta <= 0:
                 continue
             label_id, side, reason, location, ifindex, pop_id, source, netns_ino = key
@@ -164,7 +175,11 @@ class Collector:
             acc = pkt_rows.setdefault(k, [0, 0])
             acc[0] += dp
             acc[1] += db
-        self._prev_drops = drops
+        # An evicted key starts from zero if the kernel creates it again.
+        self._prev_drops = {k: v for k, v in drops.items() if k not in evicted}
+        for dk in list(self._idle_polls):
+            if dk in evicted or dk not in drops:
+                del self._idle_polls[dk]
         self._prev_pkts = pkts
 
         stat_delta = {st: v - self._prev_stats.get(st, 0) for st, v in stats.items()}
@@ -188,6 +203,27 @@ class Collector:
         self.poll_durations.append(self.last_poll_duration_s)
         if len(self.poll_durations) > 1000:
             del self.poll_durations[:500]
+
+    def _evict_idle(self, drops: dict[DropKeyT, int]) -> tuple[dict[DropKeyT, int], set[DropKeyT]]:
+        """Make room in a filling drop map: remove entries idle for
+        evict_idle_polls polls. Each is read and deleted in one step and its
+        final value replaces the one just read, so increments that landed in
+        between still count in this poll's delta."""
+        evicted: set[DropKeyT] = set()
+        if len(drops) < self.evict_at:
+            return drops, evicted
+        out = dict(drops)
+        for key, idle in list(self._idle_polls.items()):
+            if idle < self.evict_idle_polls or key not in out:
+                continue
+            final = self.loader.evict_drop(key)
+            if final is not None:
+                out[key] = final
+            evicted.add(key)
+        self.evicted += len(evicted)
+        if evicted:
+            log.info("drop map %d/%d full: evicted %d idle entries", len(drops), abi.DW_MAX_DROP_KEYS, len(evicted))
+        return out, evicted
 
     def _write(self, now: datetime, drop_rows: Counter[DropDelta],
                pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:

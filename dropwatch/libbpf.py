@@ -196,6 +196,7 @@ class Libbpf:
             "bpf_map_lookup_elem": (i, [i, vp, vp]),
             "bpf_map_update_elem": (i, [i, vp, vp, ctypes.c_uint64]),
             "bpf_map_delete_elem": (i, [i, vp]),
+            "bpf_map_lookup_and_delete_elem": (i, [i, vp, vp]),
             "bpf_map_get_next_key": (i, [i, vp, vp]),
             "bpf_map_lookup_batch": (i, [i, vp, vp, vp, vp, ctypes.POINTER(u32), vp]),
             "bpf_map_update_batch": (i, [i, vp, vp, ctypes.POINTER(u32), vp]),
@@ -347,6 +348,14 @@ class Libbpf:
         if ret == -errno_mod.ENOENT:
             return False
         self._check(ret, "bpf_map_delete_elem")
+        return True
+
+    def map_lookup_and_delete(self, fd: int, key: object, value: object) -> bool:
+        """Read and remove one entry in one step (per-CPU hash: 5.14+)."""
+        ret = self.lib.bpf_map_lookup_and_delete_elem(fd, ctypes.byref(key), ctypes.byref(value))  # type: ignore[arg-type]
+        if ret == -errno_mod.ENOENT:
+            return False
+        self._check(ret, "bpf_map_lookup_and_delete_elem")
         return True
 
     def map_next_key(self, fd: int, key: object | None, next_key: object) -> bool:

@@ -569,6 +569,17 @@ class Loader:
             in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
         return out
 
+    def evict_drop(self, key: tuple[int, int, int, int, int, int, int, int]) -> int | None:
+        """Remove one drop counter; returns its final value (summed over CPUs),
+        read in the same step as the delete, or None if it was gone."""
+        label_id, side, reason, location, ifindex, pop_id, source, netns_ino = key
+        k = abi.DropKey(location=location, label_id=label_id, reason=reason, ifindex=ifindex,
+                        netns_ino=netns_ino, pop_id=pop_id, side=side, source=source)
+        vals = (ctypes.c_uint64 * self.ncpus)()
+        if not self.lib.map_lookup_and_delete(self._rmap("dw_drops"), k, vals):
+            return None
+        return sum(vals)
+
     def read_packets(self, max_label_id: int) -> dict[tuple[int, int], tuple[int, int]]:
         """Cumulative packets/bytes seen at ingress: (label_id, side) -> (packets, bytes)."""
         fd = self._lmap("dw_pkt_counts")

@@ -407,9 +407,9 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
 
     total = sum(len(v) for v in nets.values())
     if total > MAX_PREFIX_ENTRIES:
-        idx, fld = _capacity_culprit(rs, MAX_PREFIX_ENTRIES)
+        culprit, cfld = _capacity_culprit(rs, MAX_PREFIX_ENTRIES)
         raise RulesError(f"{total} distinct prefixes; the maps hold at most {MAX_PREFIX_ENTRIES}", source=source,
-                         rule=idx, field=fld)
+                         rule=culprit, field=cfld)
 
     ids: dict[tuple[int, Network], int] = {}
     for fd in sorted(nets):
