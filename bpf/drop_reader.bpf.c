@@ -245,7 +245,6 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 				key.label_id = m.label_id;
 				key.side = m.side;
 				key.pop_id = m.pop_id;
-				stat_inc(DW_STAT_DROPS_LABELED);
 			}
 		}
 	}

@@ -213,7 +213,7 @@ enum dw_stat {
 	DW_STAT_XDP_LABEL_RANGE,	/* label id out of range in rule maps (a bug) */
 	/* reader */
 	DW_STAT_DROPS = 8,
-	DW_STAT_DROPS_LABELED,
+	DW_STAT_DROPS_LABELED,		/* unused: the labeled share of dw_drops */
 	DW_STAT_CORRUPT_RECORDS,
 	DW_STAT_MAP_FULL,		/* drop key could not be inserted: counted here only */
 	DW_STAT_FOREIGN_META,		/* meta_len set, not our magic */

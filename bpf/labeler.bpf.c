@@ -383,37 +383,21 @@ static __always_inline void count_packet(__u32 label_id, __u32 side, __u64 bytes
 }
 
 /*
- * Bench builds only (bench/): BPF_PROG_TEST_RUN with repeat=N runs the
- * program N times on one xdp_buff without resetting it, so every run would
- * prepend another record until adjust_meta fails. A bench wrapper defines
- * DW_BENCH_HOOK to shrink the metadata back (and to vary addresses) first.
+ * Everything after classification: count the packet and write its record.
+ * Shared by dw_labeler and the bench's alternative-classifier programs, so
+ * what the bench measures is what ships.
  */
-#ifndef DW_BENCH_HOOK
-#define DW_BENCH_HOOK(ctx) do { } while (0)
-#endif
-
-SEC("xdp")
-int dw_labeler(struct xdp_md *ctx)
+static __always_inline int finish_packet(struct xdp_md *ctx, void *data, void *end,
+					 const struct pkt_info *pi, struct dw_result *r)
 {
-	DW_BENCH_HOOK(ctx);
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct pkt_info pi = {};
-	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
-
-	parse_packet(data, end, &pi);
-	if (pi.truncated)
-		stat_inc(DW_STAT_XDP_PARSE_STOP);
-	if (pi.family)
-		classify(&pi, &r);
-	if (r.label_id >= DW_MAX_LABELS) {
+	if (r->label_id >= DW_MAX_LABELS) {
 		stat_inc(DW_STAT_XDP_LABEL_RANGE);
-		r.label_id = 0;
+		r->label_id = 0;
 	}
-	count_packet(r.label_id, r.side, end - data);
+	count_packet(r->label_id, r->side, end - data);
 
 	/* Nothing to say about a frame we could not read an address from. */
-	if (!pi.family)
+	if (!pi->family)
 		return XDP_PASS;
 
 	if ((void *)(long)ctx->data_meta < data)
@@ -439,13 +423,40 @@ int dw_labeler(struct xdp_md *ctx)
 	m->magic = DW_META_MAGIC;
 	m->version = DW_META_VERSION;
 	m->rec_len = sizeof(*m);
-	m->label_id = r.label_id;
+	m->label_id = r->label_id;
 	m->pop_id = 0;
-	m->side = r.side;
+	m->side = r->side;
 	m->flags = 0;
 	__u32 *w = (__u32 *)m;
 
 	m->check = dw_meta_mix(w[0], w[1], w[2], dw_meta_key);
 	m->tail_pad = 0;
 	return XDP_PASS;
+}
+
+/*
+ * Bench builds only (bench/): BPF_PROG_TEST_RUN with repeat=N runs the
+ * program N times on one xdp_buff without resetting it, so every run would
+ * prepend another record until adjust_meta fails. A bench wrapper defines
+ * DW_BENCH_HOOK to shrink the metadata back (and to vary addresses) first.
+ */
+#ifndef DW_BENCH_HOOK
+#define DW_BENCH_HOOK(ctx) do { } while (0)
+#endif
+
+SEC("xdp")
+int dw_labeler(struct xdp_md *ctx)
+{
+	DW_BENCH_HOOK(ctx);
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct pkt_info pi = {};
+	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
+
+	parse_packet(data, end, &pi);
+	if (pi.truncated)
+		stat_inc(DW_STAT_XDP_PARSE_STOP);
+	if (pi.family)
+		classify(&pi, &r);
+	return finish_packet(ctx, data, end, &pi, &r);
 }

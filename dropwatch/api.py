@@ -29,7 +29,7 @@ from .loader import DropwatchError
 from .metrics import make_registry
 from .rules import LABEL_RE, UNLABELED, RulesError, parse_rules
 from .samples import to_pcapng
-from .store import DROP_DIMS
+from .store import DROP_DIMS, check_group_by
 from .timeparse import TimeParseError, format_iso, parse_duration, parse_time
 
 log = logging.getLogger("dropwatch.api")
@@ -168,13 +168,11 @@ def _filters(daemon: Daemon, label: list[str] | None, side: list[str] | None, re
 
 
 def _group_by(value: str, allowed: tuple[str, ...]) -> list[str]:
-    keys = [k.strip() for k in value.split(",") if k.strip()]
-    for k in keys:
-        if k not in allowed:
-            raise _bad(f"unknown group_by key {k!r}: any of {', '.join(allowed)}")
-    if len(set(keys)) != len(keys):
-        raise _bad(f"group_by {value!r} repeats a key")
-    return keys
+    """Comma-separated keys, checked by the store's own rule (one place)."""
+    try:
+        return check_group_by([k.strip() for k in value.split(",") if k.strip()], allowed)
+    except ValueError as exc:
+        raise _bad(str(exc)) from None
 
 
 GROUP_KEYS = tuple(k for k in DROP_DIMS if k != "pop")

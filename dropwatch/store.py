@@ -364,13 +364,13 @@ def _dim_filter_sql(
     return (" AND ".join(clauses) if clauses else "1"), params
 
 
-def _check_group_by(group_by: Sequence[str], allowed: Sequence[str]) -> list[str]:
+def check_group_by(group_by: Sequence[str], allowed: Sequence[str]) -> list[str]:
     keys = [group_by] if isinstance(group_by, str) else list(group_by)
     for key in keys:
         if key not in allowed:
             raise ValueError(f"unknown group_by key {key!r}: use a subset of {', '.join(allowed)}")
     if len(set(keys)) != len(keys):
-        raise ValueError(f"group_by lists a key twice: {keys}")
+        raise ValueError(f"group_by repeats a key (listed twice): {keys}")
     return keys
 
 
@@ -971,7 +971,7 @@ class Store:
         ``group_by`` gives one group with only ``count``. ``total`` sums all
         matching drops, not just the ``limit`` groups returned.
         """
-        keys = _check_group_by(group_by, DROP_DIMS)
+        keys = check_group_by(group_by, DROP_DIMS)
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise ValueError(f"limit must be a non-negative int or None, got {limit!r}")
         idx, since_s, until_s = self._plan(since, until, now)
@@ -1003,7 +1003,7 @@ class Store:
     ) -> list[dict[str, str | int]]:
         """Ingress packets/bytes in [since, until), grouped by a subset of PACKET_DIMS,
         sorted by packets desc then keys asc."""
-        keys = _check_group_by(group_by, PACKET_DIMS)
+        keys = check_group_by(group_by, PACKET_DIMS)
         idx, since_s, until_s = self._plan(since, until, now)
         rows = self._aggregate(
             "pkt_counts",
@@ -1043,7 +1043,7 @@ class Store:
         """
         if not isinstance(step_s, int) or isinstance(step_s, bool) or step_s <= 0:
             raise ValueError(f"step_s must be a positive int, got {step_s!r}")
-        keys = _check_group_by(group_by, DROP_DIMS)
+        keys = check_group_by(group_by, DROP_DIMS)
         idx, since_s, until_s = self._plan(since, until, now)
         tier_step = self._steps[idx]
         step = _ceil_to(max(step_s, tier_step), tier_step)

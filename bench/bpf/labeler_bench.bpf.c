@@ -323,7 +323,8 @@ static __always_inline void alt_classify(const struct pkt_info *pi, struct dw_re
 	}
 }
 
-/* dw_labeler's body with classify() replaced (copied; keep in step). */
+/* dw_labeler with classify() replaced; the rest is the labeler's own
+ * finish_packet(), so only the classifier differs. */
 static __always_inline int alt_labeler(struct xdp_md *ctx, const int dir)
 {
 	void *data = (void *)(long)ctx->data;
@@ -336,35 +337,7 @@ static __always_inline int alt_labeler(struct xdp_md *ctx, const int dir)
 		stat_inc(DW_STAT_XDP_PARSE_STOP);
 	if (pi.family)
 		alt_classify(&pi, &r, dir);
-	if (r.label_id >= DW_MAX_LABELS) {
-		stat_inc(DW_STAT_XDP_LABEL_RANGE);
-		r.label_id = 0;
-	}
-	count_packet(r.label_id, r.side, end - data);
-	if (!pi.family)
-		return XDP_PASS;
-	if ((void *)(long)ctx->data_meta < data)
-		stat_inc(DW_STAT_XDP_FOREIGN_META);
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct dw_meta))) {
-		stat_inc(DW_STAT_XDP_META_FAILED);
-		return XDP_PASS;
-	}
-	struct dw_meta *m = (void *)(long)ctx->data_meta;
-
-	if ((void *)(m + 1) > (void *)(long)ctx->data)
-		return XDP_PASS;
-	m->magic = DW_META_MAGIC;
-	m->version = DW_META_VERSION;
-	m->rec_len = sizeof(*m);
-	m->label_id = r.label_id;
-	m->pop_id = 0;
-	m->side = r.side;
-	m->flags = 0;
-	__u32 *w = (__u32 *)m;
-
-	m->check = dw_meta_mix(w[0], w[1], w[2], dw_meta_key);
-	m->tail_pad = 0;
-	return XDP_PASS;
+	return finish_packet(ctx, data, end, &pi, &r);
 }
 
 SEC("xdp")

@@ -8,13 +8,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import httpx
 
-from dropwatch.lab import Lab
+import yaml
+
+from dropwatch.lab import LAB_RULES, Lab, lab
 
 POLL = "0.5s"
 
@@ -83,3 +87,16 @@ def start_daemon(lb: Lab, rules: Path, db: Path, log_path: Path, *extra: str, po
             d.stop()
             raise
     return d
+
+
+@contextmanager
+def lab_daemon(tmp: Path, *extra: str) -> Iterator[tuple[Lab, RunningDaemon]]:
+    """A fresh lab and `dropwatch run` on it; both removed on every exit path."""
+    rules = tmp / "rules.yaml"
+    rules.write_text(yaml.safe_dump(LAB_RULES, sort_keys=False))
+    with lab() as lb:
+        d = start_daemon(lb, rules, tmp / "history.db", tmp / "daemon.log", *extra)
+        try:
+            yield lb, d
+        finally:
+            d.stop()

@@ -27,10 +27,9 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from dropwatch.lab import LAB_RULES, Lab, lab
-from tests.e2e.helpers import RunningDaemon, start_daemon
+from dropwatch.lab import Lab
+from tests.e2e.helpers import lab_daemon, RunningDaemon
 
 pytestmark = pytest.mark.e2e
 
@@ -53,16 +52,8 @@ CHECKS = [not_a_server_error, response_schema_conformance, content_type_conforma
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, RunningDaemon]]:
-    tmp = tmp_path_factory.mktemp("api-schema")
-    rules = tmp / "rules.yaml"
-    rules.write_text(yaml.safe_dump(LAB_RULES, sort_keys=False))
-    with lab() as lb:
-        d = start_daemon(lb, rules, tmp / "history.db", tmp / "daemon.log")
-        try:
-            yield lb, d
-        finally:
-            if d.proc.poll() is None:
-                d.stop()
+    with lab_daemon(tmp_path_factory.mktemp("api-schema")) as running_lab:
+        yield running_lab
 
 
 def _operations(d: RunningDaemon) -> list[Any]:

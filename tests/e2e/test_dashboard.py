@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.e2e.helpers import RunningDaemon, start_daemon
-from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab, lab
+from tests.e2e.helpers import RunningDaemon, lab_daemon
+from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, TX_ORIGIN_V4, Lab
 
 pytestmark = pytest.mark.e2e
 
@@ -37,19 +36,6 @@ UI_TIMEOUT_MS = 15_000
 
 
 # The daemon runs as in tests/e2e/test_daemon.py (tests/e2e/helpers.py).
-
-
-@contextmanager
-def lab_daemon(tmp: Path) -> Iterator[tuple[Lab, RunningDaemon]]:
-    """A fresh lab and `dropwatch run` on it; both removed on every exit path."""
-    rules = tmp / "rules.yaml"
-    rules.write_text(yaml.safe_dump(LAB_RULES, sort_keys=False))
-    with lab() as lb:
-        d = start_daemon(lb, rules, tmp / "history.db", tmp / "daemon.log")
-        try:
-            yield lb, d
-        finally:
-            d.stop()
 
 
 @pytest.fixture(scope="module")
