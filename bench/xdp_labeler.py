@@ -550,8 +550,8 @@ def count_pass(bench: Bench, front: Front, spec: Spec, n_flows: int, n_check: in
     bench.time_run(front.fd["bench_front"], data, repeat=n_check)
     after = front.ld.read_packets(spec.dst_rules + 8)
     got: dict[int, int] = {}
-    for (lid, side), (pk, _by) in after.items():
-        d = pk - before.get((lid, side), (0, 0))[0]
+    for (lid, side, pop), (pk, _by) in after.items():
+        d = pk - before.get((lid, side, pop), (0, 0))[0]
         if d:
             got[lid] = got.get(lid, 0) + d
     return got

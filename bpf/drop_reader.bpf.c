@@ -46,6 +46,22 @@ struct {
 	__type(value, __u64);
 } dw_drops SEC(".maps");
 
+/* The labeler's flow map: the loader hands the labeler's fd to this object
+ * before load, so both see one map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DW_FLOW_ENTRIES);
+	__type(key, struct dw_flow_key);
+	__type(value, struct dw_flow_val);
+} dw_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dw_flow_cfg);
+} dw_flow_cfg SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DW_STAT__COUNT);

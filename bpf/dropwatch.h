@@ -39,7 +39,7 @@ struct dw_meta {
 	__u8 version;
 	__u8 rec_len;		/* sizeof(struct dw_meta) */
 	__u32 label_id;		/* 0: matched no label rule */
-	__u16 pop_id;		/* landing PoP, 0 = unknown (reserved for encap) */
+	__u16 pop_id;		/* landing PoP: DW_POP_NONE, DW_POP_UNKNOWN or a PoP id */
 	__u8 side;		/* enum dw_side */
 	__u8 flags;
 	__u16 check;		/* dw_meta_check() over the 12 bytes above + key */
@@ -153,10 +153,109 @@ struct dw_pair_key {
 	__u32 gen;
 };
 
-/* Per generation: rules without any prefix, and the default side. */
+/* ---- landing PoP and tunnels ---- */
+
+/* A tunnelled packet's PoP comes from its outer source address. */
+#define DW_POP_NONE	0	/* not tunnelled: arrived here directly */
+#define DW_POP_UNKNOWN	0xFFFF	/* tunnelled, outer source in no PoP (or two PoPs
+				 * wrote one flow entry within its max age) */
+#define DW_MAX_POPS	4096	/* PoP ids 1..4095 */
+#define DW_MAX_POP_PREFIXES 65536	/* dw_pops entries, both gens */
+
+/* BPF_MAP_TYPE_LPM_TRIE key. gen and family are part of the matched bits
+ * (prefixlen = 16 + the prefix's length), so one trie serves both gens and
+ * both families. Value: __u32 pop id. */
+struct dw_pop_key {
+	__u32 prefixlen;
+	__u8 gen;
+	__u8 family;		/* 4 or 6 */
+	__u8 addr[16];		/* network order; IPv4 in the first 4 bytes */
+};
+
+/* UDP encapsulations are recognised on configured destination ports only;
+ * IPIP, IPv6-in-IPv6, IPv4-in-IPv6 and GRE by their protocol numbers. */
+#define DW_MAX_UDP_ENCAPS 8
+enum dw_encap_type {
+	DW_ENCAP_NONE = 0,
+	DW_ENCAP_VXLAN = 1,	/* 8-byte VXLAN header, inner Ethernet frame */
+	DW_ENCAP_GUE = 2,	/* GUE variant 0 (header + hlen words) or 1 (bare IP) */
+	DW_ENCAP_FOU = 3,	/* bare inner IP packet; ipproto says which */
+	DW_ENCAP_IPIP = 4,	/* the kinds below are not configured: reported in flags */
+	DW_ENCAP_IP6IP6 = 5,
+	DW_ENCAP_GRE = 6,
+};
+
+struct dw_udp_encap {
+	__u16 port;		/* host order */
+	__u8 type;		/* enum dw_encap_type */
+	__u8 ipproto;		/* FOU only: 4 (IPv4) or 41 (IPv6) */
+};
+
+/* ---- flow fallback ---- */
+
+/*
+ * Where the kernel loses or moves the metadata (tunnel decap, a write to a
+ * cloned skb), the reader can recover the label from dw_flows, which the
+ * labeler fills from the same classification, keyed by the (inner) flow.
+ * A label and side are a function of the 5-tuple and the rule set alone, so
+ * an entry is valid only for the epoch (rule set) it was classified under
+ * and within max_age_ns of its last ingress packet; the PoP, which the
+ * 5-tuple does not determine, becomes DW_POP_UNKNOWN when two PoPs wrote
+ * the entry within max_age_ns.
+ */
+enum dw_flow_mode {
+	DW_FLOW_OFF = 0,
+	DW_FLOW_ENCAP = 1,	/* tunnelled packets only: decap always moves the metadata */
+	DW_FLOW_ALL = 2,	/* every classified packet (costs a hash update per packet) */
+};
+
+#define DW_FLOW_ENTRIES	65536	/* default; the loader may resize before load */
+
+/* Ports only when the L4 header directly follows the IP header (IPv4
+ * options allowed, no IPv6 extension headers) and it is a first fragment:
+ * the reader, parsing the dropped skb at its network header, builds the
+ * key by the same rule. */
+#define DW_FLOW_HAS_PORTS	0x01
+struct dw_flow_key {
+	__u8 saddr[16];		/* IPv4 in the first 4 bytes, rest zero */
+	__u8 daddr[16];
+	__u16 sport;		/* network order */
+	__u16 dport;
+	__u8 proto;
+	__u8 family;		/* 4 or 6 */
+	__u8 flags;		/* DW_FLOW_HAS_PORTS */
+	__u8 pad;
+};
+
+#define DW_FLOW_POP_AMBIGUOUS	0x01
+struct dw_flow_val {
+	__u64 ts_ns;		/* bpf_ktime_get_ns() of the last ingress packet */
+	__u32 label_id;
+	__u32 epoch;		/* dw_ruleset.epoch it was classified under */
+	__u16 pop_id;
+	__u8 side;
+	__u8 flags;		/* DW_FLOW_POP_AMBIGUOUS */
+	__u32 pad;
+};
+
+/* The reader's view (one-entry array in the reader object, written by user
+ * space after each rule flip): which epoch is current, how old an entry
+ * may be. */
+struct dw_flow_cfg {
+	__u32 mode;		/* enum dw_flow_mode; DW_FLOW_OFF: never look up */
+	__u32 epoch;
+	__u64 max_age_ns;
+};
+
+/* Per generation: rules without any prefix, the default side, tunnels. */
 struct dw_ruleset {
 	__u32 has_pairs;
 	__u32 default_side;
+	__u32 epoch;		/* increases with every reload; never 0 once rules are applied */
+	__u32 flow_mode;	/* enum dw_flow_mode */
+	__u32 has_pops;		/* dw_pops holds entries for this gen */
+	__u32 n_udp_encaps;
+	struct dw_udp_encap udp_encaps[DW_MAX_UDP_ENCAPS];
 	struct dw_cand_list wildcard;
 };
 
@@ -184,11 +283,23 @@ struct dw_pkt_val {
 	__u64 bytes;
 };
 
+/* Packets that carry a PoP (tunnelled) are counted here, by PoP; the rest
+ * in the dw_pkt_counts array (pop DW_POP_NONE), which stays a plain index. */
+struct dw_pop_pkt_key {
+	__u32 label_id;
+	__u16 pop_id;
+	__u8 side;
+	__u8 pad;
+};
+
 enum dw_source {
 	DW_SRC_NONE = 0,	/* no record: never labeled, or lost on the way */
 	DW_SRC_META = 1,	/* a valid record */
-	DW_SRC_CORRUPT = 2,	/* our magic, failed version/length/check */
+	DW_SRC_CORRUPT = 2,	/* our magic, failed version/length/check; no flow entry */
+	DW_SRC_FLOW = 3,	/* no valid record; label from a valid dw_flows entry */
 };
+
+#define DW_DK_META_CORRUPT	0x01	/* a record of ours was there and failed its check */
 
 struct dw_drop_key {
 	__u64 location;		/* kernel text address that freed the skb */
@@ -199,7 +310,8 @@ struct dw_drop_key {
 	__u16 pop_id;
 	__u8 side;
 	__u8 source;		/* enum dw_source */
-	__u32 pad;
+	__u8 flags;		/* DW_DK_* */
+	__u8 pad[3];
 };
 
 enum dw_stat {
@@ -211,6 +323,8 @@ enum dw_stat {
 	DW_STAT_XDP_FOREIGN_META,	/* another program's metadata was already there */
 	DW_STAT_XDP_PARSE_STOP,		/* truncated/unknown headers: classified on what was parsed */
 	DW_STAT_XDP_LABEL_RANGE,	/* label id out of range in rule maps (a bug) */
+	DW_STAT_XDP_ENCAP,		/* tunnelled packets: inner packet labeled */
+	DW_STAT_XDP_FLOW_FAIL,		/* dw_flows update failed */
 	/* reader */
 	DW_STAT_DROPS = 8,
 	DW_STAT_DROPS_LABELED,		/* unused: the labeled share of dw_drops */
@@ -221,6 +335,9 @@ enum dw_stat {
 	DW_STAT_SAMPLES,		/* sampled drop events emitted */
 	DW_STAT_SAMPLE_RATE_LIMITED,	/* not sampled: token bucket empty */
 	DW_STAT_SAMPLE_RING_FULL,	/* not sampled: ring buffer full */
+	DW_STAT_FLOW_HIT,		/* attributed from dw_flows */
+	DW_STAT_FLOW_STALE,		/* entry found, wrong epoch or too old: not used */
+	DW_STAT_FLOW_MISS,		/* looked up, no entry */
 	DW_STAT__COUNT = 24,
 };
 

@@ -65,6 +65,31 @@ struct {
 	__type(value, struct dw_cand_list);
 } dw_pairs SEC(".maps");
 
+/* Landing PoPs by outer source address; looked up for tunnelled packets
+ * only, so the trie's cost stays off the common path. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, DW_MAX_POP_PREFIXES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct dw_pop_key);
+	__type(value, __u32);
+} dw_pops SEC(".maps");
+
+/* Shared with the drop reader (the loader hands it this map's fd). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DW_FLOW_ENTRIES);
+	__type(key, struct dw_flow_key);
+	__type(value, struct dw_flow_val);
+} dw_flows SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct dw_pop_pkt_key);
+	__type(value, struct dw_pkt_val);
+} dw_pop_pkt_counts SEC(".maps");
+
 /* Indexed by label_id * DW_SIDE__COUNT + side: array lookups are inlined
  * by the verifier, cheaper than a hash on every packet. */
 struct {

@@ -27,6 +27,31 @@ DW_MAX_DROP_KEYS = 65536
 DW_V4_BLOCKS = 65536
 DW_V4_L1_ENTRIES = DW_GENS * 2 * DW_V4_BLOCKS
 DW_SIDE_COUNT = 4
+DW_POP_NONE = 0
+DW_POP_UNKNOWN = 0xFFFF
+DW_MAX_POPS = 4096
+DW_MAX_POP_PREFIXES = 65536
+DW_MAX_UDP_ENCAPS = 8
+DW_FLOW_ENTRIES = 65536
+DW_FLOW_HAS_PORTS = 0x01
+DW_FLOW_POP_AMBIGUOUS = 0x01
+DW_DK_META_CORRUPT = 0x01
+
+
+class EncapType(enum.IntEnum):
+    NONE = 0
+    VXLAN = 1
+    GUE = 2
+    FOU = 3
+    IPIP = 4
+    IP6IP6 = 5
+    GRE = 6
+
+
+class FlowMode(enum.IntEnum):
+    OFF = 0
+    ENCAP = 1
+    ALL = 2
 
 
 class Side(enum.IntEnum):
@@ -43,6 +68,7 @@ class Source(enum.IntEnum):
     NONE = 0
     META = 1
     CORRUPT = 2
+    FLOW = 3
 
 
 class Stat(enum.IntEnum):
@@ -52,6 +78,8 @@ class Stat(enum.IntEnum):
     XDP_FOREIGN_META = 3
     XDP_PARSE_STOP = 4
     XDP_LABEL_RANGE = 5
+    XDP_ENCAP = 6
+    XDP_FLOW_FAIL = 7
     DROPS = 8
     DROPS_LABELED = 9
     CORRUPT_RECORDS = 10
@@ -61,6 +89,9 @@ class Stat(enum.IntEnum):
     SAMPLES = 14
     SAMPLE_RATE_LIMITED = 15
     SAMPLE_RING_FULL = 16
+    FLOW_HIT = 17
+    FLOW_STALE = 18
+    FLOW_MISS = 19
 
 
 DW_STAT_COUNT = 24
@@ -109,8 +140,38 @@ class PairKey(ctypes.Structure):
     _fields_ = [("src_prefix_id", u32), ("dst_prefix_id", u32), ("gen", u32)]
 
 
+class PopKey(ctypes.Structure):
+    _fields_ = [("prefixlen", u32), ("gen", u8), ("family", u8), ("addr", u8 * 16)]
+
+
+class UdpEncapEntry(ctypes.Structure):
+    _fields_ = [("port", u16), ("type", u8), ("ipproto", u8)]
+
+
+class FlowKey(ctypes.Structure):
+    _fields_ = [
+        ("saddr", u8 * 16), ("daddr", u8 * 16), ("sport", u16), ("dport", u16),
+        ("proto", u8), ("family", u8), ("flags", u8), ("pad", u8),
+    ]
+
+
+class FlowVal(ctypes.Structure):
+    _fields_ = [
+        ("ts_ns", u64), ("label_id", u32), ("epoch", u32), ("pop_id", u16), ("side", u8),
+        ("flags", u8), ("pad", u32),
+    ]
+
+
+class FlowCfg(ctypes.Structure):
+    _fields_ = [("mode", u32), ("epoch", u32), ("max_age_ns", u64)]
+
+
 class Ruleset(ctypes.Structure):
-    _fields_ = [("has_pairs", u32), ("default_side", u32), ("wildcard", CandList)]
+    _fields_ = [
+        ("has_pairs", u32), ("default_side", u32), ("epoch", u32), ("flow_mode", u32),
+        ("has_pops", u32), ("n_udp_encaps", u32), ("udp_encaps", UdpEncapEntry * DW_MAX_UDP_ENCAPS),
+        ("wildcard", CandList),
+    ]
 
 
 class GenState(ctypes.Structure):
@@ -125,10 +186,14 @@ class PktVal(ctypes.Structure):
     _fields_ = [("packets", u64), ("bytes", u64)]
 
 
+class PopPktKey(ctypes.Structure):
+    _fields_ = [("label_id", u32), ("pop_id", u16), ("side", u8), ("pad", u8)]
+
+
 class DropKey(ctypes.Structure):
     _fields_ = [
         ("location", u64), ("label_id", u32), ("reason", u32), ("ifindex", u32), ("netns_ino", u32),
-        ("pop_id", u16), ("side", u8), ("source", u8), ("pad", u32),
+        ("pop_id", u16), ("side", u8), ("source", u8), ("flags", u8), ("pad", u8 * 3),
     ]
 
 
@@ -159,6 +224,12 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_labeler_state": LabelerState,
     "dw_pkt_val": PktVal,
     "dw_drop_key": DropKey,
+    "dw_pop_key": PopKey,
+    "dw_udp_encap": UdpEncapEntry,
+    "dw_flow_key": FlowKey,
+    "dw_flow_val": FlowVal,
+    "dw_flow_cfg": FlowCfg,
+    "dw_pop_pkt_key": PopPktKey,
     "dw_sample": Sample,
     "dw_bucket": Bucket,
 }

@@ -399,7 +399,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
                 pk = ld.read_packets(len(names))
                 print(f"--- {time.strftime('%H:%M:%S')}")
                 for (label, side_name, reason_name), n in tally.most_common(args.top):
-                    seen = sum(v[0] for (lid, _s), v in pk.items() if by_id.get(lid, "unlabeled") == label)
+                    seen = sum(v[0] for (lid, _s, _p), v in pk.items() if by_id.get(lid, "unlabeled") == label)
                     print(f"{label:<20} {side_name:<8} {reason_name:<28} {n:>10}  (of {seen} labeled packets)")
                 sys.stdout.flush()
         except KeyboardInterrupt:

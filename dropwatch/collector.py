@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 
 from . import abi
 from .kernel import DropReasons, Kallsyms
-from .loader import Loader
+from .loader import DropKeyT, Loader
 from .netns import entered, netns_path
 from .store import DropDelta, PacketDelta, Store, StoreError
 
@@ -33,7 +33,6 @@ log = logging.getLogger("dropwatch.collector")
 
 UNLABELED = "unlabeled"
 SIDE_NAMES = {0: "unknown", 1: "eyeball", 2: "origin", 3: "unknown"}
-DropKeyT = tuple[int, int, int, int, int, int, int, int]
 # Pending deltas kept while the store is failing: beyond this many distinct
 # rows the oldest detail is folded (location -> "?"), never discarded.
 MAX_PENDING_ROWS = 200_000
@@ -129,7 +128,7 @@ class Collector:
 
     def sample_names(self, s: abi.Sample) -> tuple[str, str, str, str, str]:
         """(label, side, reason, location, iface) of a sampled drop, named as the counters are."""
-        label = self._label(s.label_id) if s.source == abi.Source.META else UNLABELED
+        label = self._label(s.label_id) if s.source in (abi.Source.META, abi.Source.FLOW) else UNLABELED
         return (label, SIDE_NAMES.get(s.side, "unknown"), self.reasons.name(s.reason),
                 self.kallsyms.symbolize(s.location), self._iface(s.ifindex, s.netns_ino))
 
@@ -153,11 +152,11 @@ class Collector:
             self._idle_polls[key] = self._idle_polls.get(key, 0) + 1 if delta <= 0 else 0
             if delta <= 0:
                 continue
-            label_id, side, reason, location, ifindex, pop_id, source, netns_ino = key
-            if source == abi.Source.CORRUPT:
+            label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
+            if source == abi.Source.CORRUPT or flags & abi.DW_DK_META_CORRUPT:
                 corrupt += delta
             drop_rows[DropDelta(
-                label=self._label(label_id) if source == abi.Source.META else UNLABELED,
+                label=self._label(label_id) if source in (abi.Source.META, abi.Source.FLOW) else UNLABELED,
                 side=SIDE_NAMES.get(side, "unknown"),
                 reason=self.reasons.name(reason),
                 location=self.kallsyms.symbolize(location),
@@ -166,8 +165,8 @@ class Collector:
                 count=0,
             )] += delta
         pkt_rows: dict[tuple[str, str, str, str], list[int]] = {}
-        for (label_id, side), (p, b) in pkts.items():
-            pp, pb = self._prev_pkts.get((label_id, side), (0, 0))
+        for (label_id, side, pop_id), (p, b) in pkts.items():
+            pp, pb = self._prev_pkts.get((label_id, side, pop_id), (0, 0))
             dp, db = (p - pp, b - pb) if p >= pp else (p, b)
             if dp <= 0:
                 continue

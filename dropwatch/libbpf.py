@@ -187,6 +187,7 @@ class Libbpf:
             "bpf_map__fd": (i, [vp]),
             "bpf_map__initial_value": (vp, [vp, ctypes.POINTER(sz)]),
             "bpf_map__set_max_entries": (i, [vp, u32]),
+            "bpf_map__reuse_fd": (i, [vp, i]),
             "bpf_map__max_entries": (u32, [vp]),
             "bpf_map__key_size": (u32, [vp]),
             "bpf_map__value_size": (u32, [vp]),
@@ -287,6 +288,10 @@ class Libbpf:
 
     def map_set_max_entries(self, m: int, n: int) -> None:
         self._check(self.lib.bpf_map__set_max_entries(m, n), "bpf_map__set_max_entries")
+
+    def map_reuse_fd(self, m: int, fd: int) -> None:
+        """Before load: this map is the existing map ``fd`` (shared between objects)."""
+        self._check(self.lib.bpf_map__reuse_fd(m, fd), "bpf_map__reuse_fd")
 
     def map_value_size(self, m: int) -> int:
         return int(self.lib.bpf_map__value_size(m))

@@ -119,7 +119,8 @@ class Loader:
 
     def __init__(self, *, obj_dir: Path | None = None, meta_key: int | None = None,
                  tracepoint_mode: str = "auto", lib: Libbpf | None = None,
-                 sample_rate: int = 0, sample_burst: int | None = None) -> None:
+                 sample_rate: int = 0, sample_burst: int | None = None,
+                 flow_entries: int = abi.DW_FLOW_ENTRIES) -> None:
         if tracepoint_mode not in TRACEPOINT_MODES:
             raise ValueError(f"tracepoint mode {tracepoint_mode!r}: one of {TRACEPOINT_MODES}")
         self.lib = lib or libbpf()
@@ -130,6 +131,13 @@ class Loader:
             raise ValueError(f"sample rate {sample_rate}: 0..100000 events/s per CPU")
         self.sample_rate = sample_rate
         self.sample_burst = sample_burst if sample_burst is not None else max(1, 2 * sample_rate)
+        if not 1024 <= flow_entries <= 1 << 24:
+            raise ValueError(f"flow map entries {flow_entries}: 1024..16777216")
+        self.flow_entries = flow_entries
+        # What the reader is told about the flow map (dw_flow_cfg); follows
+        # the active rule generation.
+        self.flow_cfg = abi.FlowCfg(mode=abi.FlowMode.OFF, epoch=0, max_age_ns=0)
+        self._epoch = 0
         self.ncpus = self.lib.num_possible_cpus()
         self.labeler: _BpfObject | None = None
         self.reader: _BpfObject | None = None
@@ -151,7 +159,8 @@ class Loader:
 
     # ------------------------------------------------------------ load
 
-    def _open(self, name: str, *, autoload: dict[str, bool] | None = None) -> _BpfObject:
+    def _open(self, name: str, *, autoload: dict[str, bool] | None = None,
+              reuse: dict[str, int] | None = None, max_entries: dict[str, int] | None = None) -> _BpfObject:
         path = self.obj_dir / name
         if not path.exists():
             raise DropwatchError(f"{path}: BPF object not built (run 'make -C bpf')")
@@ -166,6 +175,10 @@ class Loader:
                 _set_rodata_u32(self.lib, obj, path, "dw_sample_burst", self.sample_burst if self.sample_rate else 0)
             for prog_name, on in (autoload or {}).items():
                 self.lib.set_autoload(self.lib.find_program(obj, prog_name), on)
+            for map_name, n in (max_entries or {}).items():
+                self.lib.map_set_max_entries(self.lib.find_map(obj, map_name), n)
+            for map_name, fd in (reuse or {}).items():
+                self.lib.map_reuse_fd(self.lib.find_map(obj, map_name), fd)
             mark = self.lib.log_mark()
             try:
                 self.lib.load_object(obj)
@@ -187,13 +200,17 @@ class Loader:
 
     def load(self) -> None:
         """Load both objects (nothing is attached yet)."""
-        self.labeler = self._open(LABELER_OBJ)
+        self.labeler = self._open(LABELER_OBJ, max_entries={"dw_flows": self.flow_entries})
         self._labeler_prog_fd = self.lib.program_fd(self.lib.find_program(self.labeler.obj, "dw_labeler"))
         self._init_rule_maps()
 
     def _load_reader(self, kind: str) -> None:
         btf = kind == "tp_btf"
-        self.reader = self._open(READER_OBJ, autoload={"dw_kfree_skb_btf": btf, "dw_kfree_skb_tp": not btf})
+        # One flow map for both: the labeler fills it, the reader reads it.
+        reuse = {"dw_flows": self.labeler.maps["dw_flows"]} if self.labeler else None
+        self.reader = self._open(READER_OBJ, autoload={"dw_kfree_skb_btf": btf, "dw_kfree_skb_tp": not btf},
+                                 reuse=reuse, max_entries={"dw_flows": self.flow_entries})
+        self._write_flow_cfg()
         self.reader_kind = kind
 
     def attach_reader(self) -> str:
@@ -411,8 +428,9 @@ class Loader:
         with self._rules_lock:
             gen = 1 - self.active_gen if self.rules_loaded else self.active_gen ^ 1
             self._clear_gen(gen)
+            epoch = self._epoch + 1
             try:
-                self._write_gen(gen, compiled)
+                self._write_gen(gen, compiled, epoch)
                 self._verify_gen(gen, compiled)
             except BaseException:
                 self._clear_gen(gen)
@@ -421,7 +439,13 @@ class Loader:
             self._state.active_gen = gen
             old = self.active_gen
             self.active_gen = gen
+            self._epoch = epoch
             self.rules_loaded = True
+            # The reader accepts flow entries of the new epoch only: entries
+            # classified under the old rules read as stale from here on.
+            self.flow_cfg = abi.FlowCfg(mode=compiled.flow_mode, epoch=epoch,
+                                        max_age_ns=compiled.flow_max_age_ms * 1_000_000)
+            self._write_flow_cfg()
             time.sleep(GEN_GRACE_S)
             # The new rules are live now: a failure to clear the old
             # generation is only garbage (cleared again before that
@@ -443,11 +467,25 @@ class Loader:
         ctypes.memmove(k.addr, addr, 16)
         return "dw_prefixes", k
 
-    def _write_gen(self, gen: int, c: CompiledRules) -> None:
+    def _write_flow_cfg(self) -> None:
+        if self.reader is not None:
+            self.lib.map_update(self.reader.maps["dw_flow_cfg"], ctypes.c_uint32(0), self.flow_cfg)
+
+    @staticmethod
+    def _pop_key(gen: int, family: int, plen: int, addr: bytes) -> abi.PopKey:
+        k = abi.PopKey(prefixlen=16 + plen, gen=gen, family=family)
+        ctypes.memmove(k.addr, addr, 16)
+        return k
+
+    def _write_gen(self, gen: int, c: CompiledRules, epoch: int) -> None:
         pair_fd = self._lmap("dw_pairs")
         pkeys: list[tuple[str, bytes]] = []
         qkeys: list[bytes] = []
         self._gen_keys[gen] = (pkeys, qkeys)
+        for (family, plen, addr), pop_id in c.pop_prefixes.items():
+            kp = self._pop_key(gen, family, plen, addr)
+            self.lib.map_update(self._lmap("dw_pops"), kp, ctypes.c_uint32(pop_id), BPF_NOEXIST)
+            pkeys.append(("dw_pops", bytes(kp)))
         for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
             name, k = self._prefix_key(gen, fd_id, plen, addr)
             self.lib.map_update(self._lmap(name), k, _cand_list(cands, pid), BPF_NOEXIST)
@@ -469,6 +507,12 @@ class Loader:
                     pl.e[i].mask[w] = int.from_bytes(mask.to_bytes(4, "big"), "little")
         gs.rs.has_pairs = 1 if c.pairs else 0
         gs.rs.default_side = c.default_side
+        gs.rs.epoch = epoch
+        gs.rs.flow_mode = c.flow_mode
+        gs.rs.has_pops = 1 if c.pop_prefixes else 0
+        gs.rs.n_udp_encaps = len(c.udp_encaps)
+        for i, (port, etype, ipproto) in enumerate(c.udp_encaps):
+            gs.rs.udp_encaps[i] = abi.UdpEncapEntry(port=port, type=etype, ipproto=ipproto)
         gs.rs.wildcard = _cand_list(c.wildcard, 0)
         # Not yet active: no packet reads this generation until the flip.
         ctypes.memmove(ctypes.addressof(self._state.gen[gen]), ctypes.addressof(gs), ctypes.sizeof(gs))
@@ -481,6 +525,11 @@ class Loader:
     def _verify_gen(self, gen: int, c: CompiledRules) -> None:
         """Read back what we wrote: a map must never be half-updated."""
         v = abi.CandList()
+        pv = ctypes.c_uint32()
+        for (family, plen, addr), pop_id in c.pop_prefixes.items():
+            kp = self._pop_key(gen, family, plen, addr)
+            if not self.lib.map_lookup(self._lmap("dw_pops"), kp, pv) or pv.value != pop_id:
+                raise DropwatchError(f"rule map verification failed for PoP prefix len {plen}")
         for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
             name, k = self._prefix_key(gen, fd_id, plen, addr)
             if not self.lib.map_lookup(self._lmap(name), k, v) or bytes(v) != bytes(_cand_list(cands, pid)):
@@ -495,7 +544,7 @@ class Loader:
         pair_fd = self._lmap("dw_pairs")
         pkeys, qkeys = self._gen_keys.get(gen, ([], []))
         for name, raw in pkeys:
-            ktype = abi.Prefix4Key if name == "dw_prefixes4" else abi.PrefixKey
+            ktype = {"dw_prefixes4": abi.Prefix4Key, "dw_pops": abi.PopKey}.get(name, abi.PrefixKey)
             self.lib.map_delete(self._lmap(name), ktype.from_buffer_copy(raw))
         for raw in qkeys:
             self.lib.map_delete(pair_fd, abi.PairKey.from_buffer_copy(raw))
@@ -544,13 +593,14 @@ class Loader:
                         out[st] = out.get(st, 0) + s
         return out
 
-    def read_drops(self) -> dict[tuple[int, int, int, int, int, int, int, int], int]:
+    def read_drops(self) -> dict[DropKeyT, int]:
         """Cumulative drop counts: (label_id, side, reason, location, ifindex,
-        pop_id, source, netns_ino) -> count, summed over CPUs, read in batches."""
+        pop_id, source, netns_ino, flags) -> count, summed over CPUs, read in
+        batches."""
         fd = self._rmap("dw_drops")
         keys = (abi.DropKey * _BATCH)()
         values = (ctypes.c_uint64 * (_BATCH * self.ncpus))()
-        out: dict[tuple[int, int, int, int, int, int, int, int], int] = {}
+        out: dict[DropKeyT, int] = {}
         in_b: object | None = None
         out_b = abi.DropKey()
         while True:
@@ -562,30 +612,32 @@ class Loader:
                 raise
             for i in range(n):
                 k = keys[i]
-                out[(k.label_id, k.side, k.reason, k.location, k.ifindex, k.pop_id, k.source, k.netns_ino)] = \
-                    self._percpu_sum_u64(values, i)
+                out[(k.label_id, k.side, k.reason, k.location, k.ifindex, k.pop_id, k.source, k.netns_ino,
+                     k.flags)] = self._percpu_sum_u64(values, i)
             if not more:
                 break
             in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
         return out
 
-    def evict_drop(self, key: tuple[int, int, int, int, int, int, int, int]) -> int | None:
+    def evict_drop(self, key: DropKeyT) -> int | None:
         """Remove one drop counter; returns its final value (summed over CPUs),
         read in the same step as the delete, or None if it was gone."""
-        label_id, side, reason, location, ifindex, pop_id, source, netns_ino = key
+        label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
         k = abi.DropKey(location=location, label_id=label_id, reason=reason, ifindex=ifindex,
-                        netns_ino=netns_ino, pop_id=pop_id, side=side, source=source)
+                        netns_ino=netns_ino, pop_id=pop_id, side=side, source=source, flags=flags)
         vals = (ctypes.c_uint64 * self.ncpus)()
         if not self.lib.map_lookup_and_delete(self._rmap("dw_drops"), k, vals):
             return None
         return sum(vals)
 
-    def read_packets(self, max_label_id: int) -> dict[tuple[int, int], tuple[int, int]]:
-        """Cumulative packets/bytes seen at ingress: (label_id, side) -> (packets, bytes)."""
+    def read_packets(self, max_label_id: int) -> dict[tuple[int, int, int], tuple[int, int]]:
+        """Cumulative packets/bytes seen at ingress: (label_id, side, pop_id) ->
+        (packets, bytes). Untunnelled packets (pop_id DW_POP_NONE) come from
+        the dw_pkt_counts array, tunnelled ones from dw_pop_pkt_counts."""
         fd = self._lmap("dw_pkt_counts")
         n_entries = min((max_label_id + 1) * abi.DW_SIDE_COUNT, abi.DW_MAX_LABELS * abi.DW_SIDE_COUNT)
         stride = ctypes.sizeof(abi.PktVal) // 8
-        out: dict[tuple[int, int], tuple[int, int]] = {}
+        out: dict[tuple[int, int, int], tuple[int, int]] = {}
         keys = (ctypes.c_uint32 * _BATCH)()
         values = (ctypes.c_uint64 * (_BATCH * self.ncpus * stride))()
         in_b: object | None = None
@@ -602,11 +654,29 @@ class Loader:
                     by += values[base + 1]
                 if pk:
                     idx = keys[i]
-                    out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT)] = (pk, by)
+                    out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (pk, by)
             done += n
             if not more or n == 0:
                 break
             in_b = ctypes.c_uint32(out_b.value)
+        pfd = self._lmap("dw_pop_pkt_counts")
+        pkeys = (abi.PopPktKey * _BATCH)()
+        pin_b: object | None = None
+        pout_b = abi.PopPktKey()
+        while True:
+            n, more = self.lib.map_lookup_batch(pfd, pin_b, pout_b, pkeys, values, _BATCH)
+            for i in range(n):
+                pk = by = 0
+                for cpu in range(self.ncpus):
+                    base = (i * self.ncpus + cpu) * stride
+                    pk += values[base]
+                    by += values[base + 1]
+                k = pkeys[i]
+                if pk:
+                    out[(k.label_id, k.side, k.pop_id)] = (pk, by)
+            if not more:
+                break
+            pin_b = abi.PopPktKey.from_buffer_copy(bytes(pout_b))
         return out
 
     def samples_map_fd(self) -> int:
@@ -632,6 +702,9 @@ class Loader:
         if self._reader_prog_fd is not None:
             out["reader"] = self.lib.prog_info(self._reader_prog_fd)
         return out
+
+
+DropKeyT = tuple[int, int, int, int, int, int, int, int, int]
 
 
 def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:

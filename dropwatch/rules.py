@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import abi
 
@@ -180,11 +180,131 @@ class Rule(BaseModel):
         return merged
 
 
+# PoP names the daemon uses itself: packets that were not tunnelled, and
+# tunnelled packets whose outer source is in no PoP.
+POP_NONE = "none"
+POP_UNKNOWN = "unknown"
+MAX_POPS = abi.DW_MAX_POPS - 1
+MAX_POP_PREFIXES = abi.DW_MAX_POP_PREFIXES // abi.DW_GENS
+
+
+class Pop(BaseModel):
+    """A landing PoP: the outer source addresses of tunnels from it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    src: list[str]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not LABEL_RE.match(v):
+            raise ValueError(f"PoP name must match [A-Za-z0-9_.-]{{1,64}}, got {_show(v)}")
+        if v in (POP_NONE, POP_UNKNOWN):
+            raise ValueError(f"PoP name {v!r} is reserved (untunnelled / unknown source)")
+        return v
+
+    @field_validator("src", mode="before")
+    @classmethod
+    def _src(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not v:
+            raise ValueError("src must be a non-empty list of prefixes")
+        return [_cidr_item(x) for x in v]
+
+    @field_validator("src")
+    @classmethod
+    def _nets(cls, v: list[str]) -> list[str]:
+        return [str(_parse_network(x)) for x in v]
+
+    def networks(self) -> list[Network]:
+        return [ipaddress.ip_network(x) for x in self.src]
+
+
+ENCAP_TYPES = {"vxlan": abi.EncapType.VXLAN, "gue": abi.EncapType.GUE, "fou": abi.EncapType.FOU}
+
+
+class UdpEncap(BaseModel):
+    """A UDP encapsulation on a destination port: its inner packet is labeled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["vxlan", "gue", "fou"]
+    port: int = Field(ge=1, le=65535)
+    # FOU carries a bare IP packet with no header saying which: 4 or 41.
+    ipproto: Literal[4, 41] | None = None
+
+    @model_validator(mode="after")
+    def _fou_proto(self) -> UdpEncap:
+        if self.type == "fou" and self.ipproto is None:
+            raise ValueError("fou needs ipproto: 4 (IPv4) or 41 (IPv6)")
+        if self.type != "fou" and self.ipproto is not None:
+            raise ValueError(f"ipproto applies to fou only, not {self.type}")
+        return self
+
+
+class FlowFallback(BaseModel):
+    """Where metadata is lost at the drop, recover the label by inner flow."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # encap: tunnelled packets only (decap always moves the metadata);
+    # all: every packet (a hash update per packet); off.
+    mode: Literal["off", "encap", "all"] = "encap"
+    max_age_ms: int = Field(default=1000, ge=1, le=3_600_000)
+
+
 class RuleSet(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rules: list[Rule] = []
     default_side: Literal["eyeball", "origin", "unknown"] = "unknown"
+    pops: list[Pop] = []
+    encap: list[UdpEncap] = []
+    flow_fallback: FlowFallback = FlowFallback()
+
+    @field_validator("pops", "encap", mode="before")
+    @classmethod
+    def _none_is_empty_list(cls, v: Any) -> Any:
+        return [] if v is None else v
+
+    @field_validator("pops")
+    @classmethod
+    def _pops(cls, v: list[Pop]) -> list[Pop]:
+        if len(v) > MAX_POPS:
+            raise ValueError(f"{len(v)} PoPs; at most {MAX_POPS}")
+        seen: dict[str, int] = {}
+        owner: dict[Network, str] = {}
+        total = 0
+        for i, pop in enumerate(v):
+            if pop.name in seen:
+                raise ValueError(f"[{i}] PoP {pop.name!r} defined twice (also [{seen[pop.name]}])")
+            seen[pop.name] = i
+            for net in pop.networks():
+                total += 1
+                prev = owner.setdefault(net, pop.name)
+                if prev != pop.name:
+                    raise ValueError(f"[{i}] prefix {net} is in PoP {prev!r} and {pop.name!r}")
+        if total > MAX_POP_PREFIXES:
+            raise ValueError(f"{total} PoP prefixes; at most {MAX_POP_PREFIXES}")
+        return v
+
+    @field_validator("encap")
+    @classmethod
+    def _encap(cls, v: list[UdpEncap]) -> list[UdpEncap]:
+        if len(v) > abi.DW_MAX_UDP_ENCAPS:
+            raise ValueError(f"{len(v)} UDP encapsulations; at most {abi.DW_MAX_UDP_ENCAPS}")
+        ports: dict[int, int] = {}
+        for i, e in enumerate(v):
+            if e.port in ports:
+                raise ValueError(f"[{i}] port {e.port} already used by encap[{ports[e.port]}]")
+            ports[e.port] = i
+        return v
+
+    def pop_names(self) -> list[str]:
+        return [p.name for p in self.pops]
 
     @field_validator("rules", mode="before")
     @classmethod
@@ -215,7 +335,14 @@ class RuleSet(BaseModel):
         return sorted({r.label for r in self.rules if r.label})
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        d = self.model_dump(exclude_none=True)
+        # Keep files that never mentioned tunnels free of them on rewrite.
+        for key in ("pops", "encap"):
+            if not d.get(key):
+                d.pop(key, None)
+        if d.get("flow_fallback") == FlowFallback().model_dump():
+            d.pop("flow_fallback", None)
+        return d
 
 
 def _error_from_validation(exc: ValidationError, source: str) -> RulesError:
@@ -321,6 +448,13 @@ class CompiledRules:
     # of prefix lengths that can contain an address of that block.
     v4_lenmask: dict[int, dict[int, int]] = field(default_factory=dict)
     label_ids: dict[str, int] = field(default_factory=dict)
+    # Landing PoPs: (family, prefixlen, 16-byte masked address) -> pop id
+    pop_prefixes: dict[tuple[int, int, bytes], int] = field(default_factory=dict)
+    pop_ids: dict[str, int] = field(default_factory=dict)
+    # (port, abi.EncapType, ipproto)
+    udp_encaps: list[tuple[int, int, int]] = field(default_factory=list)
+    flow_mode: int = abi.FlowMode.ENCAP
+    flow_max_age_ms: int = 1000
     # rule index -> (label, side) for reporting
     rule_targets: list[tuple[str | None, str | None]] = field(default_factory=list)
 
@@ -376,13 +510,26 @@ def _capacity_culprit(rs: RuleSet, limit: int) -> tuple[int | None, str | None]:
     return None, None
 
 
-def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rules>") -> CompiledRules:
-    """Pure function from rules (+ stable label ids) to map contents."""
+def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rules>",
+                  pop_ids: Mapping[str, int] | None = None) -> CompiledRules:
+    """Pure function from rules (+ stable label and PoP ids) to map contents."""
     for name in rs.labels():
         lid = label_ids.get(name)
         if lid is None or not (0 < lid < abi.DW_MAX_LABELS):
             raise RulesError(f"label {name!r} has no valid id", source=source)
+    pop_ids = pop_ids or {}
+    for name in rs.pop_names():
+        pid = pop_ids.get(name)
+        if pid is None or not (0 < pid < abi.DW_MAX_POPS):
+            raise RulesError(f"PoP {name!r} has no valid id", source=source)
     out = CompiledRules(default_side=int(SIDE_IDS[rs.default_side]), label_ids=dict(label_ids))
+    out.pop_ids = {n: pop_ids[n] for n in rs.pop_names()}
+    for pop in rs.pops:
+        for net in pop.networks():
+            out.pop_prefixes[(net.version, net.prefixlen, _addr16(net))] = pop_ids[pop.name]
+    out.udp_encaps = [(e.port, int(ENCAP_TYPES[e.type]), e.ipproto or 0) for e in rs.encap]
+    out.flow_mode = int(abi.FlowMode[rs.flow_fallback.mode.upper()])
+    out.flow_max_age_ms = rs.flow_fallback.max_age_ms
     out.rule_targets = [(r.label, r.side) for r in rs.rules]
 
     # Every prefix that appears anywhere, per direction/family.

@@ -432,8 +432,8 @@ def test_fuzz_labeler(labeler: Loader, capsys: pytest.CaptureFixture[str]) -> No
     # once at ingress under the (label, side) its record carries (frames
     # without a record under (0, unknown)), with its length in bytes.
     got: Counter[tuple[int, int, str]] = Counter()
-    for (lid, side), (pk, by) in pkts_after.items():
-        b_pk, b_by = pkts_before.get((lid, side), (0, 0))
+    for (lid, side, _pop), (pk, by) in pkts_after.items():
+        b_pk, b_by = pkts_before.get((lid, side, _pop), (0, 0))
         if pk - b_pk:
             got[(lid, side, "packets")] = pk - b_pk
         if by - b_by:

@@ -43,7 +43,7 @@ class KernelPath:
 
     def tally(self) -> DropTally:
         out: DropTally = Counter()
-        for (label_id, side, reason, _loc, _ifindex, _pop, _src, netns), n in self.loader.read_drops().items():
+        for (label_id, side, reason, _loc, _ifindex, _pop, _src, netns, _fl), n in self.loader.read_drops().items():
             if netns not in (0, self.rx_netns):
                 continue  # another namespace's drop (e.g. a concurrent lab)
             out[(NAMES.get(label_id, str(label_id)), SIDES[side], self.reasons.name(reason))] += n
@@ -223,12 +223,12 @@ def test_vlan_tagged_exact(kp: KernelPath, tpids: tuple[int, ...], side_src: str
 
 def test_ingress_packets_counted_for_ratio(kp: KernelPath) -> None:
     n = 70
-    before = kp.loader.read_packets(2).get((2, 2), (0, 0))[0]
+    before = kp.loader.read_packets(2).get((2, 2, 0), (0, 0))[0]
     kp.lab.send_udp(TX_ORIGIN_V4, RX_V4["customerY"], 9999, n)
     deadline = time.monotonic() + 5
-    while kp.loader.read_packets(2).get((2, 2), (0, 0))[0] - before < n and time.monotonic() < deadline:
+    while kp.loader.read_packets(2).get((2, 2, 0), (0, 0))[0] - before < n and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert kp.loader.read_packets(2)[(2, 2)][0] - before == n
+    assert kp.loader.read_packets(2)[(2, 2, 0)][0] - before == n
 
 
 def test_tracepoint_fallback_classic() -> None:
@@ -271,7 +271,7 @@ def test_vxlan_decap_stale_metadata_is_never_misattributed(kp: KernelPath) -> No
 
         def inner_drops() -> Counter[tuple[str, int]]:
             out: Counter[tuple[str, int]] = Counter()
-            for (label_id, _s, reason, _l, ifindex, _p, source, netns), c in kp.loader.read_drops().items():
+            for (label_id, _s, reason, _l, ifindex, _p, source, netns, _fl), c in kp.loader.read_drops().items():
                 if netns == kp.rx_netns and ifindex == vx_ifindex and kp.reasons.name(reason) == "NO_SOCKET":
                     out[(NAMES.get(label_id, str(label_id)), source)] += c
             return out
