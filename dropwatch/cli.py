@@ -1,4 +1,4 @@
-"""Command line: dropwatch run | check | demo | watch."""
+"""Command line: dropwatch run | check | demo | watch | survival."""
 
 from __future__ import annotations
 
@@ -407,6 +407,70 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- survival
+
+
+def cmd_survival(args: argparse.Namespace) -> int:
+    """The survival matrix (dropwatch/survival.py). Exit 1 if any drop was
+    misattributed, 3 if a path could not be measured (harness error)."""
+    import json
+
+    from . import survival
+
+    if args.list:
+        for name, p in survival.PATHS.items():
+            print(f"{name:<28} {p.what}")
+        return 0
+    names = survival.path_names() if args.paths == "all" else [x.strip() for x in args.paths.split(",") if x.strip()]
+    unknown = [x for x in names if x not in survival.PATHS]
+    if unknown or not names:
+        raise UsageError(f"--paths: unknown path(s) {', '.join(unknown) or '(none given)'}; see --list")
+    if not 1 <= args.packets <= 100_000:
+        raise UsageError(f"--packets {args.packets}: 1..100000")
+    if args.update_baseline and (args.paths != "all" or args.mode != "both"):
+        raise UsageError("--update-baseline records the whole matrix: use it with --paths all --mode both")
+    problem = privilege_problem()
+    if problem:
+        raise DropwatchError(f"the survival matrix {problem}")
+    if not args.verbose:  # one attach/detach line per path would drown the progress lines
+        logging.getLogger("dropwatch.loader").setLevel(logging.WARNING)
+    modes = ["generic", "native"] if args.mode == "both" else [args.mode]
+    total = len(names) * len(modes)
+    done = 0
+
+    def progress(row: survival.Row) -> None:
+        nonlocal done
+        done += 1
+        print(f"[{done}/{total}] {row.path} {row.mode}: {row.status} ({row.seconds:.1f}s)", file=sys.stderr,
+              flush=True)
+
+    started = time.monotonic()
+    with survival.Matrix.open() as m:
+        rows = m.run(names, modes, args.packets, progress=progress)
+    elapsed = time.monotonic() - started
+    if args.markdown:
+        print(f"Kernel `{os.uname().release}`, {args.packets} packets per path, "
+              f"`dropwatch survival --mode {args.mode} --markdown`:\n")
+        print(survival.format_markdown(rows))
+    else:
+        print(survival.format_table(rows))
+        print(f"\nkernel {os.uname().release}, {args.packets} packets per path, {elapsed:.0f}s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"kernel": os.uname().release, "packets": args.packets,
+                                               "rows": [r.to_json() for r in rows]}, indent=1) + "\n")
+    if args.update_baseline:
+        Path(args.update_baseline).write_text(json.dumps(survival.baseline_of(rows), indent=1, sort_keys=True)
+                                              + "\n")
+        print(f"baseline written to {args.update_baseline}", file=sys.stderr)
+    if any(r.misattributed for r in rows):
+        print("dropwatch: MISATTRIBUTED drops on: " + ", ".join(f"{r.path}/{r.mode}" for r in rows
+                                                                if r.misattributed), file=sys.stderr)
+        return 1
+    if any(r.status == "error" for r in rows):
+        return 3
+    return 0
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -457,6 +521,19 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--interval", type=float, default=1.0)
     w.add_argument("--top", type=int, default=20)
     w.set_defaults(func=cmd_watch)
+
+    sv = sub.add_parser("survival", help="the survival matrix: does a label survive each kernel path to the drop?")
+    sv.add_argument("--paths", default="all", metavar="A,B,...", help="paths to run (see --list); default all")
+    sv.add_argument("--mode", default="both", choices=["generic", "native", "both"], help="XDP mode(s)")
+    sv.add_argument("--packets", type=int, default=200, metavar="N", help="labeled packets per path")
+    sv.add_argument("--json", default=None, metavar="FILE", help="also write every row (with its drop keys) here")
+    sv.add_argument("--markdown", action="store_true", help="print the README table")
+    sv.add_argument("--update-baseline", nargs="?", default=None, metavar="FILE",
+                    const=str(Path(__file__).resolve().parent.parent / "tests" / "e2e" / "survival_baseline.json"),
+                    help="write the per-path attribution baseline the e2e test compares against "
+                         "(default tests/e2e/survival_baseline.json)")
+    sv.add_argument("--list", action="store_true", help="list the paths and exit")
+    sv.set_defaults(func=cmd_survival)
 
     from .client_cli import add_commands
     add_commands(sub)

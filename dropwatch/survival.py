@@ -149,31 +149,46 @@ def _reg(name: str, fam: Fam, topo: str, drop: str, what: str, tap: str = "") ->
     PATHS[name] = PathDef(name, fam, topo, drop, what, tap)
 
 
-for _f, _s in ((V4, ""), (V6, "6")):
-    _reg(f"nft-input{_s}", _f, "direct", "nft-input", "nft INPUT chain drop on the host")
-    _reg(f"udp-closed-port{_s}", _f, "direct", "closed-port", "UDP to a closed port on the host")
-    _reg(f"udp-rcvbuf{_s}", _f, "direct", "rcvbuf", "UDP socket receive buffer full")
-    _reg(f"tcp-bad-csum{_s}", _f, "direct", "bad-csum", "TCP segment with a bad checksum")
-    _reg(f"forward-nft{_s}", _f, "router", "forward-nft", "forwarded, dropped by nft FORWARD")
-    _reg(f"forward-qdisc{_s}", _f, "router", "qdisc", "forwarded, dropped by a full tbf qdisc on egress")
-    _reg(f"container-closed-port{_s}", _f, "router", "ct-closed-port",
-         "routed into a container namespace via veth, closed port there")
-    _reg(f"container-nft{_s}", _f, "router", "ct-nft", "routed into a container namespace, nft INPUT drop there")
-    _reg(f"dnat-container{_s}", _f, "router", "dnat-ct", "service address DNAT'ed to a container, closed port")
-    _reg(f"afpacket-dnat-container{_s}", _f, "router", "dnat-ct",
-         "AF_PACKET socket on the interface + DNAT to a container, closed port", tap="afpacket")
-    _reg(f"afpacket-dnat{_s}", _f, "direct", "dnat-local",
-         "AF_PACKET socket on the interface + DNAT to a closed local port", tap="afpacket")
-    _reg(f"tcpdump-dnat{_s}", _f, "direct", "dnat-local",
-         "tcpdump -i on the interface + DNAT to a closed local port", tap="tcpdump")
-    _reg(f"vxlan-decap{_s}", _f, "vxlan", "closed-port", "VXLAN decapsulated, inner packet to a closed port")
-    _reg(f"vxlan-decap-nft{_s}", _f, "vxlan", "nft-input", "VXLAN decapsulated, inner packet dropped by nft")
-    _reg(f"vlan-closed-port{_s}", _f, "vlan", "closed-port", "802.1Q VLAN subinterface, closed port")
-_reg("tcp-listen-overflow", V4, "direct", "listen-overflow", "third ACK at a full TCP accept queue")
-_reg("tcp-listen-overflow6", V6, "direct", "listen-overflow", "third ACK at a full TCP accept queue")
-_reg("ipip-decap", V4, "ipip", "closed-port", "IPIP decapsulated, inner packet to a closed port")
-_reg("gre-decap", V4, "gre", "closed-port", "GRE decapsulated, inner packet to a closed port")
-_reg("ip6tnl-decap6", V6, "ip6tnl", "closed-port", "IPv6-in-IPv6 decapsulated, inner packet to a closed port")
+def _both(name: str, topo: str, drop: str, what: str, tap: str = "", families: str = "46") -> None:
+    for fam, suffix in ((V4, ""), (V6, "6")):
+        if str(fam.v) in families:
+            _reg(f"{name}{suffix}", fam, topo, drop, what, tap)
+
+
+# Local drops on the labeled host.
+_both("nft-input", "direct", "nft-input", "nft INPUT chain drop on the host")
+_both("udp-closed-port", "direct", "closed-port", "UDP to a closed port on the host")
+_both("udp-rcvbuf", "direct", "rcvbuf", "UDP socket receive buffer full")
+_both("tcp-bad-csum", "direct", "bad-csum", "TCP segment with a bad checksum")
+_both("tcp-listen-overflow", "direct", "listen-overflow", "third ACK at a full TCP accept queue")
+# VLAN: a subinterface needs 8021q; without it the core stack still untags
+# priority-tagged frames (VID 0), and skb_vlan_untag() moves the metadata.
+_both("vlan-closed-port", "vlan", "closed-port", "802.1Q VLAN subinterface, closed port")
+_both("vlan0-tag-closed-port", "direct", "tag-closed-port", "802.1Q priority-tagged frame (VID 0), closed port",
+      families="4")
+_both("qinq0-tag-closed-port", "direct", "qinq-closed-port", "802.1ad+802.1Q priority tags (VID 0), closed port",
+      families="4")
+# Forwarded by the host.
+_both("forward-nft", "router", "forward-nft", "forwarded, dropped by nft FORWARD")
+_both("forward-qdisc", "router", "qdisc", "forwarded, dropped by a full tbf qdisc on egress")
+# Routed into a container namespace through a veth pair (the Kubernetes path).
+_both("container-closed-port", "router", "ct-closed-port", "routed into a container namespace via veth, closed port")
+_both("container-nft", "router", "ct-nft", "routed into a container namespace, nft INPUT drop there")
+_both("dnat-container", "router", "dnat-ct", "service address DNAT'ed to a container, closed port")
+# A packet socket on the labeled interface, then NAT writes the packet.
+_both("afpacket-dnat-container", "router", "dnat-ct",
+      "AF_PACKET socket on the interface + DNAT to a container, closed port", tap="afpacket")
+_both("afpacket-dnat", "direct", "dnat-local", "AF_PACKET socket on the interface + DNAT to a closed local port",
+      tap="afpacket")
+_both("tcpdump-dnat", "direct", "dnat-local", "tcpdump -i on the interface + DNAT to a closed local port",
+      tap="tcpdump")
+# Tunnels decapsulated on the host; the inner packet is dropped.
+_both("vxlan-decap", "vxlan", "closed-port", "VXLAN decapsulated, inner packet to a closed port")
+_both("vxlan-decap-nft", "vxlan", "nft-input", "VXLAN decapsulated, inner packet dropped by nft")
+_both("ipip-decap", "ipip", "closed-port", "IPIP decapsulated, inner packet to a closed port", families="4")
+_both("gre-decap", "gre", "closed-port", "GRE decapsulated, inner packet to a closed port", families="4")
+_both("ip6tnl-decap", "ip6tnl", "closed-port", "IPv6-in-IPv6 decapsulated, inner packet to a closed port",
+      families="6")
 
 
 def path_names() -> list[str]:
@@ -392,6 +407,18 @@ class Topo:
         tcp = tcp[:16] + struct.pack("!H", good ^ 0x5A5A) + tcp[18:]  # wrong on purpose
         return eth + ip + tcp
 
+    def tagged_udp_frame(self, dport: int, tpids: tuple[int, ...]) -> bytes:
+        """An IPv4/UDP frame from the eyeball source with VID-0 tags."""
+        f = self.f
+        eth = self.mac(self.rx_ns, self.rx_if) + self.mac(self.tx_ns, self.tx_if)
+        for tpid in tpids:
+            eth += struct.pack("!HH", tpid, 0)
+        udp = struct.pack("!HHHH", 4321, dport, 16, 0) + b"v" * 8  # UDP checksum 0: none
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                         socket.inet_aton(f.eye_src), socket.inet_aton(f.surv))
+        ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+        return eth + b"\x08\x00" + ip + udp
+
     def send_frames(self, frame: bytes, n: int) -> None:
         with entered(self.tx_ns):
             s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
@@ -501,6 +528,10 @@ def _scenario(t: Topo, n: int) -> Scenario:
         t.udp_socket(t.rx_ns, bind=(f.surv, 7000), rcvbuf=2048)  # never read
         return Scenario([t.rx_ns], frozenset({"SOCKET_RCVBUFF"}), snmp(t.rx_ns, snmp_udp[1]),
                         lambda: t.send_udp(f.surv, 7000, n, payload=b"r" * 1000), None, counter=snmp_udp[1])
+    if p.drop in ("tag-closed-port", "qinq-closed-port"):
+        frame = t.tagged_udp_frame(6002, (0x8100,) if p.drop == "tag-closed-port" else (0x88A8, 0x8100))
+        return Scenario([t.rx_ns], frozenset({"NO_SOCKET"}), snmp(t.rx_ns, snmp_udp[0]),
+                        lambda: t.send_frames(frame, n), n, counter=snmp_udp[0])
     if p.drop == "bad-csum":
         frame = t.bad_csum_frame(80)
         return Scenario([t.rx_ns], frozenset({"TCP_CSUM"}), snmp(t.rx_ns, "Tcp.InCsumErrors"),
@@ -681,14 +712,16 @@ class Matrix:
 
     @classmethod
     @contextmanager
-    def open(cls) -> Iterator[Matrix]:
+    def open(cls, rules: dict[str, Any] | None = None) -> Iterator[Matrix]:
+        """Load and attach the reader with the matrix's rules (or others:
+        the tests swap labels to prove a misattribution is caught)."""
         from .kernel import DropReasons
         from .loader import Loader
         from .rules import compile_rules, parse_rules
 
         with Loader() as ld:
             ld.load()
-            ld.apply_rules(compile_rules(parse_rules(RULES, "survival"), LABEL_IDS, pop_ids=POP_IDS))
+            ld.apply_rules(compile_rules(parse_rules(rules or RULES, "survival"), LABEL_IDS, pop_ids=POP_IDS))
             ld.attach_reader()
             yield cls(ld, DropReasons.load())
 
@@ -809,11 +842,18 @@ def format_table(rows: list[Row]) -> str:
 
 
 def format_markdown(rows: list[Row]) -> str:
+    """The README table: a path's generic and native rows are merged into
+    one (mode "both") when every count and the status agree."""
     out = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    by_path: dict[str, list[Row]] = {}
     for r in rows:
-        cells = _cells(r)
-        cells[0] = f"`{cells[0]}`"
-        out.append("| " + " | ".join(cells) + " |")
+        by_path.setdefault(r.path, []).append(r)
+    for group in by_path.values():
+        cells = [_cells(r) for r in group]
+        if len(group) > 1 and all(c[2:] == cells[0][2:] for c in cells):
+            cells = [[cells[0][0], "both", *cells[0][2:]]]
+        for c in cells:
+            out.append("| " + " | ".join([f"`{c[0]}`", *c[1:]]) + " |")
     reasons = sorted({f"- `{r.path}`: {r.detail}" for r in rows if r.status == "unavailable" and r.detail})
     return "\n".join(out + ([""] + reasons if reasons else []))
 
