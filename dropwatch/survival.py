@@ -101,6 +101,8 @@ V6 = Fam(6, 64, "2001:db8:30:1::1", "2001:db8:30:2::1", "2001:db8:51::2", "2001:
          "2001:db8:30:3::2", "2001:db8:30:4::80", "2001:db8:40::1", "2001:db8:40::2", "2001:db8:30:5::1",
          "2001:db8:30:5::2")
 DECOY_PORT = 7999
+ETH_P_ALL = 0x0003
+SO_RCVBUFFORCE = 33
 TUNNELS = ("vxlan", "ipip", "gre", "ip6tnl", "vlan")
 
 
@@ -253,6 +255,9 @@ class Topo:
         self.socks: list[socket.socket] = []
         self.procs: list[subprocess.Popen[str]] = []
         self._decoy: socket.socket | None = None
+        self._tap_sock: socket.socket | None = None
+        self._tap_proc: subprocess.Popen[str] | None = None
+        self._tap_file: Path | None = None
 
     @property
     def target(self) -> str:
@@ -359,6 +364,8 @@ class Topo:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        if self._tap_file is not None:
+            self._tap_file.unlink(missing_ok=True)
         for ns in reversed(self.namespaces):
             _run(["ip", "netns", "del", ns], check=False)
         self.namespaces.clear()
@@ -470,22 +477,63 @@ class Topo:
         """A packet socket on the labeled interface: every received skb is
         handed to it before the stack sees it."""
         if kind == "afpacket":
-            # packet_rcv() keeps a clone of each skb in the socket's queue:
-            # the original is cloned until we read it (we do not).
+            # packet_rcv() (a socket read with recvmsg, no ring) keeps a
+            # clone of each skb in its queue: the original stays cloned
+            # until the clone is read. We read them only after the drops.
             with entered(self.rx_ns):
-                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+                s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             self.socks.append(s)
-            s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE: room for every clone
-            s.bind((self.rx_if, 0x0003))
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)  # room for every clone
+            s.bind((self.rx_if, ETH_P_ALL))
+            self._tap_sock = s
         elif kind == "tcpdump":
+            # The real tool, as an operator runs it (libpcap's TPACKET_V3
+            # ring); written to a file so we can count what it captured.
+            self._tap_file = Path(_run(["mktemp", "--suffix=.pcap", "/tmp/dwsv-XXXXXX"]).strip())
             proc = subprocess.Popen(["nsenter", f"--net=/run/netns/{self.rx_ns}", "tcpdump", "-i", self.rx_if,
-                                     "-n", "-w", "/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True)
+                                     "-n", "-U", "-Z", "root", "-w", str(self._tap_file)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             self.procs.append(proc)
+            self._tap_proc = proc
             assert proc.stderr is not None
             line = proc.stderr.readline()  # "listening on ..." once the capture is active
             if "listening on" not in line:
                 raise SurvivalError(f"tcpdump did not start: {line.strip() or 'exit ' + str(proc.poll())}")
+
+    def _is_survivor(self, frame: bytes) -> bool:
+        src = socket.inet_pton(self.f.af, self.f.eye_src)
+        return (frame[12:14] == b"\x08\x00" and frame[26:30] == src) or \
+            (frame[12:14] == b"\x86\xdd" and frame[22:38] == src)
+
+    def _pcap_survivors(self) -> int:
+        assert self._tap_file is not None
+        data = self._tap_file.read_bytes()
+        n, off = 0, 24  # global header, then 16-byte record headers (native byte order)
+        while off + 16 <= len(data):
+            incl = struct.unpack_from("=I", data, off + 8)[0]
+            n += self._is_survivor(data[off + 16:off + 16 + incl])
+            off += 16 + incl
+        return n
+
+    def close_tap(self, n: int) -> int:
+        """Stop the packet socket; how many survivor packets it saw."""
+        if self._tap_sock is not None:
+            seen = 0
+            while True:
+                try:
+                    seen += self._is_survivor(self._tap_sock.recv(65536, socket.MSG_DONTWAIT))
+                except BlockingIOError:
+                    return seen
+        if self._tap_proc is not None and self._tap_file is not None:
+            # libpcap's TPACKET_V3 ring hands over a block when it fills or
+            # its timeout (1 s) expires: wait for every packet to be written.
+            deadline = time.monotonic() + 5
+            while self._pcap_survivors() < n and time.monotonic() < deadline:
+                time.sleep(0.1)
+            self._tap_proc.terminate()
+            self._tap_proc.wait(timeout=10)
+            return self._pcap_survivors()
+        return 0
 
 
 # ---------------------------------------------------------------- drops per path
@@ -634,6 +682,7 @@ class Row:
     unlabeled: int = 0
     corrupt: int = 0
     misattributed: int = 0
+    tap_seen: int | None = None      # packets the packet socket saw (tap paths)
     pops: dict[str, int] = field(default_factory=dict)
     by_key: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -777,6 +826,11 @@ class Matrix:
             row.status = _status(row)
             if sc.expect is not None and kernel != sc.expect:
                 row.detail = f"expected the kernel counter to move by {sc.expect}, it moved by {kernel}"
+            if p.tap:
+                row.tap_seen = t.close_tap(n)
+                if row.tap_seen < n:
+                    row.status = "error"
+                    row.detail = f"the {p.tap} packet socket saw {row.tap_seen} of {n} packets"
         except (SurvivalError, OSError) as exc:
             row.status, row.detail = "error", str(exc)[:400]
         finally:
