@@ -445,7 +445,12 @@ def cmd_survival(args: argparse.Namespace) -> int:
               flush=True)
 
     started = time.monotonic()
-    with survival.Matrix.open() as m:
+    rules = None
+    if args.flow_fallback != survival.RULES["flow_fallback"]["mode"]:
+        if args.update_baseline:
+            raise UsageError("--update-baseline records the matrix with the default --flow-fallback")
+        rules = {**survival.RULES, "flow_fallback": {**survival.RULES["flow_fallback"], "mode": args.flow_fallback}}
+    with survival.Matrix.open(rules) as m:
         rows = m.run(names, modes, args.packets, progress=progress)
     elapsed = time.monotonic() - started
     if args.markdown:
@@ -459,8 +464,7 @@ def cmd_survival(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps({"kernel": os.uname().release, "packets": args.packets,
                                                "rows": [r.to_json() for r in rows]}, indent=1) + "\n")
     if args.update_baseline:
-        Path(args.update_baseline).write_text(json.dumps(survival.baseline_of(rows), indent=1, sort_keys=True)
-                                              + "\n")
+        Path(args.update_baseline).write_text(survival.dump_baseline(survival.baseline_of(rows)))
         print(f"baseline written to {args.update_baseline}", file=sys.stderr)
     if any(r.misattributed for r in rows):
         print("dropwatch: MISATTRIBUTED drops on: " + ", ".join(f"{r.path}/{r.mode}" for r in rows
@@ -532,6 +536,8 @@ def build_parser() -> argparse.ArgumentParser:
                     const=str(Path(__file__).resolve().parent.parent / "tests" / "e2e" / "survival_baseline.json"),
                     help="write the per-path attribution baseline the e2e test compares against "
                          "(default tests/e2e/survival_baseline.json)")
+    sv.add_argument("--flow-fallback", default="all", choices=["off", "encap", "all"],
+                    help="the rules' flow_fallback mode for the run (default all: the fallback's full reach)")
     sv.add_argument("--list", action="store_true", help="list the paths and exit")
     sv.set_defaults(func=cmd_survival)
 

@@ -180,6 +180,8 @@ _both("dnat-container", "router", "dnat-ct", "service address DNAT'ed to a conta
 # A packet socket on the labeled interface, then NAT writes the packet.
 _both("afpacket-dnat-container", "router", "dnat-ct",
       "AF_PACKET socket on the interface + DNAT to a container, closed port", tap="afpacket")
+_both("afpacket-snat-container", "router", "snat-ct",
+      "AF_PACKET socket on the interface + SNAT (masquerade) towards a container, closed port", tap="afpacket")
 _both("afpacket-dnat", "direct", "dnat-local", "AF_PACKET socket on the interface + DNAT to a closed local port",
       tap="afpacket")
 _both("tcpdump-dnat", "direct", "dnat-local", "tcpdump -i on the interface + DNAT to a closed local port",
@@ -603,6 +605,12 @@ def _scenario(t: Topo, n: int) -> Scenario:
             t.open_tap(p.tap)
         return Scenario([t.ct_ns], frozenset({"NO_SOCKET"}), snmp(t.ct_ns, snmp_udp[0]),
                         lambda: t.send_udp(f.svc, 80, n), n, counter=snmp_udp[0])
+    if p.drop == "snat-ct":
+        t.nft(t.rx_ns, f"table inet svnat {{\n chain post {{ type nat hook postrouting priority 100;\n"
+                       f"  oifname {t.host_if} {f.nft} daddr {f.ct} masquerade\n }}\n}}\n")
+        t.open_tap(p.tap)
+        return Scenario([t.ct_ns], frozenset({"NO_SOCKET"}), snmp(t.ct_ns, snmp_udp[0]),
+                        lambda: t.send_udp(f.ct, 6008, n), n, counter=snmp_udp[0])
     if p.drop == "dnat-local":
         t.nft(t.rx_ns, f"table inet svnat {{\n chain pre {{ type nat hook prerouting priority -100;\n"
                        f"  {f.nft} daddr {f.surv} udp dport 6006 dnat {f.nft} to {_hostport(f.surv, 6007)}\n }}\n}}\n")
@@ -683,6 +691,8 @@ class Row:
     corrupt: int = 0
     misattributed: int = 0
     tap_seen: int | None = None      # packets the packet socket saw (tap paths)
+    pop_expected: str = "none"       # the landing PoP the drops should carry
+    pop_mismatch: int = 0            # attributed drops with another PoP
     pops: dict[str, int] = field(default_factory=dict)
     by_key: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
@@ -731,6 +741,8 @@ def classify(row: Row, delta: dict[tuple[int, ...], int], reasons: Any) -> None:
         pop = {0: "none", abi.DW_POP_UNKNOWN: "unknown"}.get(pop_id) or next(
             (k for k, v in POP_IDS.items() if v == pop_id), str(pop_id))
         row.pops[pop] = row.pops.get(pop, 0) + c
+        if kind in ("metadata", "fallback") and pop != row.pop_expected:
+            row.pop_mismatch += c
         row.by_key.append({"label_id": label_id, "side": side, "reason": reasons.name(reason), "pop": pop,
                            "source": abi.Source(source).name if source in abi.Source._value2member_map_
                            else str(source), "flags": flags, "count": c, "class": kind})
@@ -782,7 +794,8 @@ class Matrix:
         return out
 
     def run_path(self, p: PathDef, mode: str, n: int, unavailable: str | None = None) -> Row:
-        row = Row(p.name, mode, p.family, p.what, sent=n)
+        row = Row(p.name, mode, p.family, p.what, sent=n,
+                  pop_expected="ams01" if p.topo in ("vxlan", "ipip", "gre", "ip6tnl") else "none")
         t0 = time.monotonic()
         if unavailable:
             row.status, row.detail = "unavailable", unavailable
@@ -826,6 +839,9 @@ class Matrix:
             row.status = _status(row)
             if sc.expect is not None and kernel != sc.expect:
                 row.detail = f"expected the kernel counter to move by {sc.expect}, it moved by {kernel}"
+            if row.pop_mismatch:
+                row.detail = (f"{row.pop_mismatch} attributed drops carry a PoP other than {row.pop_expected}: "
+                              f"{row.pops}")
             if p.tap:
                 row.tap_seen = t.close_tap(n)
                 if row.tap_seen < n:
@@ -918,8 +934,17 @@ def baseline_of(rows: list[Row]) -> dict[str, Any]:
         "note": "per path/mode: level all (every drop attributed), some, none, or unavailable on that kernel; "
                 "regenerate with: dropwatch survival --mode both --update-baseline",
         "paths": {f"{r.path}/{r.mode}": {"level": r.level, "attributed": r.attributed, "seen": r.seen}
-                  for r in rows},
+                  for r in sorted(rows, key=lambda r: (r.path, r.mode))},
     }
+
+
+def dump_baseline(b: dict[str, Any]) -> str:
+    """JSON with one line per path (reviewable diffs)."""
+    lines = ["{", f' "kernel": {json.dumps(b["kernel"])},', f' "note": {json.dumps(b["note"])},', ' "paths": {']
+    items = list(b["paths"].items())
+    for i, (k, v) in enumerate(items):
+        lines.append(f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}{',' if i < len(items) - 1 else ''}")
+    return "\n".join(lines + [" }", "}", ""])
 
 
 LEVEL_RANK = {"unavailable": -1, "none": 0, "some": 1, "all": 2}
