@@ -510,6 +510,7 @@ class Loader:
         gs.rs.epoch = epoch
         gs.rs.flow_mode = c.flow_mode
         gs.rs.has_pops = 1 if c.pop_prefixes else 0
+        gs.rs.flow_max_age_ms = c.flow_max_age_ms
         gs.rs.n_udp_encaps = len(c.udp_encaps)
         for i, (port, etype, ipproto) in enumerate(c.udp_encaps):
             gs.rs.udp_encaps[i] = abi.UdpEncapEntry(port=port, type=etype, ipproto=ipproto)
