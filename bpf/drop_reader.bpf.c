@@ -12,6 +12,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
 #include "kernel_types.h"
 #include "dropwatch.h"
 
@@ -90,7 +91,10 @@ static __always_inline void stat_inc(__u32 idx)
 struct skb_view {
 	unsigned char *head;
 	__u32 end;
+	__u32 tail;
 	__u16 mac_header;
+	__u16 network_header;
+	__u16 protocol;		/* network order */
 	__u32 ifindex;
 	__u32 netns_ino;
 };
@@ -103,6 +107,9 @@ static __always_inline void read_skb(struct sk_buff *skb, const int btf, struct 
 		v->head = skb->head;
 		v->end = skb->end;
 		v->mac_header = skb->mac_header;
+		v->network_header = skb->network_header;
+		v->tail = skb->tail;
+		v->protocol = skb->protocol;
 		v->ifindex = skb->skb_iif;
 		dev = skb->dev;
 		v->netns_ino = dev ? dev->nd_net.net->ns.inum : 0;
@@ -110,6 +117,9 @@ static __always_inline void read_skb(struct sk_buff *skb, const int btf, struct 
 		v->head = BPF_CORE_READ(skb, head);
 		v->end = BPF_CORE_READ(skb, end);
 		v->mac_header = BPF_CORE_READ(skb, mac_header);
+		v->network_header = BPF_CORE_READ(skb, network_header);
+		v->tail = BPF_CORE_READ(skb, tail);
+		v->protocol = BPF_CORE_READ(skb, protocol);
 		v->ifindex = BPF_CORE_READ(skb, skb_iif);
 		dev = BPF_CORE_READ(skb, dev);
 		v->netns_ino = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
@@ -144,6 +154,87 @@ bad:
 	stat_inc(DW_STAT_META_BAD_BOUNDS);
 	*meta_len = 0;
 	return NULL;
+}
+
+/*
+ * The flow fallback: the dropped packet's flow, parsed at its network
+ * header (after decapsulation this is the inner packet, which the labeler
+ * keyed the same way), looked up in the labeler's dw_flows. An entry counts
+ * only if it was classified under the current rules (epoch) and its flow
+ * was seen at ingress within max_age_ns: a label is a function of the
+ * 5-tuple and the rules, so such an entry names the label these rules give
+ * this packet. Ports only when L4 follows the fixed header (as the labeler).
+ */
+static __always_inline int flow_lookup(const struct skb_view *sv, struct dw_drop_key *key)
+{
+	__u32 zero = 0;
+	struct dw_flow_cfg *cfg = bpf_map_lookup_elem(&dw_flow_cfg, &zero);
+
+	if (!cfg || cfg->mode == DW_FLOW_OFF)
+		return 0;
+	__u32 nh = sv->network_header;
+
+	if (nh == 0xffff)
+		return 0;
+	struct dw_flow_key k = {};
+	__u8 hdr[40];
+	__u32 l4 = 0;
+	int ports = 0;
+
+	if (sv->protocol == bpf_htons(0x0800)) {
+		if (nh + 20 > sv->tail || bpf_probe_read_kernel(hdr, 20, sv->head + nh))
+			return 0;
+		__u32 ihl = hdr[0] & 0xf;
+
+		if ((hdr[0] >> 4) != 4 || ihl < 5)
+			return 0;
+		k.family = 4;
+		k.proto = hdr[9];
+		__builtin_memcpy(k.saddr, hdr + 12, 4);
+		__builtin_memcpy(k.daddr, hdr + 16, 4);
+		/* Later fragments carry no L4 header (frag offset != 0). */
+		ports = !((hdr[6] & 0x1f) | hdr[7]);
+		l4 = nh + ihl * 4;
+	} else if (sv->protocol == bpf_htons(0x86DD)) {
+		if (nh + 40 > sv->tail || bpf_probe_read_kernel(hdr, 40, sv->head + nh))
+			return 0;
+		if ((hdr[0] >> 4) != 6)
+			return 0;
+		k.family = 6;
+		k.proto = hdr[6];
+		__builtin_memcpy(k.saddr, hdr + 8, 16);
+		__builtin_memcpy(k.daddr, hdr + 24, 16);
+		ports = 1;
+		l4 = nh + 40;
+	} else {
+		return 0;
+	}
+	if (ports && (k.proto == 6 || k.proto == 17) && l4 + 4 <= sv->tail) {
+		__u16 pp[2];
+
+		if (!bpf_probe_read_kernel(pp, 4, sv->head + l4)) {
+			k.sport = pp[0];
+			k.dport = pp[1];
+			k.flags = DW_FLOW_HAS_PORTS;
+		}
+	}
+	struct dw_flow_val *v = bpf_map_lookup_elem(&dw_flows, &k);
+
+	if (!v) {
+		stat_inc(DW_STAT_FLOW_MISS);
+		return 0;
+	}
+	if (v->epoch != cfg->epoch || bpf_ktime_get_ns() - v->ts_ns > cfg->max_age_ns ||
+	    v->label_id >= DW_MAX_LABELS) {
+		stat_inc(DW_STAT_FLOW_STALE);
+		return 0;
+	}
+	key->source = DW_SRC_FLOW;
+	key->label_id = v->label_id;
+	key->side = v->side;
+	key->pop_id = v->pop_id;
+	stat_inc(DW_STAT_FLOW_HIT);
+	return 1;
 }
 
 /* Token bucket: a drop flood costs at most dw_sample_rate events/s per CPU. */
@@ -255,6 +346,7 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 			    m.check != dw_meta_mix(w[0], w[1], w[2], dw_meta_key) ||
 			    m.label_id >= DW_MAX_LABELS || m.side >= DW_SIDE__COUNT) {
 				key.source = DW_SRC_CORRUPT;
+				key.flags = DW_DK_META_CORRUPT;
 				stat_inc(DW_STAT_CORRUPT_RECORDS);
 			} else {
 				key.source = DW_SRC_META;
@@ -264,6 +356,9 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 			}
 		}
 	}
+
+	if (key.source != DW_SRC_META)
+		flow_lookup(&sv, &key);
 
 	__u64 *v = bpf_map_lookup_elem(&dw_drops, &key);
 	__u64 one = 1;

@@ -254,6 +254,7 @@ struct dw_ruleset {
 	__u32 epoch;		/* increases with every reload; never 0 once rules are applied */
 	__u32 flow_mode;	/* enum dw_flow_mode */
 	__u32 has_pops;		/* dw_pops holds entries for this gen */
+	__u32 flow_max_age_ms;	/* two PoPs writing one flow within this: PoP unknown */
 	__u32 n_udp_encaps;
 	struct dw_udp_encap udp_encaps[DW_MAX_UDP_ENCAPS];
 	struct dw_cand_list wildcard;

@@ -118,11 +118,20 @@ struct {
 struct pkt_info {
 	__u32 saddr[4];
 	__u32 daddr[4];
+	__u32 outer_saddr[4];	/* tunnelled: the outer source (the landing PoP's) */
 	__u8 family;		/* 4, 6, or 0: not IP, nothing to classify */
-	__u8 proto;
+	__u8 proto;		/* L4 protocol, after IPv6 extension headers */
 	__u8 has_port;		/* first fragment with an L4 header carrying ports */
 	__u8 truncated;
-	__u16 dport;
+	__u16 dport;		/* host order */
+	__u16 sport;		/* network order, as the flow key holds it */
+	__u8 l3_proto;		/* IPv4 protocol / IPv6 first next header */
+	__u8 l4_direct;		/* the L4 header follows the fixed IP header */
+	__u8 l4_ok;		/* an L4 header starts at l4_off (not a later fragment) */
+	__u8 encap;		/* enum dw_encap_type of the outer packet, 0: none */
+	__u8 outer_family;
+	__u8 pad[3];
+	__u32 l4_off;
 };
 
 struct dw_result {
@@ -130,6 +139,7 @@ struct dw_result {
 	__u32 label_prio;
 	__u32 side_prio;
 	__u8 side;
+	__u8 gen;		/* the rule generation classify() used */
 };
 
 /* Headers deeper than this are not parsed: bounds the verifier's view of
@@ -137,6 +147,11 @@ struct dw_result {
 #define DW_PARSE_MAX_OFF 512
 #define DW_MAX_VLANS	2
 #define DW_MAX_V6_EXT	6
+
+#define DW_IPPROTO_IPIP	4
+#define DW_IPPROTO_IPV6	41
+#define DW_IPPROTO_GRE	47
+#define DW_ETH_P_TEB	0x6558	/* GRE: transparent Ethernet bridging (gretap) */
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -149,13 +164,15 @@ static __always_inline void stat_inc(__u32 idx)
 static __always_inline void parse_l4(void *data, void *end, __u32 off,
 				     struct pkt_info *pi)
 {
+	pi->l4_off = off;
+	pi->l4_ok = 1;
 	if (pi->proto != IPPROTO_TCP && pi->proto != IPPROTO_UDP)
 		return;
 	if (off > DW_PARSE_MAX_OFF) {
 		pi->truncated = 1;
 		return;
 	}
-	/* dport sits at bytes 2..3 of both TCP and UDP headers */
+	/* sport, dport: bytes 0..3 of both TCP and UDP headers */
 	void *l4 = data + off;
 
 	/* Without this clang rebuilds data + off after the bounds check, and
@@ -165,6 +182,7 @@ static __always_inline void parse_l4(void *data, void *end, __u32 off,
 		pi->truncated = 1;
 		return;
 	}
+	pi->sport = *(__u16 *)l4;
 	pi->dport = bpf_ntohs(*(__u16 *)(l4 + 2));
 	pi->has_port = 1;
 }
@@ -182,6 +200,8 @@ static __always_inline void parse_ipv4(void *data, void *end, __u32 off,
 	pi->saddr[0] = iph->saddr;
 	pi->daddr[0] = iph->daddr;
 	pi->proto = iph->protocol;
+	pi->l3_proto = iph->protocol;
+	pi->l4_direct = 1;
 	/* An invalid IHL is dropped by ip_rcv_core; we still label it by its
 	 * addresses (whose packet was it?) but trust no L4 offset. */
 	if (iph->ihl < 5) {
@@ -208,12 +228,15 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off,
 	__builtin_memcpy(pi->daddr, &ip6->daddr, 16);
 	__u8 nexthdr = ip6->nexthdr;
 
+	pi->l3_proto = nexthdr;
+	pi->l4_direct = 1;
 	off += sizeof(*ip6);
 #pragma unroll
 	for (int i = 0; i < DW_MAX_V6_EXT; i++) {
 		if (nexthdr != IPPROTO_HOPOPTS && nexthdr != IPPROTO_ROUTING &&
 		    nexthdr != IPPROTO_DSTOPTS && nexthdr != IPPROTO_FRAGMENT)
 			break;
+		pi->l4_direct = 0;
 		if (off > DW_PARSE_MAX_OFF) {
 			pi->truncated = 1;
 			pi->proto = nexthdr;
@@ -244,35 +267,229 @@ static __always_inline void parse_ipv6(void *data, void *end, __u32 off,
 	parse_l4(data, end, off, pi);
 }
 
-static __always_inline void parse_packet(void *data, void *end, struct pkt_info *pi)
+static __always_inline void parse_l3(void *data, void *end, __u32 off, __u16 h_proto,
+				     struct pkt_info *pi)
 {
-	struct ethhdr *eth = data;
-	__u32 off = sizeof(*eth);
-
-	if ((void *)(eth + 1) > end) {
+	/* Inner headers start at offsets computed from packet bytes: bound
+	 * them before the verifier sees data + off. */
+	if (off > DW_PARSE_MAX_OFF) {
 		pi->truncated = 1;
 		return;
 	}
-	__u16 h_proto = eth->h_proto;
-
-	/* 802.1ad outer tag, then 802.1Q (QinQ), in any combination of two. */
-#pragma unroll
-	for (int i = 0; i < DW_MAX_VLANS; i++) {
-		if (h_proto != bpf_htons(ETH_P_8021Q) && h_proto != bpf_htons(ETH_P_8021AD))
-			break;
-		__u16 *tag = data + off;
-
-		if ((void *)(tag + 2) > end) {
-			pi->truncated = 1;
-			return;
-		}
-		h_proto = tag[1];
-		off += 4;
-	}
+	/* ...on the register that is used: clang otherwise checks one
+	 * zero-extended copy of off and adds another to data. */
+	asm volatile("%[o] &= 0x3ff" : [o] "+r"(off));
 	if (h_proto == bpf_htons(ETH_P_IP))
 		parse_ipv4(data, end, off, pi);
 	else if (h_proto == bpf_htons(ETH_P_IPV6))
 		parse_ipv6(data, end, off, pi);
+}
+
+/* Returns the ethertype (network order) and sets *off past the Ethernet
+ * header and up to `vlans` VLAN tags (802.1ad outer, 802.1Q, in any
+ * combination); -1 if the frame ends first. */
+static __always_inline int parse_eth(void *data, void *end, __u32 *off, int vlans)
+{
+	if (*off > DW_PARSE_MAX_OFF)
+		return -1;
+	struct ethhdr *eth = data + *off;
+
+	barrier_var(eth);
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__u16 h_proto = eth->h_proto;
+
+	*off += sizeof(*eth);
+#pragma unroll
+	for (int i = 0; i < DW_MAX_VLANS; i++) {
+		if (i >= vlans)
+			break;
+		if (h_proto != bpf_htons(ETH_P_8021Q) && h_proto != bpf_htons(ETH_P_8021AD))
+			break;
+		if (*off > DW_PARSE_MAX_OFF)
+			return -1;
+		__u16 *tag = data + *off;
+
+		barrier_var(tag);
+		if ((void *)(tag + 2) > end)
+			return -1;
+		h_proto = tag[1];
+		*off += 4;
+	}
+	return h_proto;
+}
+
+static __always_inline void parse_packet(void *data, void *end, struct pkt_info *pi)
+{
+	__u32 off = 0;
+	int h_proto = parse_eth(data, end, &off, DW_MAX_VLANS);
+
+	if (h_proto < 0) {
+		pi->truncated = 1;
+		return;
+	}
+	parse_l3(data, end, off, h_proto, pi);
+}
+
+/* Bytes at data + off, bounds-checked; NULL if the packet is shorter. */
+static __always_inline __u8 *pkt_bytes(void *data, void *end, __u32 off, __u32 n)
+{
+	if (off > DW_PARSE_MAX_OFF)
+		return NULL;
+	__u8 *p = data + off;
+
+	barrier_var(p);
+	if ((void *)(p + n) > end)
+		return NULL;
+	return p;
+}
+
+/*
+ * If the packet parsed into pi is a tunnel we recognise, where its inner
+ * packet starts: *off and the inner ethertype (0 if not a tunnel). IPIP,
+ * IPv6-in-IPv6/IPv4-in-IPv6 and GRE are told by their protocol numbers;
+ * UDP encapsulations only on the ports the rules configure.
+ */
+static __always_inline __u16 tunnel_inner(void *data, void *end, const struct pkt_info *pi,
+					  const struct dw_ruleset *rs, __u32 *off, __u8 *encap)
+{
+	__u32 l4 = pi->l4_off;
+	__u8 *h;
+
+	if (!pi->l4_ok)
+		return 0;
+	if (pi->proto == DW_IPPROTO_IPIP) {
+		*encap = DW_ENCAP_IPIP;
+		*off = l4;
+		return bpf_htons(ETH_P_IP);
+	}
+	if (pi->proto == DW_IPPROTO_IPV6) {
+		*encap = DW_ENCAP_IP6IP6;
+		*off = l4;
+		return bpf_htons(ETH_P_IPV6);
+	}
+	if (pi->proto == DW_IPPROTO_GRE) {
+		h = pkt_bytes(data, end, l4, 4);
+		if (!h)
+			return 0;
+		/* RFC 2784/2890: C (checksum), K (key), S (sequence) each add 4
+		 * bytes; version must be 0 (1 is PPTP), routing (R) is obsolete. */
+		if ((h[0] & 0x40) || (h[1] & 0x07))
+			return 0;
+		__u32 hlen = 4 + ((h[0] & 0x80) ? 4 : 0) + ((h[0] & 0x20) ? 4 : 0) +
+			     ((h[0] & 0x10) ? 4 : 0);
+		__u16 proto = *(__u16 *)(h + 2);
+
+		*encap = DW_ENCAP_GRE;
+		*off = l4 + hlen;
+		if (proto == bpf_htons(DW_ETH_P_TEB)) {
+			int inner = parse_eth(data, end, off, 0);
+
+			return inner < 0 ? 0 : inner;
+		}
+		if (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6))
+			return proto;
+		return 0;
+	}
+	if (pi->proto != IPPROTO_UDP || !pi->has_port)
+		return 0;
+	__u32 n = rs->n_udp_encaps;
+
+	for (int i = 0; i < DW_MAX_UDP_ENCAPS; i++) {
+		if (i >= n)
+			break;
+		const struct dw_udp_encap *e = &rs->udp_encaps[i];
+
+		if (e->port != pi->dport)
+			continue;
+		__u32 payload = l4 + 8;
+
+		*encap = e->type;
+		if (e->type == DW_ENCAP_VXLAN) {
+			/* RFC 7348: 8-byte header, I flag set, then an Ethernet frame. */
+			h = pkt_bytes(data, end, payload, 8);
+			if (!h || !(h[0] & 0x08))
+				return 0;
+			*off = payload + 8;
+			int inner = parse_eth(data, end, off, 0);
+
+			return inner < 0 ? 0 : inner;
+		}
+		if (e->type == DW_ENCAP_FOU) {
+			*off = payload;
+			return e->ipproto == DW_IPPROTO_IPV6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+		}
+		if (e->type == DW_ENCAP_GUE) {
+			h = pkt_bytes(data, end, payload, 4);
+			if (!h)
+				return 0;
+			__u8 ver = h[0] >> 6;
+
+			if (ver == 1) {	/* variant 1: the IP header itself (0x4_ or 0x6_) */
+				*off = payload;
+				return (h[0] >> 4) == 6 ? bpf_htons(ETH_P_IPV6) : bpf_htons(ETH_P_IP);
+			}
+			/* variant 0: C bit marks a control message; hlen counts
+			 * 4-byte words of optional fields after the 4-byte header. */
+			if (ver != 0 || (h[0] & 0x20))
+				return 0;
+			*off = payload + 4 + (h[0] & 0x1f) * 4;
+			if (h[1] == DW_IPPROTO_IPIP)
+				return bpf_htons(ETH_P_IP);
+			if (h[1] == DW_IPPROTO_IPV6)
+				return bpf_htons(ETH_P_IPV6);
+			return 0;
+		}
+		return 0;
+	}
+	return 0;
+}
+
+/*
+ * A tunnel: remember the outer source for the PoP, then parse the inner
+ * packet in place of the outer one; it is what the kernel will deliver
+ * (and maybe drop) after decapsulation. One level: a tunnel in a tunnel
+ * is labeled by its first inner header.
+ */
+static __always_inline void parse_tunnel(void *data, void *end, struct pkt_info *pi)
+{
+	const struct dw_ruleset *rs = &dw_state.gen[dw_state.active_gen & 1].rs;
+	__u32 off = 0;
+	__u8 encap = 0;
+	__u16 h_proto = tunnel_inner(data, end, pi, rs, &off, &encap);
+
+	if (!h_proto)
+		return;
+	struct pkt_info inner = {};
+
+	inner.encap = encap;
+	inner.outer_family = pi->family;
+	__builtin_memcpy(inner.outer_saddr, pi->saddr, 16);
+	parse_l3(data, end, off, h_proto, &inner);
+	if (!inner.family) {	/* no inner IP header: label the outer packet */
+		pi->truncated |= inner.truncated;
+		return;
+	}
+	*pi = inner;
+}
+
+/*
+ * The whole parse, outer and inner headers. A global (not inlined)
+ * function: the verifier checks it once, on its own, instead of once per
+ * path into it, which keeps the tunnel paths from multiplying the
+ * classifier's states past the verifier's limits. Returns pi->family.
+ */
+__attribute__((noinline)) int dw_parse_frame(struct xdp_md *ctx, struct pkt_info *pi)
+{
+	if (!pi)
+		return 0;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+
+	parse_packet(data, end, pi);
+	if (pi->l4_ok && !pi->truncated)
+		parse_tunnel(data, end, pi);
+	return pi->family;
 }
 
 /*
@@ -366,6 +583,7 @@ static __always_inline void classify(const struct pkt_info *pi, struct dw_result
 	__u32 gen = dw_state.active_gen & 1;
 	const struct dw_ruleset *rs = &dw_state.gen[gen].rs;
 
+	r->gen = gen;
 	r->side = rs->default_side;
 	eval_list(&rs->wildcard, pi, r);
 
@@ -396,15 +614,112 @@ static __always_inline void classify(const struct pkt_info *pi, struct dw_result
 	}
 }
 
-static __always_inline void count_packet(__u32 label_id, __u32 side, __u64 bytes)
+static __always_inline void count_packet(__u32 label_id, __u32 side, __u16 pop_id, __u64 bytes)
 {
-	__u32 idx = label_id * DW_SIDE__COUNT + (side & (DW_SIDE__COUNT - 1));
-	struct dw_pkt_val *v = bpf_map_lookup_elem(&dw_pkt_counts, &idx);
+	struct dw_pkt_val *v;
 
+	if (pop_id == DW_POP_NONE) {
+		__u32 idx = label_id * DW_SIDE__COUNT + (side & (DW_SIDE__COUNT - 1));
+
+		v = bpf_map_lookup_elem(&dw_pkt_counts, &idx);
+	} else {
+		/* Tunnelled: a hash by PoP, off the common path. */
+		struct dw_pop_pkt_key k = { .label_id = label_id, .pop_id = pop_id, .side = side };
+		struct dw_pkt_val zero = {};
+
+		v = bpf_map_lookup_elem(&dw_pop_pkt_counts, &k);
+		if (!v) {
+			bpf_map_update_elem(&dw_pop_pkt_counts, &k, &zero, BPF_NOEXIST);
+			v = bpf_map_lookup_elem(&dw_pop_pkt_counts, &k);
+		}
+	}
 	if (v) {
 		v->packets += 1;
 		v->bytes += bytes;
 	}
+}
+
+/* The landing PoP of a tunnelled packet, from its outer source. */
+static __always_inline __u16 landing_pop(const struct pkt_info *pi, __u32 gen)
+{
+	if (!pi->encap)
+		return DW_POP_NONE;
+	if (!dw_state.gen[gen & 1].rs.has_pops)
+		return DW_POP_UNKNOWN;
+	struct dw_pop_key k = {
+		.prefixlen = 16 + (pi->outer_family == 6 ? 128 : 32),
+		.gen = gen,
+		.family = pi->outer_family,
+	};
+
+	__builtin_memcpy(k.addr, pi->outer_saddr, 16);
+	__u32 *pop = bpf_map_lookup_elem(&dw_pops, &k);
+
+	return pop && *pop && *pop < DW_MAX_POPS ? *pop : DW_POP_UNKNOWN;
+}
+
+/*
+ * The flow fallback's entry for this packet. The key must hold everything
+ * the classification used, or one key could stand for two labels: a packet
+ * whose ports the rules saw but the key cannot (IPv6 extension headers
+ * before L4; the reader parses only the fixed header) is not remembered.
+ */
+static __always_inline void remember_flow(const struct pkt_info *pi, const struct dw_result *r,
+					  __u16 pop_id)
+{
+	const struct dw_ruleset *rs = &dw_state.gen[r->gen & 1].rs;
+	__u32 mode = rs->flow_mode;
+
+	if (mode == DW_FLOW_OFF || (mode == DW_FLOW_ENCAP && !pi->encap))
+		return;
+	if (pi->has_port && !pi->l4_direct)
+		return;
+	struct dw_flow_key k = {
+		.proto = pi->l3_proto,
+		.family = pi->family,
+	};
+
+	if (pi->has_port && pi->l4_direct) {
+		k.sport = pi->sport;
+		k.dport = bpf_htons(pi->dport);
+		k.flags = DW_FLOW_HAS_PORTS;
+	}
+	if (pi->family == 4) {
+		__builtin_memcpy(k.saddr, pi->saddr, 4);
+		__builtin_memcpy(k.daddr, pi->daddr, 4);
+	} else {
+		__builtin_memcpy(k.saddr, pi->saddr, 16);
+		__builtin_memcpy(k.daddr, pi->daddr, 16);
+	}
+	__u64 now = bpf_ktime_get_ns();
+	__u32 epoch = rs->epoch;
+	struct dw_flow_val *v = bpf_map_lookup_elem(&dw_flows, &k);
+
+	if (v && v->epoch == epoch && v->label_id == r->label_id && v->side == r->side &&
+	    (v->pop_id == pop_id || (v->flags & DW_FLOW_POP_AMBIGUOUS))) {
+		/* The common case: only the age moves (one aligned store). */
+		v->ts_ns = now;
+		return;
+	}
+	struct dw_flow_val nv = {
+		.ts_ns = now,
+		.label_id = r->label_id,
+		.epoch = epoch,
+		.pop_id = pop_id,
+		.side = r->side,
+	};
+
+	/* The same flow from another PoP within max age: which PoP a drop
+	 * came from is unknown, and the entry says so until the flow idles. */
+	if (v && v->epoch == epoch && v->pop_id != pop_id &&
+	    now - v->ts_ns <= (__u64)rs->flow_max_age_ms * 1000000ULL) {
+		nv.pop_id = DW_POP_UNKNOWN;
+		nv.flags = DW_FLOW_POP_AMBIGUOUS;
+	}
+	/* A whole new value: an update replaces the element, so the reader
+	 * never sees half of it. */
+	if (bpf_map_update_elem(&dw_flows, &k, &nv, BPF_ANY))
+		stat_inc(DW_STAT_XDP_FLOW_FAIL);
 }
 
 /*
@@ -415,15 +730,22 @@ static __always_inline void count_packet(__u32 label_id, __u32 side, __u64 bytes
 static __always_inline int finish_packet(struct xdp_md *ctx, void *data, void *end,
 					 const struct pkt_info *pi, struct dw_result *r)
 {
+	__u16 pop_id = DW_POP_NONE;
+
 	if (r->label_id >= DW_MAX_LABELS) {
 		stat_inc(DW_STAT_XDP_LABEL_RANGE);
 		r->label_id = 0;
 	}
-	count_packet(r->label_id, r->side, end - data);
+	if (pi->encap) {
+		stat_inc(DW_STAT_XDP_ENCAP);
+		pop_id = landing_pop(pi, r->gen);
+	}
+	count_packet(r->label_id, r->side, pop_id, end - data);
 
 	/* Nothing to say about a frame we could not read an address from. */
 	if (!pi->family)
 		return XDP_PASS;
+	remember_flow(pi, r, pop_id);
 
 	if ((void *)(long)ctx->data_meta < data)
 		stat_inc(DW_STAT_XDP_FOREIGN_META);
@@ -449,7 +771,7 @@ static __always_inline int finish_packet(struct xdp_md *ctx, void *data, void *e
 	m->version = DW_META_VERSION;
 	m->rec_len = sizeof(*m);
 	m->label_id = r->label_id;
-	m->pop_id = 0;
+	m->pop_id = pop_id;
 	m->side = r->side;
 	m->flags = 0;
 	__u32 *w = (__u32 *)m;
@@ -478,7 +800,7 @@ int dw_labeler(struct xdp_md *ctx)
 	struct pkt_info pi = {};
 	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
 
-	parse_packet(data, end, &pi);
+	dw_parse_frame(ctx, &pi);
 	if (pi.truncated)
 		stat_inc(DW_STAT_XDP_PARSE_STOP);
 	if (pi.family)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import ipaddress
 import logging
 import mmap
 import os
@@ -510,6 +511,7 @@ class Loader:
         gs.rs.epoch = epoch
         gs.rs.flow_mode = c.flow_mode
         gs.rs.has_pops = 1 if c.pop_prefixes else 0
+        gs.rs.flow_max_age_ms = c.flow_max_age_ms
         gs.rs.n_udp_encaps = len(c.udp_encaps)
         for i, (port, etype, ipproto) in enumerate(c.udp_encaps):
             gs.rs.udp_encaps[i] = abi.UdpEncapEntry(port=port, type=etype, ipproto=ipproto)
@@ -679,6 +681,11 @@ class Loader:
             pin_b = abi.PopPktKey.from_buffer_copy(bytes(pout_b))
         return out
 
+    def lookup_flow(self, key: abi.FlowKey) -> abi.FlowVal | None:
+        """The labeler's flow-fallback entry for a flow, if any."""
+        v = abi.FlowVal()
+        return v if self.lib.map_lookup(self._lmap("dw_flows"), key, v) else None
+
     def samples_map_fd(self) -> int:
         return self._rmap("dw_samples")
 
@@ -705,6 +712,22 @@ class Loader:
 
 
 DropKeyT = tuple[int, int, int, int, int, int, int, int, int]
+
+
+def flow_key(saddr: str, daddr: str, proto: int, sport: int | None = None,
+             dport: int | None = None) -> abi.FlowKey:
+    """The dw_flows key of a flow, as the labeler and the reader build it
+    (ports only when given: a first fragment whose L4 header follows the
+    fixed IP header)."""
+    src, dst = ipaddress.ip_address(saddr), ipaddress.ip_address(daddr)
+    k = abi.FlowKey(proto=proto, family=src.version)
+    ctypes.memmove(k.saddr, src.packed, len(src.packed))
+    ctypes.memmove(k.daddr, dst.packed, len(dst.packed))
+    if sport is not None and dport is not None:
+        k.sport = socket.htons(sport)
+        k.dport = socket.htons(dport)
+        k.flags = abi.DW_FLOW_HAS_PORTS
+    return k
 
 
 def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:

@@ -248,3 +248,44 @@ def non_ip(ethertype: int = ETH_P_ARP, vlans: Sequence[int] = (), payload: bytes
 def stacked(inner_ethertype: int, vlans: Sequence[int], l3: bytes) -> bytes:
     """Raw frame: arbitrary tag stack (e.g. more tags than the labeler parses)."""
     return eth_header(inner_ethertype, vlans) + l3
+
+
+# ---------------------------------------------------------------- tunnels
+
+IPPROTO_IPIP = 4
+IPPROTO_IPV6 = 41
+ETH_P_TEB = 0x6558  # GRE: transparent Ethernet bridging
+VXLAN_PORT = 4789
+TUNNEL_KINDS = ("ipip", "gre", "gre-teb", "vxlan", "gue0", "gue1", "fou")
+
+
+def tunnel(kind: str, *, outer_family: int, outer_src: str, outer_dst: str, inner_l3: bytes,
+           inner_family: int, port: int = 0, gre_flags: int = 0, gue_hlen: int = 0,
+           vlans: Sequence[int] = ()) -> bytes:
+    """A frame carrying ``inner_l3`` (an IP packet from its IP header on) in a
+    tunnel: IPIP / IPv6-in-IP ("ipip"), GRE with C/K/S in ``gre_flags``
+    (0x80/0x20/0x10 of the first byte; "gre-teb" carries an inner Ethernet
+    frame), or UDP to ``port``: VXLAN, GUE variant 0 (``gue_hlen`` words of
+    options) or 1, FOU."""
+    inner_proto = IPPROTO_IPIP if inner_family == 4 else IPPROTO_IPV6
+    inner_ethertype = ETH_P_IP if inner_family == 4 else ETH_P_IPV6
+    if kind == "ipip":
+        proto, payload = inner_proto, inner_l3
+    elif kind in ("gre", "gre-teb"):
+        ptype = ETH_P_TEB if kind == "gre-teb" else inner_ethertype
+        body = eth_header(inner_ethertype) + inner_l3 if kind == "gre-teb" else inner_l3
+        extra = b"\x00\x00\x00\x00" * bin(gre_flags & 0xB0).count("1")
+        proto, payload = IPPROTO_GRE, struct.pack("!BBH", gre_flags & 0xB0, 0, ptype) + extra + body
+    else:
+        if kind == "vxlan":
+            body = struct.pack("!BBHI", 0x08, 0, 0, 42 << 8) + eth_header(inner_ethertype) + inner_l3
+        elif kind == "gue0":
+            body = struct.pack("!BBH", gue_hlen & 0x1F, inner_proto, 0) + b"\x00" * 4 * gue_hlen + inner_l3
+        else:  # gue1 / fou: the inner IP header right after UDP
+            body = inner_l3
+        proto, payload = IPPROTO_UDP, struct.pack("!HHHH", 50000, port, 8 + len(body), 0) + body
+    if outer_family == 4:
+        l3 = ipv4_header(outer_src, outer_dst, proto, len(payload)) + payload
+        return eth_header(ETH_P_IP, vlans) + l3
+    l3 = ipv6_header(outer_src, outer_dst, proto, len(payload)) + payload
+    return eth_header(ETH_P_IPV6, vlans) + l3

@@ -102,13 +102,28 @@ FUZZ_RULES: dict[str, Any] = {
         {"label": "low-ports", "dport": ["0-1023"]},
         {"side": "origin", "proto": "udp", "dport": ["1024-65535"]},
     ],
+    # Landing PoPs (nested prefixes: the longest wins) and UDP tunnels.
+    "pops": [
+        {"name": "ams01", "src": ["192.0.2.0/26", "2001:db8:ff::/48"]},
+        {"name": "ams01-b", "src": ["192.0.2.8/29"]},
+        {"name": "sjc02", "src": ["198.51.100.0/24", "2001:db8:ff:1::/64"]},
+    ],
+    "encap": [
+        {"type": "vxlan", "port": P.VXLAN_PORT},
+        {"type": "gue", "port": 6080},
+        {"type": "fou", "port": 5555, "ipproto": 4},
+        {"type": "fou", "port": 5556, "ipproto": 41},
+    ],
 }
 RS = parse_rules(FUZZ_RULES)
 IDS = {name: 11 + 5 * i for i, name in enumerate(RS.labels())}
+POP_IDS = {name: 7 + 100 * i for i, name in enumerate(RS.pop_names())}
 RULE_PROTOS = {1, 6, 17, 58}  # every proto a rule above can name
 
 V4_POOL = ["10.10.1.1", "10.10.1.7", "10.10.1.200", "10.10.77.3", "10.20.3.4", "10.30.5.5", "11.1.1.1",
            "192.0.2.9", "198.51.100.1", "203.0.113.5", "8.8.8.8", "0.0.0.0", "255.255.255.255"]
+OUTER_V4 = ["192.0.2.1", "192.0.2.9", "192.0.2.200", "198.51.100.7", "203.0.113.5"]
+OUTER_V6 = ["2001:db8:ff::1", "2001:db8:ff:1::1", "2001:db8:ff:2::1", "2001:db8:ca::9"]
 V6_POOL = ["2001:db8:a::1", "2001:db8:a::7", "2001:db8:a:1::9", "2001:db8:b::4", "2001:db8:ca::9",
            "2001:db8:5::1", "2001:db8:30::5", "2001:db8:ffff::5", "::", "::ffff:10.10.1.1", "fe80::1", "ff02::1"]
 PORTS = [0, 53, 80, 443, 4999, 5000, 5999, 6000, 8000, 8080, 8999, 9000, 65535]
@@ -129,50 +144,59 @@ class Read:
     daddr: str
     proto: int | None  # the final protocol value the labeler ends on (None: never set)
     dport: int | None  # None: no port (has_port == 0)
+    pop: int = abi.DW_POP_NONE  # tunnelled: the landing PoP of the outer source
+
+
+@dataclass
+class _L3:
+    """One parse_l3() run: the addresses read, and where L4 starts."""
+
+    read: Read | None = None
+    l4_off: int | None = None  # set when pi->l4_ok (a first fragment's L4 header)
+    truncated: bool = False
 
 
 def _be16(b: bytes, off: int) -> int:
     return (b[off] << 8) | b[off + 1]
 
 
-def _read_l4(frame: bytes, off: int, proto: int) -> int | None:
+def _parse_l4(frame: bytes, off: int, proto: int, out: _L3) -> int | None:
+    out.l4_off = off
     if proto not in (P.IPPROTO_TCP, P.IPPROTO_UDP):
         return None
     if off > P.PARSE_MAX_OFF or off + 4 > len(frame):
+        out.truncated = True
         return None
     return _be16(frame, off + 2)
 
 
-def read_like_labeler(frame: bytes) -> Read | None:
-    """parse_packet() of bpf/labeler.bpf.c, byte for byte. None: no address
-    was read (not IP, or truncated before the addresses): no record."""
+def _parse_l3(frame: bytes, off: int, h_proto: int) -> _L3:
+    """parse_l3() (parse_ipv4/parse_ipv6) of labeler.bpf.c, byte for byte."""
     end = len(frame)
-    if end < P.ETH_HLEN:
-        return None
-    h_proto = _be16(frame, 12)
-    off = P.ETH_HLEN
-    for _ in range(P.MAX_VLANS):
-        if h_proto not in (P.ETH_P_8021Q, P.ETH_P_8021AD):
-            break
-        if off + 4 > end:
-            return None
-        h_proto = _be16(frame, off + 2)
-        off += 4
+    out = _L3()
+    if off > P.PARSE_MAX_OFF:
+        out.truncated = True
+        return out
     if h_proto == P.ETH_P_IP:
         if off + 20 > end:
-            return None
+            out.truncated = True
+            return out
         saddr = str(ipaddress.IPv4Address(frame[off + 12:off + 16]))
         daddr = str(ipaddress.IPv4Address(frame[off + 16:off + 20]))
         proto = frame[off + 9]
         ihl = frame[off] & 0x0F  # the version nibble is not checked
         if ihl < 5:
-            return Read(4, saddr, daddr, proto, None)
-        if _be16(frame, off + 6) & 0x1FFF:
-            return Read(4, saddr, daddr, proto, None)  # not the first fragment
-        return Read(4, saddr, daddr, proto, _read_l4(frame, off + ihl * 4, proto))
+            out.truncated = True
+            out.read = Read(4, saddr, daddr, proto, None)
+        elif _be16(frame, off + 6) & 0x1FFF:
+            out.read = Read(4, saddr, daddr, proto, None)  # not the first fragment
+        else:
+            out.read = Read(4, saddr, daddr, proto, _parse_l4(frame, off + ihl * 4, proto, out))
+        return out
     if h_proto == P.ETH_P_IPV6:
         if off + 40 > end:
-            return None
+            out.truncated = True
+            return out
         saddr = str(ipaddress.IPv6Address(frame[off + 8:off + 24]))
         daddr = str(ipaddress.IPv6Address(frame[off + 24:off + 40]))
         nexthdr = frame[off + 6]
@@ -181,17 +205,119 @@ def read_like_labeler(frame: bytes) -> Read | None:
             if nexthdr not in P.V6_EXT_TYPES:
                 break
             if off > P.PARSE_MAX_OFF or off + 8 > end:
-                return Read(6, saddr, daddr, nexthdr, None)
+                out.truncated = True
+                out.read = Read(6, saddr, daddr, nexthdr, None)
+                return out
             if nexthdr == P.IPPROTO_FRAGMENT:
                 frag = _be16(frame, off + 2) & 0xFFF8
                 nexthdr = frame[off]
                 off += 8
                 if frag:
-                    return Read(6, saddr, daddr, nexthdr, None)
+                    out.read = Read(6, saddr, daddr, nexthdr, None)
+                    return out
                 continue
             nexthdr, off = frame[off], off + (frame[off + 1] + 1) * 8
-        return Read(6, saddr, daddr, nexthdr, _read_l4(frame, off, nexthdr))
-    return None
+        out.read = Read(6, saddr, daddr, nexthdr, _parse_l4(frame, off, nexthdr, out))
+        return out
+    return out
+
+
+def _parse_eth(frame: bytes, off: int, vlans: int) -> tuple[int, int] | None:
+    """parse_eth(): (ethertype, offset after the header and tags); None if short."""
+    if off > P.PARSE_MAX_OFF or off + P.ETH_HLEN > len(frame):
+        return None
+    h_proto = _be16(frame, off + 12)
+    off += P.ETH_HLEN
+    for _ in range(vlans):
+        if h_proto not in (P.ETH_P_8021Q, P.ETH_P_8021AD):
+            break
+        if off > P.PARSE_MAX_OFF or off + 4 > len(frame):
+            return None
+        h_proto = _be16(frame, off + 2)
+        off += 4
+    return h_proto, off
+
+
+def _bytes_at(frame: bytes, off: int, n: int) -> bytes | None:
+    """pkt_bytes()"""
+    if off > P.PARSE_MAX_OFF or off + n > len(frame):
+        return None
+    return frame[off:off + n]
+
+
+def _tunnel_inner(frame: bytes, l3: _L3) -> tuple[int, int] | None:
+    """tunnel_inner(): (inner ethertype, inner offset) of a tunnel, else None."""
+    r, l4 = l3.read, l3.l4_off
+    assert r is not None and l4 is not None
+    if r.proto == P.IPPROTO_IPIP:
+        return P.ETH_P_IP, l4
+    if r.proto == P.IPPROTO_IPV6:
+        return P.ETH_P_IPV6, l4
+    if r.proto == P.IPPROTO_GRE:
+        h = _bytes_at(frame, l4, 4)
+        if h is None or h[0] & 0x40 or h[1] & 0x07:
+            return None
+        off = l4 + 4 + 4 * ((h[0] & 0x80 > 0) + (h[0] & 0x20 > 0) + (h[0] & 0x10 > 0))
+        proto = _be16(h, 2)
+        if proto == P.ETH_P_TEB:
+            eth = _parse_eth(frame, off, 0)
+            return None if eth is None or eth[0] == 0 else eth
+        return (proto, off) if proto in (P.ETH_P_IP, P.ETH_P_IPV6) else None
+    if r.proto != P.IPPROTO_UDP or r.dport is None:
+        return None
+    enc = next((e for e in RS.encap if e.port == r.dport), None)
+    if enc is None:
+        return None
+    payload = l4 + 8
+    if enc.type == "vxlan":
+        h = _bytes_at(frame, payload, 8)
+        if h is None or not h[0] & 0x08:
+            return None
+        eth = _parse_eth(frame, payload + 8, 0)
+        return None if eth is None or eth[0] == 0 else eth
+    if enc.type == "fou":
+        return (P.ETH_P_IPV6 if enc.ipproto == 41 else P.ETH_P_IP), payload
+    h = _bytes_at(frame, payload, 4)  # gue
+    if h is None:
+        return None
+    ver = h[0] >> 6
+    if ver == 1:
+        return (P.ETH_P_IPV6 if h[0] >> 4 == 6 else P.ETH_P_IP), payload
+    if ver != 0 or h[0] & 0x20:
+        return None
+    off = payload + 4 + (h[0] & 0x1F) * 4
+    return {P.IPPROTO_IPIP: (P.ETH_P_IP, off), P.IPPROTO_IPV6: (P.ETH_P_IPV6, off)}.get(h[1])
+
+
+def _pop_of(family: int, addr: str) -> int:
+    """landing_pop(): longest PoP prefix containing the outer source."""
+    ip = ipaddress.ip_address(addr)
+    best: tuple[int, int] | None = None
+    for pop in RS.pops:
+        for net in pop.networks():
+            if net.version == family and ip in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, POP_IDS[pop.name])
+    return best[1] if best else abi.DW_POP_UNKNOWN
+
+
+def read_like_labeler(frame: bytes) -> Read | None:
+    """dw_parse_frame() of bpf/labeler.bpf.c, byte for byte. None: no address
+    was read (not IP, or truncated before the addresses): no record."""
+    eth = _parse_eth(frame, 0, P.MAX_VLANS)
+    if eth is None:
+        return None
+    outer = _parse_l3(frame, eth[1], eth[0])
+    if outer.read is None or outer.l4_off is None or outer.truncated:
+        return outer.read
+    inner_at = _tunnel_inner(frame, outer)
+    if inner_at is None:
+        return outer.read
+    inner = _parse_l3(frame, inner_at[1], inner_at[0])
+    if inner.read is None:
+        return outer.read
+    pop = _pop_of(outer.read.family, outer.read.saddr)
+    r = inner.read
+    return Read(r.family, r.saddr, r.daddr, r.proto, r.dport, pop)
 
 
 def _norm_proto(proto: int | None) -> int | None:
@@ -200,14 +326,16 @@ def _norm_proto(proto: int | None) -> int | None:
 
 
 @lru_cache(maxsize=1 << 16)
-def expected_record(family: int, saddr: str, daddr: str, proto: int | None, dport: int | None) -> bytes:
+def expected_record(family: int, saddr: str, daddr: str, proto: int | None, dport: int | None,
+                    pop: int = abi.DW_POP_NONE) -> bytes:
     """The exact 16 bytes the labeler must write. A record equal to them
-    decodes (abi.decode_meta, the reader's own validation) to this label
-    and side: checked here once per distinct expectation."""
+    decodes (abi.decode_meta, the reader's own validation) to this label,
+    side and PoP: checked here once per distinct expectation."""
     label_id, side = classify_reference(RS, IDS, family, saddr, daddr, proto, dport)
-    raw = bytes(abi.make_meta(label_id, side, META_KEY))
+    raw = bytes(abi.make_meta(label_id, side, META_KEY, pop_id=pop))
     source, rec = abi.decode_meta(raw, META_KEY)
-    assert source == abi.Source.META and rec is not None and (rec.label_id, rec.side) == (label_id, side)
+    assert source == abi.Source.META and rec is not None
+    assert (rec.label_id, rec.side, rec.pop_id) == (label_id, side, pop)
     return raw
 
 
@@ -286,6 +414,29 @@ def built_frames(draw: st.DrawFn) -> tuple[P.Packet, bool]:
 
 
 @st.composite
+def tunnelled(draw: st.DrawFn, inner: P.Packet) -> P.Packet:
+    """``inner``'s IP packet (from its IP header on) in one of the tunnels
+    the labeler knows, from a source in a PoP or not."""
+    eth = 14
+    while _be16(inner.frame, eth - 2) in (P.ETH_P_8021Q, P.ETH_P_8021AD):
+        eth += 4
+    inner_family = 4 if _be16(inner.frame, eth - 2) == P.ETH_P_IP else 6
+    kind = draw(st.sampled_from(P.TUNNEL_KINDS))
+    outer_family = draw(st.sampled_from([4, 6]))
+    pool = OUTER_V4 if outer_family == 4 else OUTER_V6
+    port = {"vxlan": P.VXLAN_PORT, "gue0": 6080, "gue1": 6080,
+            "fou": 5555 if inner_family == 4 else 5556}.get(kind, 0)
+    if draw(_RARELY):
+        port = draw(st.sampled_from([5555, 5556, 6080, P.VXLAN_PORT, 4790]))  # the wrong kind on a port
+    frame = P.tunnel(kind, outer_family=outer_family, outer_src=draw(st.sampled_from(pool)),
+                     outer_dst=draw(_addr(outer_family)), inner_l3=inner.frame[eth:], inner_family=inner_family,
+                     port=port, gre_flags=draw(st.sampled_from([0, 0x20, 0x80, 0x10, 0xB0])),
+                     gue_hlen=draw(st.sampled_from([0, 0, 1, 3])),
+                     vlans=draw(st.lists(st.sampled_from(TPIDS), max_size=1)))
+    return P.Packet(frame, None, desc=f"{kind} over ipv{outer_family}: {inner.desc}")
+
+
+@st.composite
 def mutate(draw: st.DrawFn, frame: bytes) -> tuple[bytes, list[str]]:
     """Up to five edits (set, xor, insert, delete), mostly in the headers."""
     edits: list[str] = []
@@ -320,6 +471,9 @@ def cases(draw: st.DrawFn) -> Case:
         frame = P.DST_MAC + P.SRC_MAC + struct.pack("!H", ethertype) + body
         return Case(frame, None, f"random ethertype {ethertype:#06x} len {len(frame)}")
     pkt, modelled = draw(built_frames())
+    if draw(_SOMETIMES) or draw(_SOMETIMES):
+        pkt = draw(tunnelled(pkt))
+        modelled = False
     if mode == "built":
         return Case(pkt.frame, pkt if modelled else None, f"built {pkt.desc}")
     frame, edits = draw(mutate(pkt.frame))
@@ -342,7 +496,7 @@ _FOREIGN = st.one_of(
 def labeler() -> Iterator[Loader]:
     with Loader(meta_key=META_KEY) as ld:
         ld.load()
-        ld.apply_rules(compile_rules(RS, IDS))
+        ld.apply_rules(compile_rules(RS, IDS, pop_ids=POP_IDS))
         yield ld
 
 
@@ -352,7 +506,7 @@ def _what(case: Case, n: int, foreign: bytes) -> str:
 
 
 def check_frame(ld: Loader, case: Case, foreign: bytes, stats: Counter[str],
-                counted: Counter[tuple[int, int, str]] | None = None) -> None:
+                counted: Counter[tuple[int, int, int, str]] | None = None) -> None:
     """Every truncation of one frame. (Assertion messages are built only
     on failure: formatting them eagerly would double the run time.)"""
     frame = case.frame
@@ -381,34 +535,35 @@ def check_frame(ld: Loader, case: Case, foreign: bytes, stats: Counter[str],
             assert meta == foreign, f"{_what(case, n, foreign)}: no address readable, metadata area {meta.hex()}"
             stats["no_record"] += 1
             if counted is not None:  # counted at ingress as (unlabeled, unknown side)
-                counted[(0, 0, "packets")] += 1
-                counted[(0, 0, "bytes")] += n
+                counted[(0, 0, abi.DW_POP_NONE, "packets")] += 1
+                counted[(0, 0, abi.DW_POP_NONE, "bytes")] += n
             continue
         assert len(meta) == META_LEN + len(foreign), f"{_what(case, n, foreign)}: metadata area {meta.hex()}"
         assert meta[META_LEN:] == foreign, f"{_what(case, n, foreign)}: foreign metadata changed: {meta.hex()}"
-        want = expected_record(rd.family, rd.saddr, rd.daddr, _norm_proto(rd.proto), rd.dport)
+        want = expected_record(rd.family, rd.saddr, rd.daddr, _norm_proto(rd.proto), rd.dport, rd.pop)
         if meta[:META_LEN] != want:
             source, rec = abi.decode_meta(meta, META_KEY)
             w = abi.Meta.from_buffer_copy(want)
             raise AssertionError(f"{_what(case, n, foreign)}: read {rd}; record {meta[:META_LEN].hex()} decodes as "
                                  f"{source!r} {(rec.label_id, rec.side) if rec else None}; want "
-                                 f"(label {w.label_id}, side {w.side})")
+                                 f"(label {w.label_id}, side {w.side}, pop {w.pop_id})")
         stats["records"] += 1
         stats["records_behind_foreign"] += bool(foreign)
         label_id, side = int.from_bytes(want[4:8], "little"), want[10]
         stats["labeled" if label_id else "unlabeled_record"] += 1
+        stats["tunnelled"] += rd.pop != abi.DW_POP_NONE
         if counted is not None:
-            counted[(label_id, side, "packets")] += 1
-            counted[(label_id, side, "bytes")] += n
+            counted[(label_id, side, rd.pop, "packets")] += 1
+            counted[(label_id, side, rd.pop, "bytes")] += n
         stats["with_port" if rd.dport is not None else "without_port"] += 1
 
 
 def test_fuzz_labeler(labeler: Loader, capsys: pytest.CaptureFixture[str]) -> None:
     # The oracle's rules compile as they are (no candidate overflow).
-    compiled = compile_rules(RS, IDS)
+    compiled = compile_rules(RS, IDS, pop_ids=POP_IDS)
     assert labeler.rule_map_entries() == {"dw_prefixes": len(compiled.prefixes), "dw_pairs": len(compiled.pairs)}
     stats: Counter[str] = Counter()
-    counted: Counter[tuple[int, int, str]] = Counter()
+    counted: Counter[tuple[int, int, int, str]] = Counter()
     max_id = max(IDS.values())
     stats_before, pkts_before = labeler.read_stats("labeler"), labeler.read_packets(max_id)
     t0 = time.monotonic()
@@ -431,20 +586,21 @@ def test_fuzz_labeler(labeler: Loader, capsys: pytest.CaptureFixture[str]) -> No
     # The kernel's own counters agree with the runs: every run is counted
     # once at ingress under the (label, side) its record carries (frames
     # without a record under (0, unknown)), with its length in bytes.
-    got: Counter[tuple[int, int, str]] = Counter()
-    for (lid, side, _pop), (pk, by) in pkts_after.items():
-        b_pk, b_by = pkts_before.get((lid, side, _pop), (0, 0))
+    got: Counter[tuple[int, int, int, str]] = Counter()
+    for (lid, side, pop), (pk, by) in pkts_after.items():
+        b_pk, b_by = pkts_before.get((lid, side, pop), (0, 0))
         if pk - b_pk:
-            got[(lid, side, "packets")] = pk - b_pk
+            got[(lid, side, pop, "packets")] = pk - b_pk
         if by - b_by:
-            got[(lid, side, "bytes")] = by - b_by
+            got[(lid, side, pop, "bytes")] = by - b_by
     assert got == counted
     assert delta(abi.Stat.XDP_META_FAILED) == 0
     assert delta(abi.Stat.XDP_LABEL_RANGE) == 0
     assert delta(abi.Stat.XDP_FOREIGN_META) == stats["records_behind_foreign"]
     # The generator really reaches every outcome.
     assert stats["frames"] >= min(FUZZ_EXAMPLES, 100)
-    for k in ("no_record", "labeled", "unlabeled_record", "with_port", "without_port", "with_foreign"):
+    assert delta(abi.Stat.XDP_FLOW_FAIL) == 0
+    for k in ("no_record", "labeled", "unlabeled_record", "with_port", "without_port", "with_foreign", "tunnelled"):
         assert stats[k] > 0, (k, dict(stats))
     with capsys.disabled():
         print(f"\nlabeler fuzz: {stats['frames']} frames, {stats['runs']} test runs "
