@@ -178,6 +178,10 @@ _both("container-closed-port", "router", "ct-closed-port", "routed into a contai
 _both("container-nft", "router", "ct-nft", "routed into a container namespace, nft INPUT drop there")
 _both("dnat-container", "router", "dnat-ct", "service address DNAT'ed to a container, closed port")
 # A packet socket on the labeled interface, then NAT writes the packet.
+_both("afpacket-closed-port", "direct", "closed-port",
+      "AF_PACKET socket on the interface, closed local port (clone, no write)", tap="afpacket")
+_both("afpacket-dscp-closed-port", "direct", "mangle-closed-port",
+      "AF_PACKET socket on the interface + nft rewrites DSCP (same 5-tuple), closed local port", tap="afpacket")
 _both("afpacket-dnat-container", "router", "dnat-ct",
       "AF_PACKET socket on the interface + DNAT to a container, closed port", tap="afpacket")
 _both("afpacket-snat-container", "router", "snat-ct",
@@ -601,21 +605,23 @@ def _scenario(t: Topo, n: int) -> Scenario:
     if p.drop == "dnat-ct":
         t.nft(t.rx_ns, f"table inet svnat {{\n chain pre {{ type nat hook prerouting priority -100;\n"
                        f"  {f.nft} daddr {f.svc} udp dport 80 dnat {f.nft} to {_hostport(f.ct, 6005)}\n }}\n}}\n")
-        if p.tap:
-            t.open_tap(p.tap)
         return Scenario([t.ct_ns], frozenset({"NO_SOCKET"}), snmp(t.ct_ns, snmp_udp[0]),
                         lambda: t.send_udp(f.svc, 80, n), n, counter=snmp_udp[0])
+    if p.drop == "mangle-closed-port":
+        # A header write that keeps the 5-tuple: nft_payload_set() makes the
+        # skb writable (pskb_expand_head() on a clone), the flow still matches.
+        t.nft(t.rx_ns, f"table inet svmangle {{\n chain pre {{ type filter hook prerouting priority -150;\n"
+                       f"  {f.nft} daddr {f.surv} udp dport 6009 {f.nft} dscp set cs1\n }}\n}}\n")
+        return Scenario([t.rx_ns], frozenset({"NO_SOCKET"}), snmp(t.rx_ns, snmp_udp[0]),
+                        lambda: t.send_udp(f.surv, 6009, n), n, counter=snmp_udp[0])
     if p.drop == "snat-ct":
         t.nft(t.rx_ns, f"table inet svnat {{\n chain post {{ type nat hook postrouting priority 100;\n"
                        f"  oifname {t.host_if} {f.nft} daddr {f.ct} masquerade\n }}\n}}\n")
-        t.open_tap(p.tap)
         return Scenario([t.ct_ns], frozenset({"NO_SOCKET"}), snmp(t.ct_ns, snmp_udp[0]),
                         lambda: t.send_udp(f.ct, 6008, n), n, counter=snmp_udp[0])
     if p.drop == "dnat-local":
         t.nft(t.rx_ns, f"table inet svnat {{\n chain pre {{ type nat hook prerouting priority -100;\n"
                        f"  {f.nft} daddr {f.surv} udp dport 6006 dnat {f.nft} to {_hostport(f.surv, 6007)}\n }}\n}}\n")
-        if p.tap:
-            t.open_tap(p.tap)
         return Scenario([t.rx_ns], frozenset({"NO_SOCKET"}), snmp(t.rx_ns, snmp_udp[0]),
                         lambda: t.send_udp(f.surv, 6006, n), n, counter=snmp_udp[0])
     if p.drop == "listen-overflow":
@@ -808,6 +814,8 @@ class Matrix:
             t.warm()
             sc = _scenario(t, n)
             row.counter = sc.counter
+            if p.tap:
+                t.open_tap(p.tap)
             try:
                 att = self.loader.attach_xdp(t.rx_if, mode, netns=t.rx_ns)
             except AttachError as exc:
