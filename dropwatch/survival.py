@@ -101,6 +101,7 @@ V6 = Fam(6, 64, "2001:db8:30:1::1", "2001:db8:30:2::1", "2001:db8:51::2", "2001:
          "2001:db8:30:3::2", "2001:db8:30:4::80", "2001:db8:40::1", "2001:db8:40::2", "2001:db8:30:5::1",
          "2001:db8:30:5::2")
 DECOY_PORT = 7999
+PORTS_PER_ROW = 16
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33
 TUNNELS = ("vxlan", "ipip", "gre", "ip6tnl", "vlan")
@@ -251,8 +252,9 @@ def _csum(b: bytes) -> int:
 class Topo:
     """One path's namespaces: tx (peer) -> rx (labeled host) [-> ct]."""
 
-    def __init__(self, p: PathDef) -> None:
+    def __init__(self, p: PathDef, port_base: int = 19000) -> None:
         self.p = p
+        self.port_base = port_base
         self.f = p.fam
         i = secrets.token_hex(3)
         self.rx_ns, self.tx_ns, self.ct_ns = f"dwsv{i}-rx", f"dwsv{i}-tx", f"dwsv{i}-ct"
@@ -264,6 +266,13 @@ class Topo:
         self._tap_sock: socket.socket | None = None
         self._tap_proc: subprocess.Popen[str] | None = None
         self._tap_file: Path | None = None
+
+    def port(self, k: int) -> int:
+        """The k-th port of this row (0 < k < 16): every row of a run has its
+        own, so a flow entry the labeler wrote for one row can never serve
+        another row's drop."""
+        assert 0 < k < PORTS_PER_ROW
+        return self.port_base + k
 
     @property
     def target(self) -> str:
@@ -563,6 +572,7 @@ def _in_table(f: Fam, name: str, hook: str, match: str) -> str:
 
 def _scenario(t: Topo, n: int) -> Scenario:
     p, f = t.p, t.f
+    P = t.port  # noqa: N806 - ports unique per row: no flow entry is shared between rows
     snmp_udp = ("Udp.NoPorts", "Udp.RcvbufErrors") if f.v == 4 else ("6.Udp6NoPorts", "6.Udp6RcvbufErrors")
 
     def snmp(ns: str, name: str) -> Callable[[], int]:
@@ -571,29 +581,29 @@ def _scenario(t: Topo, n: int) -> Scenario:
     if p.drop in ("nft-input", "ct-nft"):
         ns = t.ct_ns if p.drop == "ct-nft" else t.rx_ns
         dst = t.target
-        t.nft(ns, _in_table(f, "svdrop", "input", f"{f.nft} daddr {dst} udp dport 6001"))
+        t.nft(ns, _in_table(f, "svdrop", "input", f"{f.nft} daddr {dst} udp dport {P(1)}"))
         return Scenario([ns], frozenset({"NETFILTER_DROP"}), lambda: t.nft_counter(ns, "svdrop"),
-                        lambda: t.send_udp(dst, 6001, n), n, counter="nft rule counter")
+                        lambda: t.send_udp(dst, P(1), n), n, counter="nft rule counter")
     if p.drop in ("closed-port", "ct-closed-port"):
         ns = t.target_ns
         return Scenario([ns], frozenset({"NO_SOCKET"}), snmp(ns, snmp_udp[0]),
-                        lambda: t.send_udp(t.target, 6002, n), n, counter=snmp_udp[0])
+                        lambda: t.send_udp(t.target, P(2), n), n, counter=snmp_udp[0])
     if p.drop == "rcvbuf":
-        t.udp_socket(t.rx_ns, bind=(f.surv, 7000), rcvbuf=2048)  # never read
+        t.udp_socket(t.rx_ns, bind=(f.surv, P(3)), rcvbuf=2048)  # never read
         return Scenario([t.rx_ns], frozenset({"SOCKET_RCVBUFF"}), snmp(t.rx_ns, snmp_udp[1]),
-                        lambda: t.send_udp(f.surv, 7000, n, payload=b"r" * 1000), None, counter=snmp_udp[1])
+                        lambda: t.send_udp(f.surv, P(3), n, payload=b"r" * 1000), None, counter=snmp_udp[1])
     if p.drop in ("tag-closed-port", "qinq-closed-port"):
-        frame = t.tagged_udp_frame(6002, (0x8100,) if p.drop == "tag-closed-port" else (0x88A8, 0x8100))
+        frame = t.tagged_udp_frame(P(2), (0x8100,) if p.drop == "tag-closed-port" else (0x88A8, 0x8100))
         return Scenario([t.rx_ns], frozenset({"NO_SOCKET"}), snmp(t.rx_ns, snmp_udp[0]),
                         lambda: t.send_frames(frame, n), n, counter=snmp_udp[0])
     if p.drop == "bad-csum":
-        frame = t.bad_csum_frame(80)
+        frame = t.bad_csum_frame(P(4))
         return Scenario([t.rx_ns], frozenset({"TCP_CSUM"}), snmp(t.rx_ns, "Tcp.InCsumErrors"),
                         lambda: t.send_frames(frame, n), n, counter="Tcp.InCsumErrors")
     if p.drop == "forward-nft":
-        t.nft(t.rx_ns, _in_table(f, "svdrop", "forward", f"{f.nft} daddr {f.ct} udp dport 6003"))
+        t.nft(t.rx_ns, _in_table(f, "svdrop", "forward", f"{f.nft} daddr {f.ct} udp dport {P(5)}"))
         return Scenario([t.rx_ns], frozenset({"NETFILTER_DROP"}), lambda: t.nft_counter(t.rx_ns, "svdrop"),
-                        lambda: t.send_udp(f.ct, 6003, n), n, counter="nft rule counter")
+                        lambda: t.send_udp(f.ct, P(5), n), n, counter="nft rule counter")
     if p.drop == "qdisc":
         # A slow tbf on the host's egress towards the container: a few
         # packets pass or queue, the rest are dropped at enqueue.
@@ -601,29 +611,30 @@ def _scenario(t: Topo, n: int) -> Scenario:
                           "limit", "1600"])
         return Scenario([t.rx_ns], frozenset({"QDISC_DROP", "QDISC_OVERLIMIT", "QDISC_CONGESTED"}),
                         lambda: t.qdisc_drops(t.rx_ns, t.host_if),
-                        lambda: t.send_udp(f.ct, 6004, n, payload=b"q" * 500), None, counter="tc qdisc drops")
+                        lambda: t.send_udp(f.ct, P(6), n, payload=b"q" * 500), None, counter="tc qdisc drops")
     if p.drop == "dnat-ct":
         t.nft(t.rx_ns, f"table inet svnat {{\n chain pre {{ type nat hook prerouting priority -100;\n"
-                       f"  {f.nft} daddr {f.svc} udp dport 80 dnat {f.nft} to {_hostport(f.ct, 6005)}\n }}\n}}\n")
+                       f"  {f.nft} daddr {f.svc} udp dport {P(8)} dnat {f.nft} to {_hostport(f.ct, P(7))}\n }}\n}}\n")
         return Scenario([t.ct_ns], frozenset({"NO_SOCKET"}), snmp(t.ct_ns, snmp_udp[0]),
-                        lambda: t.send_udp(f.svc, 80, n), n, counter=snmp_udp[0])
+                        lambda: t.send_udp(f.svc, P(8), n), n, counter=snmp_udp[0])
     if p.drop == "mangle-closed-port":
         # A header write that keeps the 5-tuple: nft_payload_set() makes the
         # skb writable (pskb_expand_head() on a clone), the flow still matches.
         t.nft(t.rx_ns, f"table inet svmangle {{\n chain pre {{ type filter hook prerouting priority -150;\n"
-                       f"  {f.nft} daddr {f.surv} udp dport 6009 {f.nft} dscp set cs1\n }}\n}}\n")
+                       f"  {f.nft} daddr {f.surv} udp dport {P(12)} {f.nft} dscp set cs1\n }}\n}}\n")
         return Scenario([t.rx_ns], frozenset({"NO_SOCKET"}), snmp(t.rx_ns, snmp_udp[0]),
-                        lambda: t.send_udp(f.surv, 6009, n), n, counter=snmp_udp[0])
+                        lambda: t.send_udp(f.surv, P(12), n), n, counter=snmp_udp[0])
     if p.drop == "snat-ct":
         t.nft(t.rx_ns, f"table inet svnat {{\n chain post {{ type nat hook postrouting priority 100;\n"
                        f"  oifname {t.host_if} {f.nft} daddr {f.ct} masquerade\n }}\n}}\n")
         return Scenario([t.ct_ns], frozenset({"NO_SOCKET"}), snmp(t.ct_ns, snmp_udp[0]),
-                        lambda: t.send_udp(f.ct, 6008, n), n, counter=snmp_udp[0])
+                        lambda: t.send_udp(f.ct, P(11), n), n, counter=snmp_udp[0])
     if p.drop == "dnat-local":
         t.nft(t.rx_ns, f"table inet svnat {{\n chain pre {{ type nat hook prerouting priority -100;\n"
-                       f"  {f.nft} daddr {f.surv} udp dport 6006 dnat {f.nft} to {_hostport(f.surv, 6007)}\n }}\n}}\n")
+                       f"  {f.nft} daddr {f.surv} udp dport {P(9)} dnat {f.nft} to {_hostport(f.surv, P(10))}\n"
+                       " }\n}\n")
         return Scenario([t.rx_ns], frozenset({"NO_SOCKET"}), snmp(t.rx_ns, snmp_udp[0]),
-                        lambda: t.send_udp(f.surv, 6006, n), n, counter=snmp_udp[0])
+                        lambda: t.send_udp(f.surv, P(9), n), n, counter=snmp_udp[0])
     if p.drop == "listen-overflow":
         return _listen_overflow(t)
     raise ValueError(f"unknown drop kind {p.drop!r}")
@@ -639,14 +650,14 @@ def _listen_overflow(t: Topo) -> Scenario:
     hold back two clients' ACKs, fill the queue with two other connections,
     then release the held ACKs (the SYN-ACK retransmission draws them)."""
     f = t.f
-    port = 8080
+    port = t.port(13)
     with entered(t.rx_ns):
         listener = socket.socket(f.af, socket.SOCK_STREAM)
     t.socks.append(listener)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((f.surv, port))
     listener.listen(1)
-    held = (41001, 42001)
+    held = (t.port(14), t.port(15))
     t.nft(t.tx_ns, "table inet svhold {\n chain out {\n type filter hook output priority 0;\n"
                    f" tcp sport {{ {held[0]}, {held[1]} }} tcp flags & (syn | ack) == ack drop\n }}\n}}\n")
 
@@ -799,7 +810,8 @@ class Matrix:
                 out[key] += c
         return out
 
-    def run_path(self, p: PathDef, mode: str, n: int, unavailable: str | None = None) -> Row:
+    def run_path(self, p: PathDef, mode: str, n: int, unavailable: str | None = None,
+                 port_base: int = 19000) -> Row:
         row = Row(p.name, mode, p.family, p.what, sent=n,
                   pop_expected="ams01" if p.topo in ("vxlan", "ipip", "gre", "ip6tnl") else "none")
         t0 = time.monotonic()
@@ -807,7 +819,7 @@ class Matrix:
             row.status, row.detail = "unavailable", unavailable
             return row
         from .loader import AttachError
-        t = Topo(p)
+        t = Topo(p, port_base)
         attached = False
         try:
             t.setup()
@@ -885,10 +897,11 @@ class Matrix:
             progress: Callable[[Row], None] | None = None) -> list[Row]:
         defs = [PATHS[x] for x in paths]
         probes = probe_links(p.topo for p in defs)
-        rows = []
+        rows: list[Row] = []
         for p in defs:
             for mode in modes:
-                row = self.run_path(p, mode, n, probes.get(p.topo))
+                base = 20000 + PORTS_PER_ROW * len(rows)
+                row = self.run_path(p, mode, n, probes.get(p.topo), port_base=base)
                 rows.append(row)
                 if progress:
                     progress(row)
