@@ -425,8 +425,8 @@ def cmd_survival(args: argparse.Namespace) -> int:
     unknown = [x for x in names if x not in survival.PATHS]
     if unknown or not names:
         raise UsageError(f"--paths: unknown path(s) {', '.join(unknown) or '(none given)'}; see --list")
-    if not 1 <= args.packets <= 100_000:
-        raise UsageError(f"--packets {args.packets}: 1..100000")
+    if not 1 <= args.packets <= 10_000:
+        raise UsageError(f"--packets {args.packets}: 1..10000")
     if args.update_baseline and (args.paths != "all" or args.mode != "both"):
         raise UsageError("--update-baseline records the whole matrix: use it with --paths all --mode both")
     problem = privilege_problem()
