@@ -466,9 +466,9 @@ def cmd_survival(args: argparse.Namespace) -> int:
     if args.update_baseline:
         Path(args.update_baseline).write_text(survival.dump_baseline(survival.baseline_of(rows)))
         print(f"baseline written to {args.update_baseline}", file=sys.stderr)
-    if any(r.misattributed for r in rows):
-        print("dropwatch: MISATTRIBUTED drops on: " + ", ".join(f"{r.path}/{r.mode}" for r in rows
-                                                                if r.misattributed), file=sys.stderr)
+    if any(r.misattributed or r.pop_mismatch for r in rows):
+        print("dropwatch: MISATTRIBUTED drops (label, side or PoP) on: " + ", ".join(
+            f"{r.path}/{r.mode}" for r in rows if r.misattributed or r.pop_mismatch), file=sys.stderr)
         return 1
     if any(r.status == "error" for r in rows):
         return 3

@@ -778,6 +778,8 @@ def classify(row: Row, delta: dict[tuple[int, ...], int], reasons: Any) -> None:
 def _status(row: Row) -> str:
     if row.misattributed:
         return "MISATTRIBUTED"
+    if row.pop_mismatch:
+        return "WRONG POP"
     if row.seen == 0:
         return "no drops seen"
     if row.kernel is not None and row.kernel != row.seen:

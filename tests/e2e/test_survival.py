@@ -61,6 +61,16 @@ def test_no_drop_is_misattributed(rows: list[Row]) -> None:
 
 
 @pytest.mark.e2e
+def test_attributed_drops_carry_the_right_pop(rows: list[Row]) -> None:
+    """Tunnelled paths land from ams01 (the outer source); the others from no PoP."""
+    bad = [(r.path, r.mode, r.pop_expected, r.pops) for r in rows if r.pop_mismatch]
+    assert not bad, bad
+    for r in rows:
+        if r.pop_expected == "ams01" and r.attributed:
+            assert r.pops.get("ams01", 0) >= r.attributed, r
+
+
+@pytest.mark.e2e
 def test_reader_counts_what_the_kernel_counts(rows: list[Row]) -> None:
     off = [f"{r.path}/{r.mode}: reader {r.seen}, {r.counter} {r.kernel}" for r in rows
            if r.status != "unavailable" and r.kernel is not None and r.kernel != r.seen]
@@ -118,6 +128,16 @@ def test_classify_counts_each_source_once() -> None:
         _key(0, origin, abi.Source.META): 1,
     }, _Reasons())
     assert (r.seen, r.metadata, r.fallback, r.unlabeled, r.corrupt, r.misattributed) == (18, 5, 3, 6, 7, 4)
+    assert r.pop_mismatch == 0
+
+
+@pytest.mark.unit
+def test_classify_flags_a_wrong_pop() -> None:
+    r = Row("x", "generic", "ipv4", "", pop_expected="ams01")
+    eye = int(abi.Side.EYEBALL)
+    classify(r, {_key(SURVIVOR, eye, abi.Source.FLOW, pop=1): 3, _key(SURVIVOR, eye, abi.Source.FLOW): 2},
+             _Reasons())
+    assert (r.fallback, r.pop_mismatch, r.pops) == (5, 2, {"ams01": 3, "none": 2})
 
 
 @pytest.mark.unit
