@@ -18,6 +18,15 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/*
+ * tp_btf path: packet and shared-info bytes are read with plain loads
+ * through bpf_rdonly_cast() (6.2+; the verifier turns them into
+ * exception-handled PROBE_MEM loads) instead of bpf_probe_read_kernel()
+ * calls, which cost a helper call each on the path of every drop. A
+ * faulting address reads as zeros, like a failed probe_read.
+ */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
 const volatile __u32 dw_meta_key = 0;
 /* Sampled drop events per second per CPU, and the burst; 0 disables. */
 const volatile __u32 dw_sample_rate = 0;
@@ -126,21 +135,45 @@ static __always_inline void read_skb(struct sk_buff *skb, const int btf, struct 
 	}
 }
 
-/* Where the metadata area starts, or NULL with *meta_len = 0 if none. */
-static __always_inline void *meta_start(const struct skb_view *v, __u32 *meta_len)
+/* 16 bytes at p as four words; nonzero if they could not be read. */
+static __always_inline int read16(const void *p, __u32 *w, const int btf)
 {
-	/* skb_shinfo() = head + end; its fields are read with probe_read either
-	 * way (head is not a BTF pointer the verifier lets us dereference). */
+	if (btf) {
+		const struct in6_addr *a = bpf_rdonly_cast(p, bpf_core_type_id_kernel(struct in6_addr));
+
+		w[0] = a->in6_u.u6_addr32[0];
+		w[1] = a->in6_u.u6_addr32[1];
+		w[2] = a->in6_u.u6_addr32[2];
+		w[3] = a->in6_u.u6_addr32[3];
+		return 0;
+	}
+	return bpf_probe_read_kernel(w, 16, p);
+}
+
+/* Where the metadata area starts, or NULL with *meta_len = 0 if none. */
+static __always_inline void *meta_start(const struct skb_view *v, __u32 *meta_len, const int btf)
+{
+	/* skb_shinfo() = head + end. head is a plain address, not a BTF
+	 * pointer: cast (tp_btf) or probe_read (classic tracepoint). */
 	struct skb_shared_info *shinfo = (void *)(v->head + v->end);
-	__u32 len = BPF_CORE_READ(shinfo, meta_len);
-	__u32 meta_end;
+	__u32 len, meta_end;
+
+	if (btf) {
+		shinfo = bpf_rdonly_cast(shinfo, bpf_core_type_id_kernel(struct skb_shared_info));
+		len = shinfo->meta_len;
+	} else {
+		len = BPF_CORE_READ(shinfo, meta_len);
+	}
 
 	*meta_len = len;
 	if (!len)
 		return NULL;
 	if (bpf_core_field_exists(struct skb_shared_info___meta_end, meta_end)) {
 		/* A kernel that tracks the end of the metadata itself. */
-		meta_end = BPF_CORE_READ((struct skb_shared_info___meta_end *)shinfo, meta_end);
+		if (btf)
+			meta_end = ((struct skb_shared_info___meta_end *)shinfo)->meta_end;
+		else
+			meta_end = BPF_CORE_READ((struct skb_shared_info___meta_end *)shinfo, meta_end);
 	} else {
 		/* 5.15..6.19: the metadata ends where the MAC header starts. */
 		meta_end = v->mac_header;
@@ -165,7 +198,7 @@ bad:
  * 5-tuple and the rules, so such an entry names the label these rules give
  * this packet. Ports only when L4 follows the fixed header (as the labeler).
  */
-static __always_inline int flow_lookup(const struct skb_view *sv, struct dw_drop_key *key)
+static __always_inline int flow_lookup(const struct skb_view *sv, struct dw_drop_key *key, const int btf)
 {
 	__u32 zero = 0;
 	struct dw_flow_cfg *cfg = bpf_map_lookup_elem(&dw_flow_cfg, &zero);
@@ -177,12 +210,13 @@ static __always_inline int flow_lookup(const struct skb_view *sv, struct dw_drop
 	if (nh == 0xffff)
 		return 0;
 	struct dw_flow_key k = {};
-	__u8 hdr[40];
+	__u32 hw[12];		/* up to 48 bytes of the network header */
+	__u8 *hdr = (__u8 *)hw;
 	__u32 l4 = 0;
 	int ports = 0;
 
 	if (sv->protocol == bpf_htons(0x0800)) {
-		if (nh + 20 > sv->tail || bpf_probe_read_kernel(hdr, 20, sv->head + nh))
+		if (nh + 20 > sv->tail || read16(sv->head + nh, hw, btf) || read16(sv->head + nh + 16, hw + 4, btf))
 			return 0;
 		__u32 ihl = hdr[0] & 0xf;
 
@@ -196,7 +230,8 @@ static __always_inline int flow_lookup(const struct skb_view *sv, struct dw_drop
 		ports = !((hdr[6] & 0x1f) | hdr[7]);
 		l4 = nh + ihl * 4;
 	} else if (sv->protocol == bpf_htons(0x86DD)) {
-		if (nh + 40 > sv->tail || bpf_probe_read_kernel(hdr, 40, sv->head + nh))
+		if (nh + 40 > sv->tail || read16(sv->head + nh, hw, btf) ||
+		    read16(sv->head + nh + 16, hw + 4, btf) || read16(sv->head + nh + 32, hw + 8, btf))
 			return 0;
 		if ((hdr[0] >> 4) != 6)
 			return 0;
@@ -210,9 +245,10 @@ static __always_inline int flow_lookup(const struct skb_view *sv, struct dw_drop
 		return 0;
 	}
 	if (ports && (k.proto == 6 || k.proto == 17) && l4 + 4 <= sv->tail) {
-		__u16 pp[2];
+		__u32 pw[4];
+		__u16 *pp = (__u16 *)pw;
 
-		if (!bpf_probe_read_kernel(pp, 4, sv->head + l4)) {
+		if (!read16(sv->head + l4, pw, btf)) {
 			k.sport = pp[0];
 			k.dport = pp[1];
 			k.flags = DW_FLOW_HAS_PORTS;
@@ -331,9 +367,8 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 	read_skb(skb, btf, &sv);
 	key.ifindex = sv.ifindex;
 	key.netns_ino = sv.netns_ino;
-	meta = meta_start(&sv, &meta_len);
-	if (meta && meta_len >= sizeof(m) &&
-	    !bpf_probe_read_kernel(&m, sizeof(m), meta)) {
+	meta = meta_start(&sv, &meta_len, btf);
+	if (meta && meta_len >= sizeof(m) && !read16(meta, (__u32 *)&m, btf)) {
 		if (m.magic != DW_META_MAGIC) {
 			stat_inc(DW_STAT_FOREIGN_META);
 		} else {
@@ -358,7 +393,7 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 	}
 
 	if (key.source != DW_SRC_META)
-		flow_lookup(&sv, &key);
+		flow_lookup(&sv, &key, btf);
 
 	__u64 *v = bpf_map_lookup_elem(&dw_drops, &key);
 	__u64 one = 1;

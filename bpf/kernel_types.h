@@ -46,6 +46,15 @@ struct skb_shared_info {
 	__u8 meta_len;
 };
 
+/* Only a 16-byte kernel type to cast the metadata record's address to
+ * (bpf_rdonly_cast needs a kernel BTF type): read as four words. */
+struct in6_addr {
+	union {
+		__u32 u6_addr32[4];
+	} in6_u;
+};
+
+
 /*
  * Proposed upstream (RFC "Decouple skb metadata tracking from MAC header
  * offset", not merged as of 6.19): the metadata ends at head + meta_end
