@@ -105,6 +105,9 @@ PORTS_PER_ROW = 16
 ETH_P_ALL = 0x0003
 SO_RCVBUFFORCE = 33
 TUNNELS = ("vxlan", "ipip", "gre", "ip6tnl", "vlan")
+# Topologies with a container namespace: routed to a veth, bridged to a
+# veth (docker0/cni0 style), or a macvlan on the labeled interface.
+CONTAINER_TOPOS = ("router", "bridge", "macvlan")
 
 
 class SurvivalError(RuntimeError):
@@ -177,6 +180,10 @@ _both("forward-qdisc", "router", "qdisc", "forwarded, dropped by a full tbf qdis
 # Routed into a container namespace through a veth pair (the Kubernetes path).
 _both("container-closed-port", "router", "ct-closed-port", "routed into a container namespace via veth, closed port")
 _both("container-nft", "router", "ct-nft", "routed into a container namespace, nft INPUT drop there")
+_both("bridge-container-closed-port", "bridge", "ct-closed-port",
+      "routed to a bridge, through a veth into a container namespace (docker0/cni0), closed port")
+_both("macvlan-container-closed-port", "macvlan", "ct-closed-port",
+      "macvlan on the labeled interface, in a container namespace, closed port")
 _both("dnat-container", "router", "dnat-ct", "service address DNAT'ed to a container, closed port")
 # A packet socket on the labeled interface, then NAT writes the packet.
 _both("afpacket-closed-port", "direct", "closed-port",
@@ -258,7 +265,8 @@ class Topo:
         self.f = p.fam
         i = secrets.token_hex(3)
         self.rx_ns, self.tx_ns, self.ct_ns = f"dwsv{i}-rx", f"dwsv{i}-tx", f"dwsv{i}-ct"
-        self.rx_if, self.tx_if, self.host_if, self.ct_if, self.tun_if = (f"sv{i}{c}" for c in "rthcx")
+        self.rx_if, self.tx_if, self.host_if, self.ct_if, self.tun_if, self.br_if, self.mv_if = (
+            f"sv{i}{c}" for c in "rthcxbm")
         self.namespaces: list[str] = []
         self.socks: list[socket.socket] = []
         self.procs: list[subprocess.Popen[str]] = []
@@ -279,7 +287,7 @@ class Topo:
     @property
     def target(self) -> str:
         """Where the survivor traffic goes."""
-        if self.p.topo == "router":
+        if self.p.topo in CONTAINER_TOPOS:
             return self.f.ct
         if self.p.topo in TUNNELS:
             return self.f.in_rx
@@ -287,10 +295,10 @@ class Topo:
 
     @property
     def target_ns(self) -> str:
-        return self.ct_ns if self.p.topo == "router" else self.rx_ns
+        return self.ct_ns if self.p.topo in CONTAINER_TOPOS else self.rx_ns
 
     def setup(self) -> None:
-        router = self.p.topo == "router"
+        router = self.p.topo in CONTAINER_TOPOS
         for ns in (self.tx_ns, self.rx_ns) + ((self.ct_ns,) if router else ()):
             _run(["ip", "netns", "add", ns])
             self.namespaces.append(ns)
@@ -319,11 +327,28 @@ class Topo:
                f"ip -6 route add 2001:db8:30:1::/64 dev {self.tx_if}",
                f"ip -6 route add 2001:db8:30::/48 via {v6.surv} dev {self.tx_if}"]
         ct: list[str] = []
-        if router:
+        if self.p.topo == "macvlan":
+            # The container sits on the labeled interface's own segment.
+            rx += [f"ip link add {self.mv_if} link {self.rx_if} type macvlan mode bridge",
+                   f"ip link set {self.mv_if} netns {self.ct_ns}"]
+            ct += [f"ip link set {self.mv_if} up", f"ip addr add {v4.ct}/24 dev {self.mv_if}",
+                   f"ip addr add {v6.ct}/64 dev {self.mv_if} nodad",
+                   f"ip route add 198.51.100.0/24 dev {self.mv_if}", f"ip route add 10.20.0.0/16 dev {self.mv_if}",
+                   f"ip -6 route add 2001:db8:51::/64 dev {self.mv_if}",
+                   f"ip -6 route add 2001:db8:20::/64 dev {self.mv_if}"]
+            tx += [f"ip route add 10.30.3.0/24 dev {self.tx_if}",
+                   f"ip -6 route add 2001:db8:30:3::/64 dev {self.tx_if}"]
+        elif router:
+            gw = self.host_if
+            if self.p.topo == "bridge":
+                gw = self.br_if
+                rx += [f"ip link add {self.br_if} type bridge", f"ip link set {self.br_if} up"]
             rx += ["sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
                    f"ip link add {self.host_if} type veth peer name {self.ct_if} netns {self.ct_ns}",
-                   f"ip link set {self.host_if} up", f"ip addr add {v4.ct_host}/24 dev {self.host_if}",
-                   f"ip addr add {v6.ct_host}/64 dev {self.host_if} nodad"]
+                   f"ip link set {self.host_if} up"]
+            if self.p.topo == "bridge":
+                rx.append(f"ip link set {self.host_if} master {self.br_if}")
+            rx += [f"ip addr add {v4.ct_host}/24 dev {gw}", f"ip addr add {v6.ct_host}/64 dev {gw} nodad"]
             ct += [f"ip link set {self.ct_if} up", f"ip addr add {v4.ct}/24 dev {self.ct_if}",
                    f"ip addr add {v6.ct}/64 dev {self.ct_if} nodad",
                    f"ip route add default via {v4.ct_host}", f"ip -6 route add default via {v6.ct_host}"]
