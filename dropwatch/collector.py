@@ -147,8 +147,12 @@ class Collector:
         drop_rows: Counter[DropDelta] = Counter()
         corrupt = 0
         for key, cur in drops.items():
+            # Cumulative counts only grow (the kernel never deletes a key;
+            # our own evictions are accounted below). A read can come out
+            # short while the reader flushes its cache (loader.read_drops):
+            # then nothing is counted now and the rest comes next poll.
             prev = self._prev_drops.get(key, 0)
-            delta = cur - prev if cur >= prev else cur
+            delta = cur - prev
             self._idle_polls[key] = self._idle_polls.get(key, 0) + 1 if delta <= 0 else 0
             if delta <= 0:
                 continue
@@ -174,8 +178,18 @@ class Collector:
             acc = pkt_rows.setdefault(k, [0, 0])
             acc[0] += dp
             acc[1] += db
-        # An evicted key starts from zero if the kernel creates it again.
-        self._prev_drops = {k: v for k, v in drops.items() if k not in evicted}
+        # prev only grows, and stays for a key missing from one read (its
+        # only count was in a cache flush in flight). An evicted key starts
+        # again from what the reader's caches still held for it (counted
+        # already); the kernel may create it again.
+        for k, v in drops.items():
+            if k not in evicted and v > self._prev_drops.get(k, 0):
+                self._prev_drops[k] = v
+        for k, left in evicted.items():
+            if left:
+                self._prev_drops[k] = left
+            else:
+                self._prev_drops.pop(k, None)
         for dk in list(self._idle_polls):
             if dk in evicted or dk not in drops:
                 del self._idle_polls[dk]
@@ -203,22 +217,23 @@ class Collector:
         if len(self.poll_durations) > 1000:
             del self.poll_durations[:500]
 
-    def _evict_idle(self, drops: dict[DropKeyT, int]) -> tuple[dict[DropKeyT, int], set[DropKeyT]]:
+    def _evict_idle(self, drops: dict[DropKeyT, int]) -> tuple[dict[DropKeyT, int], dict[DropKeyT, int]]:
         """Make room in a filling drop map: remove entries idle for
         evict_idle_polls polls. Each is read and deleted in one step and its
         final value replaces the one just read, so increments that landed in
         between still count in this poll's delta."""
-        evicted: set[DropKeyT] = set()
+        evicted: dict[DropKeyT, int] = {}
         if len(drops) < self.evict_at:
             return drops, evicted
         out = dict(drops)
         for key, idle in list(self._idle_polls.items()):
             if idle < self.evict_idle_polls or key not in out:
                 continue
-            final = self.loader.evict_drop(key)
-            if final is not None:
-                out[key] = final
-            evicted.add(key)
+            res = self.loader.evict_drop(key)
+            left = 0
+            if res is not None:
+                out[key], left = res
+            evicted[key] = left
         self.evicted += len(evicted)
         if evicted:
             log.info("drop map %d/%d full: evicted %d idle entries", len(drops), abi.DW_MAX_DROP_KEYS, len(evicted))
