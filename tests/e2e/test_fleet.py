@@ -200,7 +200,7 @@ def fleet_config(tmp: Path, targets: list[str], token: str) -> Path:
     assert job["job_name"] == "dropwatch"
     job["scrape_timeout"] = "1s"
     (tmp / "targets").mkdir()
-    (tmp / "targets" / "lab.yml").write_text(yaml.safe_dump([{"targets": targets, "labels": {"pop": "lab"}}]))
+    (tmp / "targets" / "lab.yml").write_text(yaml.safe_dump([{"targets": targets, "labels": {"site": "lab"}}]))
     job["file_sd_configs"] = [{"files": [str(tmp / "targets" / "*.yml")]}]
     (tmp / "dropwatch.token").write_text(token + "\n")
     assert job["authorization"]["credentials_file"] == "dropwatch.token"
@@ -214,7 +214,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) for every query of the Grafana dashboard, with
     Grafana's variables set as for "all hosts, all labels, last 5 minutes"."""
     dash = json.loads((DEPLOY / "grafana" / "dropwatch.json").read_text())
-    values = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m", "$instance": ".+", "$label": ".+"}
+    values = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m", "$instance": ".+", "$label": ".+",
+              "$pop": ".*"}
     out = []
     for p in dash["panels"]:
         for t in p.get("targets", []):
@@ -259,8 +260,8 @@ def test_two_daemons_scraped_by_prometheus(tmp_path: Path) -> None:
                    on_fail=lambda: str(prom.by(per_host_q, "instance", "label", "side", "reason")))
 
         # Two instances, each carrying the target labels of the shipped config.
-        instances = prom.query('count by (instance, host, pop) (dropwatch_drops_total{job="dropwatch"})')
-        assert {(r["metric"]["instance"], r["metric"]["host"], r["metric"]["pop"]) for r in instances} == {
+        instances = prom.query('count by (instance, host, site) (dropwatch_drops_total{job="dropwatch"})')
+        assert {(r["metric"]["instance"], r["metric"]["host"], r["metric"]["site"]) for r in instances} == {
             (da.target, "127.0.0.1", "lab"), (db.target, "127.0.0.1", "lab")}
         # The fleet-wide sum per label is the sum of both hosts.
         fleet = prom.by('sum by (label) (dropwatch_drops_total{job="dropwatch", label=~"customer.*"})', "label")

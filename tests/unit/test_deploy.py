@@ -744,3 +744,15 @@ def test_capped_exposition_passes_promtool_and_bounds_series() -> None:
     assert set(by_label(series)) == set(top) | {"other"}
     p = subprocess.run([promtool, "check", "metrics"], input=text, check=False, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_target_labels_do_not_collide_with_metric_labels() -> None:
+    """A target label named like one of dropwatch's own metric labels (pop,
+    source, label...) would rename the metric's to exported_<name>."""
+    text = exposition(fake_daemon(DROPS, PACKETS, None))
+    metric_labels = {k for name in ("dropwatch_drops_total", "dropwatch_packets_total")
+                     for key in samples(text, name) for k, _ in key}
+    assert {"pop", "source"} <= metric_labels
+    for f in (PROM / "targets").glob("*.yml"):
+        for entry in yaml.safe_load(f.read_text()):
+            assert not set(entry.get("labels", {})) & metric_labels, f
