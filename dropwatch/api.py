@@ -187,7 +187,8 @@ def _group_by(value: str, allowed: tuple[str, ...]) -> list[str]:
 
 GROUP_KEYS = DROP_DIMS
 POP_HELP = "landing PoP(s) from the rules' pops; 'none': not tunnelled; 'unknown': tunnelled from no PoP"
-SOURCE_HELP = "what attributed the drop to its label: metadata, flow (fallback) or none (unlabeled)"
+SOURCE_HELP = ("what attributed the drop to its label: metadata (the record from ingress), flow (the fallback) "
+               "or none (no valid record, no flow entry: unlabeled)")
 
 
 def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
