@@ -343,15 +343,19 @@ def test_two_daemons_scraped_by_prometheus(tmp_path: Path) -> None:
 def test_metrics_max_labels_on_a_real_daemon(tmp_path: Path) -> None:
     """--metrics-max-labels 1: only the label with the most drops keeps its
     name; customerX's drops are summed into label="other" exactly. (Drops of
-    other namespaces on this host are "unlabeled" with side "unknown", so the
-    eyeball/NO_SOCKET "other" series holds exactly customerX's drops.)"""
+    other namespaces on this host carry no record of ours: "unlabeled" with
+    source "none" (or side "unknown"), so the eyeball/NO_SOCKET/metadata
+    "other" series holds exactly customerX's drops.)"""
     with ExitStack() as stack:
         lb = stack.enter_context(lab())
         d = start_daemon(stack, lb, tmp_path, "capped", "--metrics-max-labels", "1")
         lb.send_udp(TX_ORIGIN_V4, RX_V4["customerY"], 9999, 3000)
         lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 1000)
-        y = (("label", "customerY"), ("reason", "NETFILTER_DROP"), ("side", "origin"))
-        other_x = (("label", "other"), ("reason", "NO_SOCKET"), ("side", "eyeball"))
+        # Not tunnelled (pop none), attributed by the metadata record.
+        y = (("label", "customerY"), ("pop", "none"), ("reason", "NETFILTER_DROP"), ("side", "origin"),
+             ("source", "metadata"))
+        other_x = (("label", "other"), ("pop", "none"), ("reason", "NO_SOCKET"), ("side", "eyeball"),
+                   ("source", "metadata"))
         text = wait_until(lambda: (t := d.get("/metrics").text) and drop_counts(t).get(y) == 3000
                           and drop_counts(t).get(other_x) == 1000 and t, "capped metrics with both batches",
                           alive=d.check_alive, on_fail=lambda: d.get("/metrics").text[:3000])
@@ -359,8 +363,8 @@ def test_metrics_max_labels_on_a_real_daemon(tmp_path: Path) -> None:
         assert {dict(k)["label"] for k in drops} == {"customerY", "other"}
         packets = drop_counts(text, "dropwatch_packets_total")
         assert {dict(k)["label"] for k in packets} <= {"customerY", "other"}
-        assert packets[(("label", "customerY"), ("side", "origin"))] == 3000
-        assert packets[(("label", "other"), ("side", "eyeball"))] >= 1000
+        assert packets[(("label", "customerY"), ("pop", "none"), ("side", "origin"))] == 3000
+        assert packets[(("label", "other"), ("pop", "none"), ("side", "eyeball"))] >= 1000
         # The history and the API are not capped.
         api = d.get("/drops", label="customerX", group_by="label").json()
         assert api["groups"] == [{"label": "customerX", "count": 1000}]
