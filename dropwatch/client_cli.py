@@ -331,8 +331,8 @@ class TopSampler:
         for key, n in counts.items():
             rate = None if rate_window is None else max(0, n - base.get(key, 0)) / rate_window
             pk = packets.get((key[0], key[pop_at] if pop_at is not None else None), 0)
-            rows.append(Row(*key[:3], total=n, rate=rate, packets=pk, ratio=(n / pk) if pk else None,
-                            extra=dict(zip(self.by, key[3:]))))
+            rows.append(Row(key[0], key[1], key[2], total=n, rate=rate, packets=pk, ratio=(n / pk) if pk else None,
+                            extra=dict(zip(self.by, key[3:], strict=True))))
         rows.sort(key=lambda r: (-(r.rate or 0.0), -r.total, r.label, r.side, r.reason, *r.extra.values()))
         self.last = Frame(since=self.anchor, until=str(ans["until"]), rows=rows, rate_window_s=rate_window)
         return self.last

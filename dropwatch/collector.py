@@ -35,7 +35,7 @@ UNLABELED = "unlabeled"
 SIDE_NAMES = {0: "unknown", 1: "eyeball", 2: "origin", 3: "unknown"}
 POP_NONE, POP_UNKNOWN = "none", "unknown"
 # What attributed a drop to its label. A corrupt record attributed nothing.
-SOURCE_NAMES = {abi.Source.META: "metadata", abi.Source.FLOW: "flow",
+SOURCE_NAMES: dict[int, str] = {abi.Source.META: "metadata", abi.Source.FLOW: "flow",
                 abi.Source.NONE: "none", abi.Source.CORRUPT: "none"}
 ATTRIBUTED = (abi.Source.META, abi.Source.FLOW)
 # Pending deltas kept while the store is failing: beyond this many distinct

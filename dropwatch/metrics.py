@@ -33,8 +33,8 @@ OTHER = "other"
 K = TypeVar("K", bound=tuple[str, ...])
 
 
-def capped_labels(drops: Mapping[tuple[str, ...], int], packets: Mapping[tuple[str, ...], int],
-                  max_labels: int | None) -> Callable[[str], str]:
+def capped_labels(drops: Mapping[tuple[str, str, str, str, str], int],
+                  packets: Mapping[tuple[str, str, str], int], max_labels: int | None) -> Callable[[str], str]:
     """The label value to export for each label name under the cap.
 
     The top ``max_labels`` labels by drops (ties by name) keep their name,
@@ -82,18 +82,18 @@ class DropwatchCollector:
         m = CounterMetricFamily("dropwatch_drops", "Packets dropped by the kernel (kfree_skb), by ingress label, "
                                 "side, kernel drop reason, landing PoP and what attributed the label "
                                 "(metadata, flow, none)", labels=["label", "side", "reason", "pop", "source"])
-        for key, n in sorted(drops_out.items()):
-            m.add_metric(list(key), n)
+        for dkey, n in sorted(drops_out.items()):
+            m.add_metric(list(dkey), n)
         yield m
         m = CounterMetricFamily("dropwatch_packets", "Packets labeled at ingress by the XDP labeler, by label, "
                                 "side and landing PoP", labels=["label", "side", "pop"])
-        for key, n in sorted(packets_out.items()):
-            m.add_metric(list(key), n)
+        for pkey, n in sorted(packets_out.items()):
+            m.add_metric(list(pkey), n)
         yield m
         m = CounterMetricFamily("dropwatch_packet_bytes", "Bytes labeled at ingress by the XDP labeler, by label, "
                                 "side and landing PoP", labels=["label", "side", "pop"])
-        for key, n in sorted(bytes_out.items()):
-            m.add_metric(list(key), n)
+        for bkey, n in sorted(bytes_out.items()):
+            m.add_metric(list(bkey), n)
         yield m
         yield CounterMetricFamily("dropwatch_corrupt_records", "Drops whose metadata looked like ours but failed "
                                   "validation (counted as unlabeled)", value=corrupt)

@@ -813,6 +813,8 @@
     tb.append(frag);
     const note = [];
     if (labels.rules && labels.rules.default_side) note.push(`default side: ${labels.rules.default_side}`);
+    const pops = (labels.rules && labels.rules.pops) || [];
+    if (pops.length) note.push(`PoPs: ${pops.map((p) => `${p.name} (${p.src.join(", ")})`).join("; ")}`);
     if (rules.length > MAX) note.push(`first ${MAX} of ${fmtInt(rules.length)} rules`);
     note.push("read-only; counts per label/side the rule sets");
     $("#rules-note").textContent = note.join(" \u00b7 ");

@@ -157,7 +157,8 @@ def test_samples_carry_and_filter_pop_and_source(client: TestClient) -> None:
 
 
 def test_put_labels_with_pops_and_a_full_pop_id_space(client: TestClient, store: Store) -> None:
-    body = {**RULES, "pops": [{"name": "ams01", "src": ["192.0.2.0/26"]}, {"name": "sjc02", "src": ["2001:db8:ff::/48"]}]}
+    body = {**RULES, "pops": [{"name": "ams01", "src": ["192.0.2.0/26"]},
+                              {"name": "sjc02", "src": ["2001:db8:ff::/48"]}]}
     r = client.put("/labels", json=body)
     assert r.status_code == 200, r.text
     assert store.pop_ids(["ams01", "sjc02"]) == {"ams01": 1, "sjc02": 2}
