@@ -56,6 +56,13 @@ struct {
 	__type(value, __u64);
 } dw_drops SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dw_drop_cache);
+} dw_drop_cache SEC(".maps");
+
 /* The labeler's flow map: the loader hands the labeler's fd to this object
  * before load, so both see one map. */
 struct {
@@ -133,6 +140,14 @@ static __always_inline void read_skb(struct sk_buff *skb, const int btf, struct 
 		dev = BPF_CORE_READ(skb, dev);
 		v->netns_ino = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
 	}
+}
+
+static __always_inline void stat_add(__u32 idx, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&dw_stats, &idx);
+
+	if (v)
+		*v += n;	/* see stat_inc() */
 }
 
 /* 16 bytes at p as four words; nonzero if they could not be read. */
@@ -351,6 +366,32 @@ static __always_inline void emit_sample(struct sk_buff *skb, const struct dw_dro
 	stat_inc(DW_STAT_SAMPLES);
 }
 
+static __always_inline int key_eq(const struct dw_drop_key *a, const struct dw_drop_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+static __always_inline void add_drops(const struct dw_drop_key *key, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&dw_drops, key);
+
+	if (v) {
+		*v += n;	/* this CPU's slot; see stat_inc() */
+		return;
+	}
+	/* A new key: this CPU's slot starts at n, the others at 0. */
+	if (!bpf_map_update_elem(&dw_drops, key, &n, BPF_NOEXIST))
+		return;
+	/* Lost the insert race to another CPU, or the map is full. */
+	v = bpf_map_lookup_elem(&dw_drops, key);
+	if (v)
+		*v += n;
+	else
+		stat_add(DW_STAT_MAP_FULL, n);
+}
+
 static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u32 reason, const int btf)
 {
 	struct dw_drop_key key = {
@@ -395,18 +436,30 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 	if (key.source != DW_SRC_META)
 		flow_lookup(&sv, &key, btf);
 
-	__u64 *v = bpf_map_lookup_elem(&dw_drops, &key);
-	__u64 one = 1;
+	__u32 zero = 0;
+	struct dw_drop_cache *c = bpf_map_lookup_elem(&dw_drop_cache, &zero);
 
-	if (v) {
-		*v += 1;	/* this CPU's slot; see stat_inc() */
-	} else if (bpf_map_update_elem(&dw_drops, &key, &one, BPF_NOEXIST)) {
-		/* Lost the insert race to another CPU, or the map is full. */
-		v = bpf_map_lookup_elem(&dw_drops, &key);
-		if (v)
-			*v += 1;
-		else
-			stat_inc(DW_STAT_MAP_FULL);
+	if (!c) {
+		add_drops(&key, 1);
+	} else if (c->pending && key_eq(&c->key, &key)) {
+		c->pending += 1;	/* the common case: no hash lookup */
+	} else {
+		struct dw_drop_key old = c->key;
+		__u64 n = c->pending;
+
+		/* Order matters (see struct dw_drop_cache): pending leaves the
+		 * cache before it reaches dw_drops, so no read sees it twice. */
+		c->seq_begin += 1;
+		barrier();
+		c->pending = 0;
+		barrier();
+		c->key = key;
+		barrier();
+		c->pending = 1;
+		barrier();
+		c->seq_end = c->seq_begin;
+		if (n)
+			add_drops(&old, n);
 	}
 	/* Counting is done; a sample is only an example of it. */
 	if (dw_sample_rate)

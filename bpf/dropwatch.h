@@ -315,6 +315,25 @@ struct dw_drop_key {
 	__u8 pad[3];
 };
 
+/*
+ * The reader's per-CPU one-entry cache: a flood repeats one key, and a hash
+ * lookup per drop is most of the reader's cost. Drops of `key` accumulate
+ * in `pending` until a drop with another key flushes them into dw_drops.
+ * User space reads dw_drops first, then this cache, and adds the two: the
+ * flush zeroes `pending` before adding to dw_drops, so a read can come out
+ * short by a flush in flight (made up next read), never long. A key change
+ * is bracketed by seq_begin/seq_end (equal when consistent); increments of
+ * `pending` alone are single aligned stores.
+ */
+struct dw_drop_cache {
+	__u32 seq_begin;
+	__u32 pad;
+	struct dw_drop_key key;
+	__u64 pending;
+	__u32 seq_end;
+	__u32 pad2;
+};
+
 enum dw_stat {
 	/* labeler (packets and records written are not counted per packet:
 	 * user space derives them from dw_pkt_counts) */

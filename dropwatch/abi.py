@@ -197,6 +197,11 @@ class DropKey(ctypes.Structure):
     ]
 
 
+class DropCache(ctypes.Structure):
+    _fields_ = [("seq_begin", u32), ("pad", u32), ("key", DropKey), ("pending", u64), ("seq_end", u32),
+                ("pad2", u32)]
+
+
 class Sample(ctypes.Structure):
     _fields_ = [
         ("ts_ns", u64), ("location", u64), ("label_id", u32), ("reason", u32), ("ifindex", u32),
@@ -224,6 +229,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_labeler_state": LabelerState,
     "dw_pkt_val": PktVal,
     "dw_drop_key": DropKey,
+    "dw_drop_cache": DropCache,
     "dw_pop_key": PopKey,
     "dw_udp_encap": UdpEncapEntry,
     "dw_flow_key": FlowKey,

@@ -29,7 +29,7 @@ from .loader import DropwatchError
 from .metrics import make_registry
 from .rules import LABEL_RE, UNLABELED, RulesError, parse_rules
 from .samples import to_pcapng
-from .store import DROP_DIMS, check_group_by
+from .store import DROP_DIMS, SOURCES, StoreError, check_group_by
 from .timeparse import TimeParseError, format_iso, parse_duration, parse_time
 
 log = logging.getLogger("dropwatch.api")
@@ -143,12 +143,22 @@ def _window(since: str, until: str) -> tuple[datetime, datetime]:
 
 
 def _filters(daemon: Daemon, label: list[str] | None, side: list[str] | None, reason: list[str] | None,
-             location: list[str] | None, iface: list[str] | None) -> dict[str, list[str]]:
+             location: list[str] | None, iface: list[str] | None, pop: list[str] | None = None,
+             source: list[str] | None = None) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     labels = _split(label)
     for name in labels:
         if name != UNLABELED and not LABEL_RE.fullmatch(name):
             raise _bad(f"invalid label {name!r}: 1-64 characters of A-Z a-z 0-9 _ . -")
+    pops = _split(pop)
+    for name in pops:
+        if not LABEL_RE.fullmatch(name):
+            raise _bad(f"invalid pop {name!r}: a PoP name from the rules, 'none' (not tunnelled) or "
+                       f"'unknown' (tunnelled from no PoP)")
+    sources = _split(source)
+    for src in sources:
+        if src not in SOURCES:
+            raise _bad(f"unknown source {src!r}: one of {', '.join(SOURCES)}")
     sides = _split(side)
     for s in sides:
         if s not in SIDES:
@@ -161,7 +171,7 @@ def _filters(daemon: Daemon, label: list[str] | None, side: list[str] | None, re
                        f"(GET /reasons lists them)")
         reasons.append(daemon.reasons.name(v))
     for key, vals in (("label", labels), ("side", sides), ("reason", reasons), ("location", _split(location)),
-                      ("iface", _split(iface))):
+                      ("iface", _split(iface)), ("pop", pops), ("source", sources)):
         if vals:
             out[key] = vals
     return out
@@ -175,7 +185,10 @@ def _group_by(value: str, allowed: tuple[str, ...]) -> list[str]:
         raise _bad(str(exc)) from None
 
 
-GROUP_KEYS = tuple(k for k in DROP_DIMS if k != "pop")
+GROUP_KEYS = DROP_DIMS
+POP_HELP = "landing PoP(s) from the rules' pops; 'none': not tunnelled; 'unknown': tunnelled from no PoP"
+SOURCE_HELP = ("what attributed the drop to its label: metadata (the record from ingress), flow (the fallback) "
+               "or none (no valid record, no flow entry: unlabeled)")
 
 
 def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
@@ -244,21 +257,23 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         def index_missing() -> RedirectResponse:
             return RedirectResponse("/docs")
 
-    @app.get("/drops", response_model=DropsResponse, summary="Drops by label, side, reason, location, iface",
-             responses=BAD_REQUEST)
+    @app.get("/drops", response_model=DropsResponse,
+             summary="Drops by label, side, reason, location, iface, pop, source", responses=BAD_REQUEST)
     def drops(
         label: list[str] | None = Query(None, description="label name(s); 'unlabeled' selects drops with no label"),
         side: list[str] | None = Query(None, description="eyeball, origin or unknown"),
         reason: list[str] | None = Query(None, description="kernel drop reason, e.g. NETFILTER_DROP"),
         location: list[str] | None = Query(None, description="kernel location, e.g. __udp4_lib_rcv+0x4bc"),
         iface: list[str] | None = Query(None, description="ingress interface"),
+        pop: list[str] | None = Query(None, description=POP_HELP),
+        source: list[str] | None = Query(None, description=SOURCE_HELP),
         since: str = Query("-15m", description="relative (-90s, -15m, -2h, -7d) or ISO 8601"),
         until: str = Query("now", description="relative, 'now' or ISO 8601"),
         group_by: str = Query("label,side,reason", description=f"comma-separated subset of {','.join(GROUP_KEYS)}"),
         limit: int = Query(100, ge=1, le=MAX_LIMIT),
     ) -> DropsResponse:
         s, u = _window(since, until)
-        f = _filters(daemon, label, side, reason, location, iface)
+        f = _filters(daemon, label, side, reason, location, iface, pop, source)
         g = _group_by(group_by, GROUP_KEYS)
         res = daemon.store.query_drops(s, u, filters=f, group_by=g, limit=limit)
         return DropsResponse(since=format_iso(s), until=format_iso(u), total=res.total, groups=res.groups)
@@ -269,12 +284,14 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         label: list[str] | None = Query(None), side: list[str] | None = Query(None),
         reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
         iface: list[str] | None = Query(None),
+        pop: list[str] | None = Query(None, description=POP_HELP),
+        source: list[str] | None = Query(None, description=SOURCE_HELP),
         since: str = Query("-1h"), until: str = Query("now"),
         step: str = Query("auto", description="bucket width (10s, 1m, 5m...) or auto"),
-        group_by: str = Query("label"),
+        group_by: str = Query("label", description=f"comma-separated subset of {','.join(GROUP_KEYS)}"),
     ) -> TimeseriesResponse:
         s, u = _window(since, until)
-        f = _filters(daemon, label, side, reason, location, iface)
+        f = _filters(daemon, label, side, reason, location, iface, pop, source)
         g = _group_by(group_by, GROUP_KEYS)
         span = (u - s).total_seconds()
         if step == "auto":
@@ -294,11 +311,14 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
             buckets=[format_iso(datetime.fromtimestamp(b, timezone.utc)) for b in ts.buckets],
             series=[SeriesItem(group=x["group"], counts=x["counts"]) for x in ts.series])
 
-    def _labels_response(since: str, until: str) -> LabelsResponse:
+    def _labels_response(since: str, until: str, pop: list[str] | None = None) -> LabelsResponse:
         s, u = _window(since, until)
-        pk = {str(r["label"]): int(r["packets"]) for r in daemon.store.query_packets(s, u, group_by=["label"])}
+        # Packets are counted per PoP too, so a PoP filter keeps ratios meaningful.
+        pf = _filters(daemon, None, None, None, None, None, pop)
+        pk = {str(r["label"]): int(r["packets"])
+              for r in daemon.store.query_packets(s, u, filters=pf, group_by=["label"])}
         dr = {str(g["label"]): int(g["count"])
-              for g in daemon.store.query_drops(s, u, group_by=["label"], limit=None).groups}
+              for g in daemon.store.query_drops(s, u, filters=pf, group_by=["label"], limit=None).groups}
         rules = daemon.rules
         names = set(rules.labels() if rules else []) | set(pk) | set(dr) | {UNLABELED}
         # "unlabeled" drops include packets that never passed the labeler
@@ -311,9 +331,9 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         # (label, side), not per rule, so two rules setting the same label
         # show the same numbers.
         pk_ls = {(str(r["label"]), str(r["side"])): int(r["packets"])
-                 for r in daemon.store.query_packets(s, u, group_by=["label", "side"])}
+                 for r in daemon.store.query_packets(s, u, filters=pf, group_by=["label", "side"])}
         dr_ls = {(str(g["label"]), str(g["side"])): int(g["count"])
-                 for g in daemon.store.query_drops(s, u, group_by=["label", "side"], limit=None).groups}
+                 for g in daemon.store.query_drops(s, u, filters=pf, group_by=["label", "side"], limit=None).groups}
         per_rule = []
         for i, r in enumerate(rules.rules if rules else []):
             def match(key: tuple[str, str]) -> bool:
@@ -326,8 +346,10 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
 
     @app.get("/labels", response_model=LabelsResponse, summary="Active rules; per label packets, drops, ratio",
              responses=BAD_REQUEST)
-    def get_labels(since: str = Query("-15m"), until: str = Query("now")) -> LabelsResponse:
-        return _labels_response(since, until)
+    def get_labels(since: str = Query("-15m"), until: str = Query("now"),
+                   pop: list[str] | None = Query(None, description=POP_HELP + " (packets and drops of those only)"),
+                   ) -> LabelsResponse:
+        return _labels_response(since, until, pop)
 
     @app.put("/labels", response_model=LabelsResponse, summary="Replace the rules (all or nothing)",
              responses={422: {"description": "invalid rules; the previous rules stay active"}})
@@ -339,39 +361,44 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
         except RulesError as exc:
             return JSONResponse(status_code=422, content={"detail": {
                 "message": str(exc), "rule": exc.rule, "field": exc.field}})
-        except (DropwatchError, OSError) as exc:
+        except (DropwatchError, StoreError, OSError) as exc:
+            # StoreError: e.g. no label or PoP id left for a new name.
             return JSONResponse(status_code=422, content={"detail": {
                 "message": f"rules not applied, previous rules stay active: {exc}", "rule": None, "field": None}})
         return _labels_response("-15m", "now")
 
     def _sample_query(label: list[str] | None, side: list[str] | None, reason: list[str] | None,
-                      location: list[str] | None, iface: list[str] | None, since: str | None,
-                      limit: int) -> list[Any]:
-        f = _filters(daemon, label, side, reason, location, iface)
+                      location: list[str] | None, iface: list[str] | None, pop: list[str] | None,
+                      source: list[str] | None, since: str | None, limit: int) -> list[Any]:
+        f = _filters(daemon, label, side, reason, location, iface, pop, source)
         after = _window(since, "now")[0] if since else None
         return daemon.samples.query(label=f.get("label", ()), side=f.get("side", ()), reason=f.get("reason", ()),
-                                    location=f.get("location", ()), iface=f.get("iface", ()), since=after,
-                                    limit=limit)
+                                    location=f.get("location", ()), iface=f.get("iface", ()),
+                                    pop=f.get("pop", ()), source=f.get("source", ()), since=after, limit=limit)
 
     @app.get("/drops/samples", summary="Most recent sampled drops (examples, rate-limited), newest first",
              responses=BAD_REQUEST)
     def samples(label: list[str] | None = Query(None), side: list[str] | None = Query(None),
                 reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
-                iface: list[str] | None = Query(None), since: str | None = Query(None),
+                iface: list[str] | None = Query(None), pop: list[str] | None = Query(None, description=POP_HELP),
+                source: list[str] | None = Query(None, description=SOURCE_HELP), since: str | None = Query(None),
                 limit: int = Query(100, ge=1, le=MAX_SAMPLES)) -> dict[str, Any]:
-        items = _sample_query(label, side, reason, location, iface, since, limit)
+        items = _sample_query(label, side, reason, location, iface, pop, source, since, limit)
         st = daemon.collector.totals.stats
         return {"samples": [s.to_json() for s in items],
                 "lost": {"rate_limit": st.get("sample_rate_limited", 0), "ring_full": st.get("sample_ring_full", 0)},
                 "sample_rate": daemon.cfg.sample_rate}
 
-    @app.get("/drops/samples.pcap", summary="The same samples as pcapng (comments carry label/side/reason)",
+    @app.get("/drops/samples.pcap",
+             summary="The same samples as pcapng (comments carry label/side/reason/location/pop/source)",
              response_class=Response, responses={200: {"content": {"application/x-pcapng": {}}}, **BAD_REQUEST})
     def samples_pcap(label: list[str] | None = Query(None), side: list[str] | None = Query(None),
                      reason: list[str] | None = Query(None), location: list[str] | None = Query(None),
-                     iface: list[str] | None = Query(None), since: str | None = Query(None),
+                     iface: list[str] | None = Query(None), pop: list[str] | None = Query(None, description=POP_HELP),
+                     source: list[str] | None = Query(None, description=SOURCE_HELP),
+                     since: str | None = Query(None),
                      limit: int = Query(MAX_SAMPLES, ge=1, le=MAX_SAMPLES)) -> Response:
-        items = _sample_query(label, side, reason, location, iface, since, limit)
+        items = _sample_query(label, side, reason, location, iface, pop, source, since, limit)
         return Response(to_pcapng(items), media_type="application/x-pcapng",
                         headers={"content-disposition": 'attachment; filename="dropwatch-samples.pcapng"'})
 

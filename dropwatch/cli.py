@@ -381,11 +381,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         raise DropwatchError(problem)
     rules = load_rules_file(Path(args.config))
     names = {n: i + 1 for i, n in enumerate(rules.labels())}
+    pop_ids = {n: i + 1 for i, n in enumerate(rules.pop_names())}
     by_id = {v: k for k, v in names.items()}
     reasons = DropReasons.load()
     with Loader(tracepoint_mode=args.tracepoint) as ld:
         ld.load()
-        ld.apply_rules(compile_rules(rules, names, source=args.config))
+        ld.apply_rules(compile_rules(rules, names, source=args.config, pop_ids=pop_ids))
         ld.attach_reader()
         att = ld.attach_xdp(args.iface, args.xdp_mode, netns=args.netns)
         print(f"attached to {args.iface} ({att.mode}); Ctrl-C to stop", flush=True)
@@ -393,7 +394,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
             while True:
                 time.sleep(args.interval)
                 tally: Counter[tuple[str, str, str]] = Counter()
-                for (lid, side, reason, *_rest), n in ld.read_drops().items():
+                for (lid, side, reason, _loc, _if, _pop, source, *_rest), n in ld.read_drops().items():
+                    if source not in (abi.Source.META, abi.Source.FLOW):
+                        lid = 0  # not attributed (no or corrupt record)
                     tally[(by_id.get(lid, "unlabeled"), abi.Side(side & 3).text if side < 3 else "unknown",
                            reasons.name(reason))] += n
                 pk = ld.read_packets(len(names))

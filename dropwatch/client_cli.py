@@ -32,7 +32,8 @@ from typing import Any, TextIO
 
 DEFAULT_URL = "http://127.0.0.1:9180"
 RATE_WINDOW_S = 10.0
-GROUP_KEYS = ("label", "side", "reason", "location", "iface")
+GROUP_KEYS = ("label", "side", "reason", "location", "iface", "pop", "source")
+TOP_EXTRA_KEYS = ("pop", "source")  # what `top --by` adds to its label/side/reason rows
 MAX_ROWS = 10_000
 
 
@@ -110,7 +111,7 @@ def _detail(exc: urllib.error.HTTPError) -> str:
 
 def _filters(args: argparse.Namespace) -> list[tuple[str, str]]:
     out = []
-    for key in ("label", "side", "reason", "location", "iface"):
+    for key in ("label", "side", "reason", "location", "iface", "pop", "source"):
         for v in getattr(args, key, None) or []:
             out.append((key, v))
     return out
@@ -252,9 +253,10 @@ class Row:
     rate: float | None
     packets: int
     ratio: float | None
+    extra: dict[str, str] = field(default_factory=dict)  # --by pop/source: their values
 
     def as_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "side": self.side, "reason": self.reason,
+        return {"label": self.label, "side": self.side, "reason": self.reason, **self.extra,
                 "rate": None if self.rate is None else round(self.rate, 3), "total": self.total,
                 "packets": self.packets, "ratio": None if self.ratio is None else round(self.ratio, 6)}
 
@@ -277,7 +279,7 @@ class Frame:
         return sum(r.rate or 0.0 for r in self.rows)
 
 
-Key = tuple[str, str, str]
+Key = tuple[str, ...]  # label, side, reason, then the --by keys
 
 
 @dataclass
@@ -290,25 +292,33 @@ class TopSampler:
     filters: list[tuple[str, str]]
     clock: Callable[[], float] = time.monotonic
     window_s: float = RATE_WINDOW_S
+    by: tuple[str, ...] = ()  # extra row keys (pop, source)
     anchor: str | None = None
     samples: deque[tuple[float, dict[Key, int]]] = field(default_factory=deque)
     last: Frame | None = None
 
     def sample(self) -> Frame:
         start = self.anchor or self.since
+        keys = ("label", "side", "reason", *self.by)
         ans = self.api.get("/drops", self.filters + [("since", start), ("until", "now"),
-                                                     ("group_by", "label,side,reason"), ("limit", str(MAX_ROWS))])
+                                                     ("group_by", ",".join(keys)), ("limit", str(MAX_ROWS))])
         t = self.clock()
         if self.anchor is None:
             # Later requests ask for exactly the same start, as the daemon resolved it.
             self.anchor = str(ans["since"])
-        counts: dict[Key, int] = {(str(g["label"]), str(g["side"]), str(g["reason"])): int(g["count"])
-                                  for g in ans["groups"]}
+        counts: dict[Key, int] = {tuple(str(g[k]) for k in keys): int(g["count"]) for g in ans["groups"]}
         # Packets up to now, read after the drops: while traffic flows the ratio
         # errs low, never above the truth. (The answer's "until" is cut to the
         # second, so it is not reused: it can fall before the last bucket.)
-        labels = self.api.get("/labels", [("since", self.anchor), ("until", "now")])
-        packets = {str(x["label"]): int(x["packets"]) for x in labels.get("labels", [])}
+        # Packets are counted per label and PoP: with --pop the ratio is over
+        # those PoPs' packets, with --by pop over each row's PoP.
+        pop_filter = [(k, v) for k, v in self.filters if k == "pop"]
+        window = [("since", self.anchor), ("until", "now")]
+        pop_at = keys.index("pop") if "pop" in self.by else None
+        packets: dict[tuple[str, str | None], int] = {}
+        for pop in sorted({k[pop_at] for k in counts}) if pop_at is not None else [None]:
+            labels = self.api.get("/labels", window + ([("pop", pop)] if pop is not None else pop_filter))
+            packets.update({(str(x["label"]), pop): int(x["packets"]) for x in labels.get("labels", [])})
         self.samples.append((t, counts))
         while len(self.samples) > 2 and t - self.samples[1][0] >= self.window_s:
             self.samples.popleft()
@@ -320,9 +330,10 @@ class TopSampler:
         rows = []
         for key, n in counts.items():
             rate = None if rate_window is None else max(0, n - base.get(key, 0)) / rate_window
-            pk = packets.get(key[0], 0)
-            rows.append(Row(*key, total=n, rate=rate, packets=pk, ratio=(n / pk) if pk else None))
-        rows.sort(key=lambda r: (-(r.rate or 0.0), -r.total, r.label, r.side, r.reason))
+            pk = packets.get((key[0], key[pop_at] if pop_at is not None else None), 0)
+            rows.append(Row(key[0], key[1], key[2], total=n, rate=rate, packets=pk, ratio=(n / pk) if pk else None,
+                            extra=dict(zip(self.by, key[3:], strict=True))))
+        rows.sort(key=lambda r: (-(r.rate or 0.0), -r.total, r.label, r.side, r.reason, *r.extra.values()))
         self.last = Frame(since=self.anchor, until=str(ans["until"]), rows=rows, rate_window_s=rate_window)
         return self.last
 
@@ -341,11 +352,14 @@ def render_top(frame: Frame, url: str, interval_s: float, width: int, height: in
                                         f" (rate over {frame.rate_window_s:.0f}s)")
               + f", {len({r.label for r in frame.rows})} labels")[:width]]
     lines.append((status or "")[:width])
-    rows = [[r.label, r.side, r.reason, _fmt_rate(r.rate), _fmt_int(r.total), _fmt_ratio(r.ratio)]
-            for r in frame.rows]
+    by = list(frame.rows[0].extra) if frame.rows else []
+    rows = [[r.label, r.side, r.reason, *r.extra.values(), _fmt_rate(r.rate), _fmt_int(r.total),
+             _fmt_ratio(r.ratio)] for r in frame.rows]
     if height is not None:
         rows = rows[: max(0, height - len(lines) - 1)]
-    table = format_table(TOP_HEADER, rows, TOP_RIGHT, width=width, shrink=0)
+    header = TOP_HEADER[:3] + [k.upper() for k in by] + TOP_HEADER[3:]
+    right = TOP_RIGHT[:3] + [False] * len(by) + TOP_RIGHT[3:]
+    table = format_table(header, rows, right, width=width, shrink=0)
     lines += table
     if not frame.rows:
         lines.append("(no drops since " + _short_time(frame.since) + ")")
@@ -376,7 +390,11 @@ def cmd_top(args: argparse.Namespace) -> int:
         api = _api(args)
     except ApiError as exc:
         return _fail(str(exc), 2)
-    sampler = TopSampler(api, args.since, _filters(args))
+    by = tuple(k.strip() for v in args.by or [] for k in v.split(",") if k.strip())
+    for k in by:
+        if k not in TOP_EXTRA_KEYS:
+            return _fail(f"--by {k!r}: one of {', '.join(TOP_EXTRA_KEYS)}", 2)
+    sampler = TopSampler(api, args.since, _filters(args), by=tuple(dict.fromkeys(by)))
     try:
         frame = sampler.sample()
     except ApiError as exc:
@@ -545,6 +563,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--side", action="append", metavar="SIDE", help="eyeball, origin or unknown")
     p.add_argument("--reason", action="append", metavar="REASON", help="kernel drop reason, e.g. NO_SOCKET")
     p.add_argument("--iface", action="append", metavar="IFACE", help="ingress interface")
+    p.add_argument("--pop", action="append", metavar="POP",
+                   help="landing PoP(s) from the rules; none: not tunnelled; unknown: tunnelled from no PoP")
+    p.add_argument("--source", action="append", metavar="SOURCE",
+                   help="what attributed the label: metadata, flow or none")
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -563,6 +585,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="print one frame and exit (waits one --interval to measure the rates)")
     t.add_argument("--json", action="store_true", help="JSON output (with --once one document, else one a line)")
     t.add_argument("--batch", action="store_true", help="plain text frames instead of the full-screen view")
+    t.add_argument("--by", action="append", metavar="KEYS",
+                   help="also split rows by pop and/or source (repeatable or pop,source)")
     t.set_defaults(func=cmd_top)
 
     q = sub.add_parser("query", help="ask a running daemon for drops (GET /drops) and print a table or JSON",

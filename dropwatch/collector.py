@@ -33,6 +33,11 @@ log = logging.getLogger("dropwatch.collector")
 
 UNLABELED = "unlabeled"
 SIDE_NAMES = {0: "unknown", 1: "eyeball", 2: "origin", 3: "unknown"}
+POP_NONE, POP_UNKNOWN = "none", "unknown"
+# What attributed a drop to its label. A corrupt record attributed nothing.
+SOURCE_NAMES: dict[int, str] = {abi.Source.META: "metadata", abi.Source.FLOW: "flow",
+                abi.Source.NONE: "none", abi.Source.CORRUPT: "none"}
+ATTRIBUTED = (abi.Source.META, abi.Source.FLOW)
 # Pending deltas kept while the store is failing: beyond this many distinct
 # rows the oldest detail is folded (location -> "?"), never discarded.
 MAX_PENDING_ROWS = 200_000
@@ -47,9 +52,10 @@ EVICT_IDLE_POLLS = 60
 class Totals:
     """Running totals since the daemon started (what /metrics exports)."""
 
-    drops: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # label, side, reason
-    packets: Counter[tuple[str, str]] = field(default_factory=Counter)
-    bytes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # label, side, reason, pop, source
+    drops: Counter[tuple[str, str, str, str, str]] = field(default_factory=Counter)
+    packets: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # label, side, pop
+    bytes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     corrupt_records: int = 0
     map_full: int = 0
     stats: dict[str, int] = field(default_factory=dict)
@@ -66,6 +72,7 @@ def _netns_inode(netns: str | None) -> int:
 class Collector:
     def __init__(self, loader: Loader, store: Store, reasons: DropReasons, kallsyms: Kallsyms,
                  *, netns: str | None = None, label_names: Callable[[], dict[int, str]] | None = None,
+                 pop_names: Callable[[], dict[int, str]] | None = None,
                  clock: Callable[[], datetime] | None = None) -> None:
         self.loader = loader
         self.store = store
@@ -74,13 +81,15 @@ class Collector:
         self.netns = netns
         self._label_names = label_names or store.label_names
         self._names: dict[int, str] = {}
+        self._pop_names_fn = pop_names or store.pop_names
+        self._pop_names: dict[int, str] = {}
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._prev_drops: dict[DropKeyT, int] = {}
         self._idle_polls: dict[DropKeyT, int] = {}
         self.evict_at = int(abi.DW_MAX_DROP_KEYS * EVICT_AT_FRACTION)
         self.evict_idle_polls = EVICT_IDLE_POLLS
         self.evicted = 0
-        self._prev_pkts: dict[tuple[int, int], tuple[int, int]] = {}
+        self._prev_pkts: dict[tuple[int, int, int], tuple[int, int]] = {}
         self._prev_stats: dict[abi.Stat, int] = {}
         self._ifnames: dict[int, str] = {}
         self.netns_ino = _netns_inode(netns)
@@ -95,7 +104,9 @@ class Collector:
         self.polls = 0
 
     def refresh_label_names(self) -> None:
+        """Re-read the label and PoP registries (after a rule change)."""
         self._names = dict(self._label_names())
+        self._pop_names = dict(self._pop_names_fn())
 
     # ------------------------------------------------------------ naming
 
@@ -106,6 +117,20 @@ class Collector:
         if name is None:
             self.refresh_label_names()
             name = self._names.get(label_id, f"label{label_id}")
+        return name
+
+    def _pop(self, pop_id: int) -> str:
+        """0: not tunnelled; 0xFFFF: tunnelled from no (or no single) PoP;
+        else the registry's name, or pop<id> for an id it does not know."""
+        if pop_id == abi.DW_POP_NONE:
+            return POP_NONE
+        if pop_id == abi.DW_POP_UNKNOWN:
+            return POP_UNKNOWN
+        name = self._pop_names.get(pop_id)
+        if name is None:
+            self._pop_names = dict(self._pop_names_fn())
+            # Remembered until the next rule change re-reads the registry.
+            name = self._pop_names.setdefault(pop_id, f"pop{pop_id}")
         return name
 
     def _iface(self, ifindex: int, netns_ino: int | None = None) -> str:
@@ -126,11 +151,13 @@ class Collector:
             self._ifnames[ifindex] = name
         return name
 
-    def sample_names(self, s: abi.Sample) -> tuple[str, str, str, str, str]:
-        """(label, side, reason, location, iface) of a sampled drop, named as the counters are."""
-        label = self._label(s.label_id) if s.source in (abi.Source.META, abi.Source.FLOW) else UNLABELED
+    def sample_names(self, s: abi.Sample) -> tuple[str, str, str, str, str, str, str]:
+        """(label, side, reason, location, iface, pop, source) of a sampled drop,
+        named as the counters are."""
+        label = self._label(s.label_id) if s.source in ATTRIBUTED else UNLABELED
         return (label, SIDE_NAMES.get(s.side, "unknown"), self.reasons.name(s.reason),
-                self.kallsyms.symbolize(s.location), self._iface(s.ifindex, s.netns_ino))
+                self.kallsyms.symbolize(s.location), self._iface(s.ifindex, s.netns_ino),
+                self._pop(s.pop_id), SOURCE_NAMES.get(s.source, "none"))
 
     # ------------------------------------------------------------ poll
 
@@ -147,8 +174,12 @@ class Collector:
         drop_rows: Counter[DropDelta] = Counter()
         corrupt = 0
         for key, cur in drops.items():
+            # Cumulative counts only grow (the kernel never deletes a key;
+            # our own evictions are accounted below). A read can come out
+            # short while the reader flushes its cache (loader.read_drops):
+            # then nothing is counted now and the rest comes next poll.
             prev = self._prev_drops.get(key, 0)
-            delta = cur - prev if cur >= prev else cur
+            delta = cur - prev
             self._idle_polls[key] = self._idle_polls.get(key, 0) + 1 if delta <= 0 else 0
             if delta <= 0:
                 continue
@@ -156,13 +187,14 @@ class Collector:
             if source == abi.Source.CORRUPT or flags & abi.DW_DK_META_CORRUPT:
                 corrupt += delta
             drop_rows[DropDelta(
-                label=self._label(label_id) if source in (abi.Source.META, abi.Source.FLOW) else UNLABELED,
+                label=self._label(label_id) if source in ATTRIBUTED else UNLABELED,
                 side=SIDE_NAMES.get(side, "unknown"),
                 reason=self.reasons.name(reason),
                 location=self.kallsyms.symbolize(location),
                 iface=self._iface(ifindex, netns_ino),
-                pop="",
+                pop=self._pop(pop_id),
                 count=0,
+                source=SOURCE_NAMES.get(source, "none"),
             )] += delta
         pkt_rows: dict[tuple[str, str, str, str], list[int]] = {}
         for (label_id, side, pop_id), (p, b) in pkts.items():
@@ -170,12 +202,22 @@ class Collector:
             dp, db = (p - pp, b - pb) if p >= pp else (p, b)
             if dp <= 0:
                 continue
-            k = (self._label(label_id), SIDE_NAMES.get(side, "unknown"), "", "")
+            k = (self._label(label_id), SIDE_NAMES.get(side, "unknown"), "", self._pop(pop_id))
             acc = pkt_rows.setdefault(k, [0, 0])
             acc[0] += dp
             acc[1] += db
-        # An evicted key starts from zero if the kernel creates it again.
-        self._prev_drops = {k: v for k, v in drops.items() if k not in evicted}
+        # prev only grows, and stays for a key missing from one read (its
+        # only count was in a cache flush in flight). An evicted key starts
+        # again from what the reader's caches still held for it (counted
+        # already); the kernel may create it again.
+        for k, v in drops.items():
+            if k not in evicted and v > self._prev_drops.get(k, 0):
+                self._prev_drops[k] = v
+        for k, left in evicted.items():
+            if left:
+                self._prev_drops[k] = left
+            else:
+                self._prev_drops.pop(k, None)
         for dk in list(self._idle_polls):
             if dk in evicted or dk not in drops:
                 del self._idle_polls[dk]
@@ -186,10 +228,10 @@ class Collector:
 
         with self.lock:
             for row, n in drop_rows.items():
-                self.totals.drops[(row.label, row.side, row.reason)] += n
-            for (plabel, pside, _i, _p), (dp, db) in pkt_rows.items():
-                self.totals.packets[(plabel, pside)] += dp
-                self.totals.bytes[(plabel, pside)] += db
+                self.totals.drops[(row.label, row.side, row.reason, row.pop, row.source or "none")] += n
+            for (plabel, pside, _i, ppop), (dp, db) in pkt_rows.items():
+                self.totals.packets[(plabel, pside, ppop)] += dp
+                self.totals.bytes[(plabel, pside, ppop)] += db
             self.totals.corrupt_records += corrupt
             self.totals.map_full += max(0, stat_delta.get(abi.Stat.MAP_FULL, 0))
             self.totals.stats = {st.name.lower(): v for st, v in stats.items()}
@@ -203,22 +245,23 @@ class Collector:
         if len(self.poll_durations) > 1000:
             del self.poll_durations[:500]
 
-    def _evict_idle(self, drops: dict[DropKeyT, int]) -> tuple[dict[DropKeyT, int], set[DropKeyT]]:
+    def _evict_idle(self, drops: dict[DropKeyT, int]) -> tuple[dict[DropKeyT, int], dict[DropKeyT, int]]:
         """Make room in a filling drop map: remove entries idle for
         evict_idle_polls polls. Each is read and deleted in one step and its
         final value replaces the one just read, so increments that landed in
         between still count in this poll's delta."""
-        evicted: set[DropKeyT] = set()
+        evicted: dict[DropKeyT, int] = {}
         if len(drops) < self.evict_at:
             return drops, evicted
         out = dict(drops)
         for key, idle in list(self._idle_polls.items()):
             if idle < self.evict_idle_polls or key not in out:
                 continue
-            final = self.loader.evict_drop(key)
-            if final is not None:
-                out[key] = final
-            evicted.add(key)
+            res = self.loader.evict_drop(key)
+            left = 0
+            if res is not None:
+                out[key], left = res
+            evicted[key] = left
         self.evicted += len(evicted)
         if evicted:
             log.info("drop map %d/%d full: evicted %d idle entries", len(drops), abi.DW_MAX_DROP_KEYS, len(evicted))
@@ -233,7 +276,7 @@ class Collector:
             acc[1] += db
         if not self._pending_drops and not self._pending_pkts:
             return
-        drops = [DropDelta(r.label, r.side, r.reason, r.location, r.iface, r.pop, n)
+        drops = [DropDelta(r.label, r.side, r.reason, r.location, r.iface, r.pop, n, r.source)
                  for r, n in self._pending_drops.items()]
         packets = [PacketDelta(label, side, iface, pop, v[0], v[1])
                    for (label, side, iface, pop), v in self._pending_pkts.items()]
@@ -256,5 +299,5 @@ class Collector:
             return
         folded: Counter[DropDelta] = Counter()
         for r, n in self._pending_drops.items():
-            folded[DropDelta(r.label, r.side, r.reason, "?", r.iface, r.pop, 0)] += n
+            folded[DropDelta(r.label, r.side, r.reason, "?", r.iface, r.pop, 0, r.source)] += n
         self._pending_drops = folded

@@ -22,7 +22,7 @@ from .collector import Collector
 from .kernel import DropReasons, Kallsyms
 from .loader import DropwatchError, Loader
 from .netns import entered
-from .rules import RulesError, RuleSet, compile_rules, dump_rules_yaml, load_rules_file
+from .rules import CompiledRules, RulesError, RuleSet, compile_rules, dump_rules_yaml, load_rules_file
 from .samples import SampleBuffer, SampleReader
 from .store import Store
 
@@ -203,9 +203,14 @@ class Daemon:
 
     # ------------------------------------------------------------ rules
 
+    def _compile(self, rules: RuleSet, source: str) -> CompiledRules:
+        """Rules with the store's stable label and PoP ids (new names get new
+        ids; a full id space is a StoreError naming the limit)."""
+        return compile_rules(rules, self.store.label_ids(rules.labels()), source=source,
+                             pop_ids=self.store.pop_ids(rules.pop_names()))
+
     def _apply(self, rules: RuleSet, *, write_file: bool) -> None:
-        ids = self.store.label_ids(rules.labels())
-        compiled = compile_rules(rules, ids, source=str(self.cfg.config_path))
+        compiled = self._compile(rules, str(self.cfg.config_path))
         tmp: Path | None = None
         if write_file:
             tmp = self._write_tmp(rules)
@@ -223,7 +228,7 @@ class Daemon:
             except OSError as exc:
                 tmp.unlink(missing_ok=True)
                 if old is not None:
-                    self.loader.apply_rules(compile_rules(old, self.store.label_ids(old.labels())))
+                    self.loader.apply_rules(self._compile(old, str(self.cfg.config_path)))
                     self.rules = old
                 raise DropwatchError(f"{self.cfg.config_path}: cannot write rules file: {exc.strerror}; "
                                      f"previous rules kept") from None

@@ -597,8 +597,34 @@ class Loader:
 
     def read_drops(self) -> dict[DropKeyT, int]:
         """Cumulative drop counts: (label_id, side, reason, location, ifindex,
-        pop_id, source, netns_ino, flags) -> count, summed over CPUs, read in
-        batches."""
+        pop_id, source, netns_ino, flags) -> count, summed over CPUs: dw_drops
+        read in batches, then the reader's per-CPU cache added (in that order:
+        see struct dw_drop_cache; a read can come out short by a flush in
+        flight, never long)."""
+        out = self.read_drop_map()
+        for k, n in self.read_drop_cache().items():
+            out[k] = out.get(k, 0) + n
+        return out
+
+    def read_drop_cache(self) -> dict[DropKeyT, int]:
+        """Drops pending in the reader's per-CPU caches, by key."""
+        vals = (abi.DropCache * self.ncpus)()
+        out: dict[DropKeyT, int] = {}
+        for _ in range(1000):
+            if not self.lib.map_lookup(self._rmap("dw_drop_cache"), ctypes.c_uint32(0), vals):
+                return out
+            if all(v.seq_begin == v.seq_end for v in vals):
+                break
+            # A CPU was switching keys while we copied: its entry may mix two.
+        else:
+            raise DropwatchError("reader cache never read consistently")
+        for v in vals:
+            if v.pending:
+                k = _drop_key(v.key)
+                out[k] = out.get(k, 0) + v.pending
+        return out
+
+    def read_drop_map(self) -> dict[DropKeyT, int]:
         fd = self._rmap("dw_drops")
         keys = (abi.DropKey * _BATCH)()
         values = (ctypes.c_uint64 * (_BATCH * self.ncpus))()
@@ -614,23 +640,26 @@ class Loader:
                 raise
             for i in range(n):
                 k = keys[i]
-                out[(k.label_id, k.side, k.reason, k.location, k.ifindex, k.pop_id, k.source, k.netns_ino,
-                     k.flags)] = self._percpu_sum_u64(values, i)
+                out[_drop_key(k)] = self._percpu_sum_u64(values, i)
             if not more:
                 break
             in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
         return out
 
-    def evict_drop(self, key: DropKeyT) -> int | None:
-        """Remove one drop counter; returns its final value (summed over CPUs),
-        read in the same step as the delete, or None if it was gone."""
+    def evict_drop(self, key: DropKeyT) -> tuple[int, int] | None:
+        """Remove one drop counter from dw_drops. Returns (final, left):
+        ``final`` is its cumulative count (the map entry, read in the same
+        step as the delete, plus what the reader's caches hold for the key
+        right after), ``left`` the cache part, which stays counted under the
+        key from then on; None if the entry was gone."""
         label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
         k = abi.DropKey(location=location, label_id=label_id, reason=reason, ifindex=ifindex,
                         netns_ino=netns_ino, pop_id=pop_id, side=side, source=source, flags=flags)
         vals = (ctypes.c_uint64 * self.ncpus)()
         if not self.lib.map_lookup_and_delete(self._rmap("dw_drops"), k, vals):
             return None
-        return sum(vals)
+        left = self.read_drop_cache().get(key, 0)
+        return sum(vals) + left, left
 
     def read_packets(self, max_label_id: int) -> dict[tuple[int, int, int], tuple[int, int]]:
         """Cumulative packets/bytes seen at ingress: (label_id, side, pop_id) ->
@@ -712,6 +741,10 @@ class Loader:
 
 
 DropKeyT = tuple[int, int, int, int, int, int, int, int, int]
+
+
+def _drop_key(k: abi.DropKey) -> DropKeyT:
+    return (k.label_id, k.side, k.reason, k.location, k.ifindex, k.pop_id, k.source, k.netns_ino, k.flags)
 
 
 def flow_key(saddr: str, daddr: str, proto: int, sport: int | None = None,

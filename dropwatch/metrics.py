@@ -1,7 +1,8 @@
 """Prometheus exposition: read at scrape time from the daemon's totals.
 
-Contract metrics: dropwatch_drops_total{label,side,reason},
-dropwatch_packets_total{label,side}, dropwatch_corrupt_records_total,
+Contract metrics: dropwatch_drops_total{label,side,reason,pop,source},
+dropwatch_packets_total{label,side,pop} (and dropwatch_packet_bytes_total),
+dropwatch_corrupt_records_total,
 dropwatch_map_full_total, dropwatch_poll_duration_seconds, plus process
 metrics. Counters start at zero with each daemon start (Prometheus handles
 the reset); the SQLite history is what survives restarts.
@@ -11,7 +12,9 @@ dropwatch_drops_total, dropwatch_packets_total and dropwatch_packet_bytes_total
 are the top N labels by drops since the daemon started (ties broken by name;
 ``unlabeled`` competes like any label), and every other label is summed into
 ``label="other"``, so sums over all series stay exact. A rule label literally
-named ``other`` always goes into that sum.
+named ``other`` always goes into that sum. ``pop`` (the PoPs in the rules plus
+``none`` and ``unknown``) and ``source`` (metadata, flow, none) are bounded by
+the rules and not capped.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ OTHER = "other"
 K = TypeVar("K", bound=tuple[str, ...])
 
 
-def capped_labels(drops: Mapping[tuple[str, str, str], int], packets: Mapping[tuple[str, str], int],
-                  max_labels: int | None) -> Callable[[str], str]:
+def capped_labels(drops: Mapping[tuple[str, str, str, str, str], int],
+                  packets: Mapping[tuple[str, str, str], int], max_labels: int | None) -> Callable[[str], str]:
     """The label value to export for each label name under the cap.
 
     The top ``max_labels`` labels by drops (ties by name) keep their name,
@@ -41,8 +44,8 @@ def capped_labels(drops: Mapping[tuple[str, str, str], int], packets: Mapping[tu
     if max_labels is None:
         return lambda label: label
     per_label: Counter[str] = Counter()
-    for (label, _side, _reason), n in drops.items():
-        per_label[label] += n
+    for key, n in drops.items():
+        per_label[key[0]] += n
     names = {k[0] for k in packets} | set(per_label)
     names.discard(OTHER)
     keep = set(sorted(names, key=lambda lb: (-per_label[lb], lb))[:max(0, max_labels)])
@@ -77,19 +80,20 @@ class DropwatchCollector:
         packets_out = _fold(packets, export)
         bytes_out = _fold(bytes_, export)
         m = CounterMetricFamily("dropwatch_drops", "Packets dropped by the kernel (kfree_skb), by ingress label, "
-                                "side and kernel drop reason", labels=["label", "side", "reason"])
-        for (label, side, reason), n in sorted(drops_out.items()):
-            m.add_metric([label, side, reason], n)
+                                "side, kernel drop reason, landing PoP and what attributed the label "
+                                "(metadata, flow, none)", labels=["label", "side", "reason", "pop", "source"])
+        for dkey, n in sorted(drops_out.items()):
+            m.add_metric(list(dkey), n)
         yield m
-        m = CounterMetricFamily("dropwatch_packets", "Packets labeled at ingress by the XDP labeler",
-                                labels=["label", "side"])
-        for (label, side), n in sorted(packets_out.items()):
-            m.add_metric([label, side], n)
+        m = CounterMetricFamily("dropwatch_packets", "Packets labeled at ingress by the XDP labeler, by label, "
+                                "side and landing PoP", labels=["label", "side", "pop"])
+        for pkey, n in sorted(packets_out.items()):
+            m.add_metric(list(pkey), n)
         yield m
-        m = CounterMetricFamily("dropwatch_packet_bytes", "Bytes labeled at ingress by the XDP labeler",
-                                labels=["label", "side"])
-        for (label, side), n in sorted(bytes_out.items()):
-            m.add_metric([label, side], n)
+        m = CounterMetricFamily("dropwatch_packet_bytes", "Bytes labeled at ingress by the XDP labeler, by label, "
+                                "side and landing PoP", labels=["label", "side", "pop"])
+        for bkey, n in sorted(bytes_out.items()):
+            m.add_metric(list(bkey), n)
         yield m
         yield CounterMetricFamily("dropwatch_corrupt_records", "Drops whose metadata looked like ours but failed "
                                   "validation (counted as unlabeled)", value=corrupt)

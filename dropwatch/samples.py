@@ -47,6 +47,8 @@ class DropSample:
     dst: str | None
     sport: int | None
     dport: int | None
+    pop: str = "none"
+    source: str = "none"
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -54,7 +56,7 @@ class DropSample:
             "label": self.label, "side": self.side, "reason": self.reason, "location": self.location,
             "iface": self.iface, "netns": self.netns, "len": self.length, "captured": len(self.data),
             "l3": self.l3, "proto": self.proto, "src": self.src, "dst": self.dst,
-            "sport": self.sport, "dport": self.dport,
+            "sport": self.sport, "dport": self.dport, "pop": self.pop, "source": self.source,
         }
 
 
@@ -108,7 +110,8 @@ def parse_tuple(data: bytes, from_mac: bool) -> tuple[str, str, str | None, str 
     return l3, PROTO_NAMES.get(proto_num, str(proto_num)), src, dst, sport, dport
 
 
-Namer = Callable[[abi.Sample], tuple[str, str, str, str, str]]  # label, side, reason, location, iface
+# label, side, reason, location, iface, pop, source
+Namer = Callable[[abi.Sample], tuple[str, str, str, str, str, str, str]]
 
 
 class SampleBuffer:
@@ -125,10 +128,10 @@ class SampleBuffer:
             self.received += 1
 
     def query(self, *, label: Iterable[str] = (), side: Iterable[str] = (), reason: Iterable[str] = (),
-              location: Iterable[str] = (), iface: Iterable[str] = (), since: datetime | None = None,
-              limit: int = 100) -> list[DropSample]:
+              location: Iterable[str] = (), iface: Iterable[str] = (), pop: Iterable[str] = (),
+              source: Iterable[str] = (), since: datetime | None = None, limit: int = 100) -> list[DropSample]:
         labels, sides, reasons = set(label), set(side), set(reason)
-        locations, ifaces = set(location), set(iface)
+        locations, ifaces, pops, sources = set(location), set(iface), set(pop), set(source)
         out = []
         with self._lock:
             items = list(self._buf)
@@ -137,7 +140,8 @@ class SampleBuffer:
                 break  # newest first: the rest are older
             if (labels and s.label not in labels) or (sides and s.side not in sides) or \
                     (reasons and s.reason not in reasons) or (locations and s.location not in locations) or \
-                    (ifaces and s.iface not in ifaces):
+                    (ifaces and s.iface not in ifaces) or (pops and s.pop not in pops) or \
+                    (sources and s.source not in sources):
                 continue
             out.append(s)
             if len(out) >= limit:
@@ -193,9 +197,10 @@ def decode(raw: abi.Sample, namer: Namer) -> DropSample:
     data = bytes(raw.data[: min(raw.captured, abi.DW_SAMPLE_BYTES)])
     from_mac = bool(raw.flags & abi.DW_SAMPLE_FROM_MAC)
     l3, proto, src, dst, sport, dport = parse_tuple(data, from_mac)
-    label, side, reason, location, iface = namer(raw)
+    label, side, reason, location, iface, pop, source = namer(raw)
     return DropSample(datetime.fromtimestamp(wall, timezone.utc), label, side, reason, location, iface,
-                      raw.netns_ino, raw.pkt_len, data, from_mac, l3, proto, src, dst, sport, dport)
+                      raw.netns_ino, raw.pkt_len, data, from_mac, l3, proto, src, dst, sport, dport,
+                      pop, source)
 
 
 # ---------------------------------------------------------------- pcapng
@@ -215,7 +220,7 @@ def _opt(code: int, value: bytes) -> bytes:
 
 def to_pcapng(samples: Iterable[DropSample]) -> bytes:
     """pcapng (one Ethernet interface; libpcap reads only one link type per
-    file) with a comment per packet carrying label/side/reason/location.
+    file) with a comment per packet carrying label/side/reason/location/pop/source.
     Samples captured without a MAC header get a synthetic all-zero Ethernet
     header, said in their comment. Oldest first, as capture files are."""
     shb = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1) +
@@ -232,7 +237,7 @@ def to_pcapng(samples: Iterable[DropSample]) -> bytes:
             orig_len += 14
             note = " (synthetic Ethernet header)"
         comment = (f"label={s.label} side={s.side} reason={s.reason} location={s.location} "
-                   f"iface={s.iface} netns={s.netns}{note}").encode()
+                   f"iface={s.iface} netns={s.netns} pop={s.pop} source={s.source}{note}").encode()
         body = struct.pack("<IIIII", 0, ts_us >> 32, ts_us & 0xFFFFFFFF, len(data), orig_len)
         body += data + b"\0" * (-len(data) % 4) + _opt(1, comment) + _opt(0, b"")
         out.append(_block(0x00000006, body))

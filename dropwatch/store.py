@@ -5,8 +5,12 @@ Data model
 Every poll interval the daemon hands ``Store.record`` the *deltas* of the
 in-kernel counters since the previous poll:
 
-* ``DropDelta``: dropped packets keyed by (label, side, reason, location, iface, pop);
+* ``DropDelta``: dropped packets keyed by (label, side, reason, location, iface, pop, source);
 * ``PacketDelta``: packets/bytes seen at ingress keyed by (label, side, iface, pop).
+
+``pop`` is the landing PoP (``none``: not tunnelled, ``unknown``: tunnelled from an
+outer source in no PoP); ``source`` is what attributed a drop to its label
+(``metadata``, ``flow`` or ``none``).
 
 Each distinct key is stored once in ``dims`` and referred to by a small integer,
 so the count tables hold only (tier, bucket_start, dim_id, count[, bytes]).
@@ -56,6 +60,23 @@ keys its maps by id). An id stays bound to its name across restarts and rule
 reloads and is never reused (AUTOINCREMENT); id 0 means "unlabeled" and is not
 stored. The id space ends at ``max_label_id`` (default 16383).
 
+PoP ids
+-------
+``pop_ids`` does the same for landing PoP names (the labeler writes a PoP id
+into each packet's record): ids 1..``max_pop_id`` (default 4095), stable and
+never reused. ``none`` (0) and ``unknown`` (0xFFFF) are the kernel's own and
+are not stored.
+
+Schema versions
+---------------
+1. The tables above without ``source`` and ``pops``.
+2. ``dims.source`` and the ``pops`` registry. Rows from version 1 predate the
+   flow fallback and PoP detection, so a labeled drop was attributed by its
+   metadata (``source = 'metadata'``), an unlabeled one by nothing
+   (``'none'``), and every packet was labeled by its outer addresses, as an
+   untunnelled one is now (``pop = 'none'`` where it was ``''``). History is
+   kept; only those two columns are filled in.
+
 Concurrency
 -----------
 The daemon writes from one poll thread and reads from HTTP request threads.
@@ -96,6 +117,7 @@ __all__ = [
     "PACKET_DIMS",
     "SCHEMA_VERSION",
     "SIDES",
+    "SOURCES",
     "UNLABELED",
     "UNLABELED_ID",
     "DropDelta",
@@ -110,13 +132,17 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 SIDES: Final = ("eyeball", "origin", "unknown")
-DROP_DIMS: Final = ("label", "side", "reason", "location", "iface", "pop")
+DROP_DIMS: Final = ("label", "side", "reason", "location", "iface", "pop", "source")
 PACKET_DIMS: Final = ("label", "side", "iface", "pop")
 UNLABELED: Final = "unlabeled"
 UNLABELED_ID: Final = 0
 DEFAULT_MAX_LABEL_ID: Final = 16383
+POP_NONE: Final = "none"
+POP_UNKNOWN: Final = "unknown"
+DEFAULT_MAX_POP_ID: Final = 4095
+SOURCES: Final = ("metadata", "flow", "none")
 MAX_TIMESERIES_BUCKETS: Final = 10_000
 
 # Pruning a few expired buckets is cheap, so record() does it every minute;
@@ -159,7 +185,12 @@ DEFAULT_TIERS: Final = (
 
 @dataclass(frozen=True, slots=True)
 class DropDelta:
-    """Packets dropped during one poll interval for one dimension key."""
+    """Packets dropped during one poll interval for one dimension key.
+
+    ``source`` (metadata, flow, none) defaults to what it was before the flow
+    fallback existed: ``metadata`` for a labeled drop, ``none`` for an
+    unlabeled one. A ``pop`` of ``''`` is recorded as ``none``.
+    """
 
     label: str
     side: str
@@ -168,6 +199,7 @@ class DropDelta:
     iface: str
     pop: str
     count: int
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,8 +236,8 @@ class TimeseriesResult:
 
 
 _DimKey = tuple[
-    str, str, str, str, str, str, str
-]  # kind, label, side, reason, location, iface, pop
+    str, str, str, str, str, str, str, str
+]  # kind, label, side, reason, location, iface, pop, source ('' for packets)
 
 _SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -262,8 +294,66 @@ def _create_v1(conn: sqlite3.Connection) -> None:
             conn.execute(sql)
 
 
+def _migrate_v1_v2(conn: sqlite3.Connection) -> None:
+    """Add dims.source and the pops registry (see "Schema versions")."""
+    conn.execute(
+        "CREATE TABLE pops ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " name TEXT NOT NULL UNIQUE,"
+        " created_at INTEGER NOT NULL)"
+    )
+    # The unique key gains a column, which SQLite cannot alter: rebuild dims,
+    # keeping every id (the count tables refer to them).
+    conn.execute(
+        "CREATE TABLE dims_v2 ("
+        " id INTEGER PRIMARY KEY,"
+        " kind TEXT NOT NULL CHECK (kind IN ('drop', 'pkt')),"
+        " label TEXT NOT NULL, side TEXT NOT NULL, reason TEXT NOT NULL,"
+        " location TEXT NOT NULL, iface TEXT NOT NULL, pop TEXT NOT NULL,"
+        " source TEXT NOT NULL,"
+        " UNIQUE (kind, label, side, reason, location, iface, pop, source))"
+    )
+    pop_v2 = f"CASE pop WHEN '' THEN '{POP_NONE}' ELSE pop END"
+    source_v2 = (
+        f"CASE WHEN kind = 'pkt' THEN '' WHEN label = '{UNLABELED}' THEN 'none' "
+        "ELSE 'metadata' END"
+    )
+    conn.execute(
+        "INSERT OR IGNORE INTO dims_v2 "
+        "(id, kind, label, side, reason, location, iface, pop, source) "
+        f"SELECT id, kind, label, side, reason, location, iface, {pop_v2}, {source_v2} "
+        "FROM dims ORDER BY id"
+    )
+    # Two old keys that became one (pop '' and 'none' side by side) keep the
+    # lower id; the other's counts are added into it.
+    merged = conn.execute(
+        "SELECT o.id, n.id FROM (SELECT id, kind, label, side, reason, location, iface, "
+        f"{pop_v2} AS pop, {source_v2} AS source FROM dims) AS o "
+        "JOIN dims_v2 AS n USING (kind, label, side, reason, location, iface, pop, source) "
+        "WHERE o.id != n.id"
+    ).fetchall()
+    for old, new in merged:
+        for table, cols, add in (
+            ("drop_counts", "count", "count = count + excluded.count"),
+            ("pkt_counts", "packets, bytes",
+             "packets = packets + excluded.packets, bytes = bytes + excluded.bytes"),
+        ):
+            conn.execute(
+                f"INSERT INTO {table} (tier, bucket_start, dim_id, {cols}) "
+                f"SELECT tier, bucket_start, ?, {cols} FROM {table} WHERE dim_id = ? "
+                f"ON CONFLICT (tier, bucket_start, dim_id) DO UPDATE SET {add}",
+                (new, old),
+            )
+            conn.execute(f"DELETE FROM {table} WHERE dim_id = ?", (old,))
+    conn.execute("DROP TABLE dims")
+    conn.execute("ALTER TABLE dims_v2 RENAME TO dims")
+
+
 # Migration from version N to N+1, applied in order inside one transaction.
-_MIGRATIONS: Final[Mapping[int, Callable[[sqlite3.Connection], None]]] = {0: _create_v1}
+_MIGRATIONS: Final[Mapping[int, Callable[[sqlite3.Connection], None]]] = {
+    0: _create_v1,
+    1: _migrate_v1_v2,
+}
 
 _DROP_UPSERT: Final = (
     "INSERT INTO drop_counts (tier, bucket_start, dim_id, count) VALUES (?, ?, ?, ?) "
@@ -313,6 +403,14 @@ def _check_side(value: object, delta: object) -> str:
     if value not in SIDES:
         raise ValueError(f"side must be one of {', '.join(SIDES)}; got {value!r} in {delta!r}")
     return str(value)
+
+
+def _check_source(d: DropDelta) -> str:
+    if d.source is None:
+        return "none" if d.label == UNLABELED else "metadata"
+    if d.source not in SOURCES:
+        raise ValueError(f"source must be one of {', '.join(SOURCES)}; got {d.source!r} in {d!r}")
+    return d.source
 
 
 def _cover(start: int, end: int, steps: Sequence[int]) -> list[tuple[int, int, int]]:
@@ -383,6 +481,7 @@ class Store:
         tiers: tuple[Tier, ...] = DEFAULT_TIERS,
         *,
         max_label_id: int = DEFAULT_MAX_LABEL_ID,
+        max_pop_id: int = DEFAULT_MAX_POP_ID,
     ) -> None:
         if str(path) == ":memory:" or str(path).startswith("file:"):
             # Readers use their own connections, which would each get a separate
@@ -394,6 +493,9 @@ class Store:
         if max_label_id < 1:
             raise ValueError(f"max_label_id must be >= 1, got {max_label_id}")
         self._max_label_id = max_label_id
+        if max_pop_id < 1:
+            raise ValueError(f"max_pop_id must be >= 1, got {max_pop_id}")
+        self._max_pop_id = max_pop_id
         self._write_lock = threading.Lock()
         self._pool_lock = threading.Lock()
         self._idle_readers: list[sqlite3.Connection] = []
@@ -641,13 +743,25 @@ class Store:
         Ids are stable across restarts and never reused. ``unlabeled`` is always 0
         and not stored. Either every new name gets an id or none does.
         """
+        return self._assign_ids("labels", "label", names, {UNLABELED: UNLABELED_ID},
+                                self._max_label_id, "max_label_id", "removing labels from the rules")
+
+    def pop_ids(self, names: Iterable[str]) -> dict[str, int]:
+        """Like label_ids, for landing PoP names: ids 1..max_pop_id (default 4095),
+        stable across restarts and never reused. ``none`` (0) and ``unknown``
+        (0xFFFF) are the kernel's and not stored."""
+        return self._assign_ids("pops", "PoP", names, {POP_NONE: 0, POP_UNKNOWN: 0xFFFF},
+                                self._max_pop_id, "max_pop_id", "removing PoPs from the rules")
+
+    def _assign_ids(self, table: str, what: str, names: Iterable[str], reserved: Mapping[str, int],
+                    max_id: int, knob: str, removing: str) -> dict[str, int]:
         wanted: dict[str, None] = {}  # ordered set: ids are assigned in the order given
         result: dict[str, int] = {}
         for name in names:
             if not isinstance(name, str) or not name:
-                raise ValueError(f"label names must be non-empty strings, got {name!r}")
-            if name == UNLABELED:
-                result[UNLABELED] = UNLABELED_ID
+                raise ValueError(f"{what} names must be non-empty strings, got {name!r}")
+            if name in reserved:
+                result[name] = reserved[name]
             else:
                 wanted[name] = None
         with self._write_lock:
@@ -655,31 +769,31 @@ class Store:
             conn = self._writer
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                known = self._lookup_labels(conn, list(wanted))
+                known = self._lookup_ids(conn, table, list(wanted))
                 new = [n for n in wanted if n not in known]
                 if new:
                     row = conn.execute(
-                        "SELECT seq FROM sqlite_sequence WHERE name = 'labels'"
+                        "SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)
                     ).fetchone()
                     highest = int(row[0]) if row else 0
-                    if highest + len(new) > self._max_label_id:
+                    if highest + len(new) > max_id:
                         raise StoreError(
-                            f"label id space exhausted: {len(new)} new label(s) need ids but only "
-                            f"{max(0, self._max_label_id - highest)} of {self._max_label_id} "
-                            "remain (ids are never reused, so removing labels from the rules "
+                            f"{what} id space exhausted: {len(new)} new {what}(s) need ids but only "
+                            f"{max(0, max_id - highest)} of {max_id} "
+                            f"remain (ids are never reused, so {removing} "
                             "does not free any); "
-                            "start a new history database to reset ids, or raise max_label_id"
+                            f"start a new history database to reset ids, or raise {knob}"
                         )
                     now_s = int(time.time())
                     conn.executemany(
-                        "INSERT INTO labels (name, created_at) VALUES (?, ?)",
+                        f"INSERT INTO {table} (name, created_at) VALUES (?, ?)",
                         [(n, now_s) for n in new],
                     )
-                    known.update(self._lookup_labels(conn, new))
+                    known.update(self._lookup_ids(conn, table, new))
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback(conn)
-                raise self._error("assign label ids", exc) from exc
+                raise self._error(f"assign {what} ids", exc) from exc
             except BaseException:
                 self._rollback(conn)
                 raise
@@ -687,14 +801,23 @@ class Store:
         return result
 
     @staticmethod
-    def _lookup_labels(conn: sqlite3.Connection, names: Sequence[str]) -> dict[str, int]:
+    def _lookup_ids(conn: sqlite3.Connection, table: str, names: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         # Chunked to stay under SQLite's bound-parameter limit.
         for i in range(0, len(names), 500):
             chunk = names[i : i + 500]
-            sql = f"SELECT name, id FROM labels WHERE name IN ({', '.join('?' * len(chunk))})"
+            sql = f"SELECT name, id FROM {table} WHERE name IN ({', '.join('?' * len(chunk))})"
             found.update((str(n), int(i_)) for n, i_ in conn.execute(sql, chunk))
         return found
+
+    def pop_names(self) -> dict[int, str]:
+        """All assigned PoP ids and their names, including 0 -> 'none' and 0xFFFF -> 'unknown'."""
+        try:
+            with self._reader() as conn:
+                rows = conn.execute("SELECT id, name FROM pops ORDER BY id").fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("read PoPs", exc) from exc
+        return {0: POP_NONE, **{int(i): str(n) for i, n in rows}, 0xFFFF: POP_UNKNOWN}
 
     def label_names(self) -> dict[int, str]:
         """All assigned ids and their names, including 0 -> 'unlabeled'."""
@@ -736,7 +859,8 @@ class Store:
                 _check_str(d.reason, "reason", d),
                 _check_str(d.location, "location", d),
                 _check_str(d.iface, "iface", d),
-                _check_str(d.pop, "pop", d),
+                _check_str(d.pop, "pop", d) or POP_NONE,
+                _check_source(d),
             )
             if n:
                 drop_sums[key] = drop_sums.get(key, 0) + n
@@ -751,7 +875,8 @@ class Store:
                 "",
                 "",
                 _check_str(p.iface, "iface", p),
-                _check_str(p.pop, "pop", p),
+                _check_str(p.pop, "pop", p) or POP_NONE,
+                "",
             )
             if np_ or nb:
                 old = pkt_sums.get(key, (0, 0))
@@ -804,13 +929,13 @@ class Store:
         if dim is None:
             row = conn.execute(
                 "SELECT id FROM dims WHERE kind = ? AND label = ? AND side = ? AND reason = ? "
-                "AND location = ? AND iface = ? AND pop = ?",
+                "AND location = ? AND iface = ? AND pop = ? AND source = ?",
                 key,
             ).fetchone()
             if row is None:
                 cur = conn.execute(
-                    "INSERT INTO dims (kind, label, side, reason, location, iface, pop) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO dims (kind, label, side, reason, location, iface, pop, source) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     key,
                 )
                 dim = cur.lastrowid

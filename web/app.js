@@ -7,8 +7,9 @@
 "use strict";
 
 (function () {
-  const FILTER_KEYS = ["label", "side", "reason", "location", "iface"];
-  const SAMPLE_KEYS = ["label", "side", "reason"]; // what /drops/samples filters on
+  const FILTER_KEYS = ["label", "side", "reason", "location", "iface", "pop", "source"];
+  const SAMPLE_KEYS = ["label", "side", "reason", "pop", "source"]; // what /drops/samples filters on
+  const BREAKDOWNS = ["reason", "side", "location", "iface", "pop", "source"];
   const DEFAULTS = {since: "-15m", until: "now", by: "label", mode: "stack", refresh: 10};
   const RANGES = ["-15m", "-1h", "-6h", "-24h"];
   const TOP_SERIES = 10;
@@ -63,7 +64,7 @@
     }
     state.since = q.get("since") || DEFAULTS.since;
     state.until = q.get("until") || DEFAULTS.until;
-    state.by = ["label", "reason", "side", "location", "iface"].includes(q.get("by")) ? q.get("by") : DEFAULTS.by;
+    state.by = ["label", ...BREAKDOWNS].includes(q.get("by")) ? q.get("by") : DEFAULTS.by;
     state.mode = q.get("mode") === "lines" ? "lines" : DEFAULTS.mode;
     const r = q.get("refresh");
     state.refresh = r !== null && /^\d+$/.test(r) ? Math.min(3600, parseInt(r, 10)) : DEFAULTS.refresh;
@@ -201,13 +202,14 @@
       const sparkSame = state.by === "label" && !state.filters.label;
       const sparkReq = sparkSame ? chartReq :
         api("/drops/timeseries", Object.assign({}, filterParams(null, "label"), range, {step: "auto", group_by: "label"}));
-      const labelsReq = api("/labels", range);
+      // Packets are counted per label and PoP: a PoP filter applies to them too.
+      const labelsReq = api("/labels", Object.assign({}, filterParams(["pop"]), range));
       const labelDropsReq = api("/drops", Object.assign({}, filterParams(null, "label"), range,
         {group_by: "label,reason", limit: 10000}));
       track(Promise.all([labelsReq, labelDropsReq, sparkReq]), renderLabels).catch(() => renderLabelsError());
       track(labelsReq, renderRules).catch(() => {});
       const bds = {};
-      for (const key of ["reason", "side", "location", "iface"]) {
+      for (const key of BREAKDOWNS) {
         bds[key] = api("/drops", Object.assign({}, filt, range, {group_by: key, limit: 50}));
         track(bds[key], (r) => renderBreakdown(key, r)).catch(() => renderBreakdownError(key));
       }
@@ -593,12 +595,12 @@
     const inScope = lastLabelRows.filter((r) => !lf || lf.includes(r.label));
     // Drop ratio over labeled traffic: "unlabeled" drops include host-local traffic that
     // never passed XDP, so they count against it only when that label is selected.
-    const ratioOk = !state.filters.side && !state.filters.location && !state.filters.iface;
+    const ratioOk = !state.filters.side && !state.filters.location && !state.filters.iface && !state.filters.source;
     const rs = inScope.filter((r) => lf || r.label !== "unlabeled");
     const rp = rs.reduce((a, r) => a + r.packets, 0), rd = rs.reduce((a, r) => a + r.drops, 0);
     setKpi("#kpi-ratio", ratioOk && rp ? fmtPct(rd / rp) : "\u2013", undefined,
       ratioOk ? (lf ? "drops / packets labeled at ingress" : "labeled drops / labeled ingress packets (unlabeled excluded)")
-        : "packets are counted per label, not per side, location or interface");
+        : "packets are counted per label and PoP, not per side, location, interface or attribution");
     const nDrop = inScope.filter((r) => r.drops > 0).length;
     setKpi("#kpi-labels", `${fmtInt(nDrop)}/${fmtInt(inScope.length)}`, nDrop,
       `${nDrop} of ${inScope.length} labels dropped packets in this window`);
@@ -743,7 +745,9 @@
         el("td", {class: "num", title: `captured ${s.captured} bytes`, text: String(s.len)}),
         el("td", {text: s.reason}),
         el("td", {text: s.location}),
-        el("td", {text: s.iface})));
+        el("td", {text: s.iface}),
+        el("td", {class: "pop", text: s.pop || ""}),
+        el("td", {class: "via", text: s.source || ""})));
     }
     tb.append(frag);
     const empty = $("#samples-empty");
@@ -809,6 +813,8 @@
     tb.append(frag);
     const note = [];
     if (labels.rules && labels.rules.default_side) note.push(`default side: ${labels.rules.default_side}`);
+    const pops = (labels.rules && labels.rules.pops) || [];
+    if (pops.length) note.push(`PoPs: ${pops.map((p) => `${p.name} (${p.src.join(", ")})`).join("; ")}`);
     if (rules.length > MAX) note.push(`first ${MAX} of ${fmtInt(rules.length)} rules`);
     note.push("read-only; counts per label/side the rule sets");
     $("#rules-note").textContent = note.join(" \u00b7 ");

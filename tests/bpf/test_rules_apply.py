@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import mmap
 import socket
 from collections.abc import Callable, Iterator
@@ -448,12 +449,20 @@ def test_full_drop_map_is_counted(tmp_path: Path) -> None:
         rx.bind(("127.0.0.1", 0))
         port = rx.getsockname()[1]
         rx.close()
+        # One CPU: the 20 wait in its reader cache until a drop with another
+        # key (IPv6: another code location) flushes them into the full map.
+        cpus = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(cpus)})
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
         try:
             for _ in range(20):
                 tx.sendto(b"x", ("127.0.0.1", port))
+            tx6.sendto(b"x", ("::1", port))
         finally:
             tx.close()
+            tx6.close()
+            os.sched_setaffinity(0, cpus)
         stats = loader.read_stats("reader")
         assert stats.get(abi.Stat.MAP_FULL, 0) - before >= 20
         n = sum(1 for _ in iter_drop_keys(loader, fd))

@@ -51,8 +51,16 @@ def test_api_shows_exact_drops(daemon: tuple[Lab, RunningDaemon]) -> None:
     assert labels["customerX"]["drops"] == 120
     # /metrics carries the same counts.
     text = d.get("/metrics").text
-    assert 'dropwatch_drops_total{label="customerY",reason="NETFILTER_DROP",side="origin"} 45.0' in text
-    assert 'dropwatch_packets_total{label="customerX",side="eyeball"}' in text
+    assert ('dropwatch_drops_total{label="customerY",pop="none",reason="NETFILTER_DROP",side="origin",'
+            'source="metadata"} 45.0') in text
+    assert 'dropwatch_packets_total{label="customerX",pop="none",side="eyeball"}' in text
+    # Not tunnelled: PoP none; attributed by the metadata record (the
+    # unlabeled packet carried one too: it matched no rule).
+    by_ps = d.drops(label="customerX,customerY,unlabeled", iface=lb.rx_if, group_by="label,pop,source")
+    assert by_ps[("customerX", "none", "metadata")] == 120 and by_ps[("customerY", "none", "metadata")] == 45
+    assert by_ps[("unlabeled", "none", "metadata")] == 7
+    assert d.drops(pop="none", source="metadata", label="customerY", group_by="pop")[("none",)] == 45
+    assert d.drops(pop="ams01", group_by="") == {(): 0}
     for name in ("dropwatch_corrupt_records_total", "dropwatch_map_full_total", "dropwatch_poll_duration_seconds",
                  "process_resident_memory_bytes"):
         assert name in text
@@ -180,6 +188,36 @@ def test_rule_reload_continuous_traffic_loses_nothing(daemon: tuple[Lab, Running
     assert d.drops(label="unlabeled", reason="NO_SOCKET", iface=lb.rx_if, group_by="label").get(("unlabeled",), 0) == 0
 
 
+def test_pops_in_rules_get_stable_ids_across_reloads_and_restarts(env: tuple[Lab, Path, Path, Path]) -> None:
+    lb, rules, db, logp = env
+    with_pops = {**LAB_RULES, "pops": [{"name": "ams01", "src": ["192.0.2.0/26"]},
+                                       {"name": "sjc02", "src": ["2001:db8:ff::/48"]}],
+                 "encap": [{"type": "vxlan", "port": 4789}]}
+    d = start_daemon(lb, rules, db, logp)
+    try:
+        r = httpx.put(d.url + "/labels", json=with_pops, timeout=10)
+        assert r.status_code == 200, r.text
+        assert [p["name"] for p in r.json()["rules"]["pops"]] == ["ams01", "sjc02"]
+        # A PoP dropped and another added: ids are never reused.
+        r = httpx.put(d.url + "/labels", json={**with_pops, "pops": [with_pops["pops"][1],  # type: ignore[index]
+                                                                     {"name": "fra03", "src": ["198.51.100.0/24"]}]},
+                      timeout=10)
+        assert r.status_code == 200, r.text
+        lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 5)  # not tunnelled: pop none
+        d.wait_for(lambda: d.drops(label="customerX", group_by="pop").get(("none",)) == 5, "drops with pop none")
+    finally:
+        assert d.stop() == 0
+    from dropwatch.store import Store
+    with Store(db) as st:
+        assert st.pop_ids(["ams01", "sjc02", "fra03"]) == {"ams01": 1, "sjc02": 2, "fra03": 3}
+    d = start_daemon(lb, rules, db, logp)  # the file on disk holds sjc02 and fra03
+    try:
+        assert "fra03" in rules.read_text()
+        assert d.drops(label="customerX", group_by="pop").get(("none",)) == 5
+    finally:
+        assert d.stop() == 0
+
+
 BAD_QUERIES: list[tuple[str, dict[str, Any], str]] = [
     ("/drops", {"reason": "NOT_A_REASON"}, "unknown reason"),
     ("/drops", {"since": "yesterday"}, "invalid time"),
@@ -188,6 +226,10 @@ BAD_QUERIES: list[tuple[str, dict[str, Any], str]] = [
     ("/drops", {"group_by": "label,label"}, "repeats"),
     ("/drops", {"side": "left"}, "unknown side"),
     ("/drops", {"label": "bad label!"}, "invalid label"),
+    ("/drops", {"pop": "bad pop!"}, "invalid pop"),
+    ("/drops", {"source": "kernel"}, "unknown source"),
+    ("/drops/timeseries", {"group_by": "pop,pop"}, "repeats"),
+    ("/labels", {"pop": "a/b"}, "invalid pop"),
     ("/drops", {"since": "-1h", "until": "-2h"}, "must be before"),
     ("/drops", {"since": "-900d"}, "too long"),
     ("/drops", {"limit": "0"}, ""),

@@ -223,6 +223,43 @@ def test_click_label_filters_page_and_url(stack: tuple[Lab, RunningDaemon], brow
         page.wait_for_url("**reason=NO_SOCKET*")
 
 
+def test_pop_and_attribution_breakdowns_and_pop_filter_in_the_url(stack: tuple[Lab, RunningDaemon],
+                                                                  browser: Any) -> None:
+    """The lab's traffic is not tunnelled: PoP none, attributed by metadata.
+    A PoP filter lives in the URL like any other and narrows every panel."""
+    _, d = stack
+    with page_of(browser) as page:
+        open_dashboard(page, d.url + "/?label=customerX,customerY")
+        page.wait_for_function(
+            f"document.querySelector('.breakdown[data-key=pop] .bars').dataset.total === '{N_X + M_Y}'")
+        pops = page.locator('.breakdown[data-key="pop"] .bar')
+        assert pops.count() == 1 and pops.first.get_attribute("data-name") == "none"
+        assert int(pops.first.get_attribute("data-count")) == N_X + M_Y
+        page.wait_for_function(
+            f"document.querySelector('.breakdown[data-key=source] .bars').dataset.total === '{N_X + M_Y}'")
+        via = page.locator('.breakdown[data-key="source"] .bar')
+        assert via.count() == 1 and via.first.get_attribute("data-name") == "metadata"
+        # A click on a PoP filters the page and the URL.
+        pops.first.click()
+        page.wait_for_url("**pop=none*")
+        assert page.locator('.chip[data-key="pop"][data-value="none"]').count() == 1
+        page.wait_for_function(f"document.querySelector('#kpi-drops').dataset.value === '{N_X + M_Y}'")
+        # The chart can be split by PoP and by attribution.
+        page.select_option("#chart-by", "source")
+        page.wait_for_url("**by=source*")
+        page.wait_for_function("document.querySelector('#legend').innerText.includes('metadata')")
+        # A pasted link with a PoP that saw nothing: every panel is empty, the
+        # packets (counted per PoP) too.
+        open_dashboard(page, d.url + "/?pop=ams01&label=customerX")
+        page.wait_for_function("document.querySelector('#chart').dataset.state === 'empty'")
+        assert page.locator('.chip[data-key="pop"][data-value="ams01"]').count() == 1
+        assert kpi_drops(page) == 0
+        page.wait_for_function("document.querySelector('#kpi-packets').dataset.value === '0'")
+        assert "No drops" in page.locator('.breakdown[data-key="pop"]').inner_text()
+        assert "pop=ams01" in page.locator("#pcap").get_attribute("href")
+        shot(page, "dashboard-pop-ams01.png")
+
+
 def test_samples_table_and_pcap_download(stack: tuple[Lab, RunningDaemon], browser: Any,
                                          tmp_path: Path) -> None:
     _, d = stack
@@ -237,6 +274,7 @@ def test_samples_table_and_pcap_download(stack: tuple[Lab, RunningDaemon], brows
         assert cells[1] == "customerY" and cells[2] == "origin" and cells[3] == "udp"
         assert cells[4].startswith(TX_ORIGIN_V4 + ":") and cells[5] == f"{RX_V4['customerY']}:9999"
         assert cells[7] == "NETFILTER_DROP" and cells[8].startswith("nft_do_chain+0x")
+        assert cells[10] == "none" and cells[11] == "metadata"  # PoP, attribution
         n_rows = rows.count()
         with page.expect_download() as dl:
             page.locator("#pcap").click()

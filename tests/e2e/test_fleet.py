@@ -200,7 +200,7 @@ def fleet_config(tmp: Path, targets: list[str], token: str) -> Path:
     assert job["job_name"] == "dropwatch"
     job["scrape_timeout"] = "1s"
     (tmp / "targets").mkdir()
-    (tmp / "targets" / "lab.yml").write_text(yaml.safe_dump([{"targets": targets, "labels": {"pop": "lab"}}]))
+    (tmp / "targets" / "lab.yml").write_text(yaml.safe_dump([{"targets": targets, "labels": {"site": "lab"}}]))
     job["file_sd_configs"] = [{"files": [str(tmp / "targets" / "*.yml")]}]
     (tmp / "dropwatch.token").write_text(token + "\n")
     assert job["authorization"]["credentials_file"] == "dropwatch.token"
@@ -214,7 +214,8 @@ def dashboard_queries() -> list[tuple[str, str]]:
     """(panel title, PromQL) for every query of the Grafana dashboard, with
     Grafana's variables set as for "all hosts, all labels, last 5 minutes"."""
     dash = json.loads((DEPLOY / "grafana" / "dropwatch.json").read_text())
-    values = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m", "$instance": ".+", "$label": ".+"}
+    values = {"$__rate_interval": "30s", "$__interval": "5s", "$__range": "5m", "$instance": ".+", "$label": ".+",
+              "$pop": ".*"}
     out = []
     for p in dash["panels"]:
         for t in p.get("targets", []):
@@ -259,8 +260,8 @@ def test_two_daemons_scraped_by_prometheus(tmp_path: Path) -> None:
                    on_fail=lambda: str(prom.by(per_host_q, "instance", "label", "side", "reason")))
 
         # Two instances, each carrying the target labels of the shipped config.
-        instances = prom.query('count by (instance, host, pop) (dropwatch_drops_total{job="dropwatch"})')
-        assert {(r["metric"]["instance"], r["metric"]["host"], r["metric"]["pop"]) for r in instances} == {
+        instances = prom.query('count by (instance, host, site) (dropwatch_drops_total{job="dropwatch"})')
+        assert {(r["metric"]["instance"], r["metric"]["host"], r["metric"]["site"]) for r in instances} == {
             (da.target, "127.0.0.1", "lab"), (db.target, "127.0.0.1", "lab")}
         # The fleet-wide sum per label is the sum of both hosts.
         fleet = prom.by('sum by (label) (dropwatch_drops_total{job="dropwatch", label=~"customer.*"})', "label")
@@ -342,15 +343,19 @@ def test_two_daemons_scraped_by_prometheus(tmp_path: Path) -> None:
 def test_metrics_max_labels_on_a_real_daemon(tmp_path: Path) -> None:
     """--metrics-max-labels 1: only the label with the most drops keeps its
     name; customerX's drops are summed into label="other" exactly. (Drops of
-    other namespaces on this host are "unlabeled" with side "unknown", so the
-    eyeball/NO_SOCKET "other" series holds exactly customerX's drops.)"""
+    other namespaces on this host carry no record of ours: "unlabeled" with
+    source "none" (or side "unknown"), so the eyeball/NO_SOCKET/metadata
+    "other" series holds exactly customerX's drops.)"""
     with ExitStack() as stack:
         lb = stack.enter_context(lab())
         d = start_daemon(stack, lb, tmp_path, "capped", "--metrics-max-labels", "1")
         lb.send_udp(TX_ORIGIN_V4, RX_V4["customerY"], 9999, 3000)
         lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, 1000)
-        y = (("label", "customerY"), ("reason", "NETFILTER_DROP"), ("side", "origin"))
-        other_x = (("label", "other"), ("reason", "NO_SOCKET"), ("side", "eyeball"))
+        # Not tunnelled (pop none), attributed by the metadata record.
+        y = (("label", "customerY"), ("pop", "none"), ("reason", "NETFILTER_DROP"), ("side", "origin"),
+             ("source", "metadata"))
+        other_x = (("label", "other"), ("pop", "none"), ("reason", "NO_SOCKET"), ("side", "eyeball"),
+                   ("source", "metadata"))
         text = wait_until(lambda: (t := d.get("/metrics").text) and drop_counts(t).get(y) == 3000
                           and drop_counts(t).get(other_x) == 1000 and t, "capped metrics with both batches",
                           alive=d.check_alive, on_fail=lambda: d.get("/metrics").text[:3000])
@@ -358,8 +363,8 @@ def test_metrics_max_labels_on_a_real_daemon(tmp_path: Path) -> None:
         assert {dict(k)["label"] for k in drops} == {"customerY", "other"}
         packets = drop_counts(text, "dropwatch_packets_total")
         assert {dict(k)["label"] for k in packets} <= {"customerY", "other"}
-        assert packets[(("label", "customerY"), ("side", "origin"))] == 3000
-        assert packets[(("label", "other"), ("side", "eyeball"))] >= 1000
+        assert packets[(("label", "customerY"), ("pop", "none"), ("side", "origin"))] == 3000
+        assert packets[(("label", "other"), ("pop", "none"), ("side", "eyeball"))] >= 1000
         # The history and the API are not capped.
         api = d.get("/drops", label="customerX", group_by="label").json()
         assert api["groups"] == [{"label": "customerX", "count": 1000}]

@@ -180,8 +180,9 @@ def test_store_on_full_disk_keeps_counting_and_flushes_later(lt: tuple[Lab, Path
             # Enough distinct rows to need new pages: other labels/ports too.
             for port in range(5600, 5640):
                 lb.send_udp(TX_EYEBALL_V4, RX_V4["nolabel"], port, 1)
-            d.wait_for(lambda: 'dropwatch_drops_total{label="customerX",reason="NO_SOCKET",side="eyeball"} 310.0'
-                       in httpx.get(d.url + "/metrics", timeout=5).text, "metrics keep counting")
+            d.wait_for(lambda: 'dropwatch_drops_total{label="customerX",pop="none",reason="NO_SOCKET",side="eyeball",'
+                       'source="metadata"} 310.0' in httpx.get(d.url + "/metrics", timeout=5).text,
+                       "metrics keep counting")
             d.wait_for(lambda: any("history store" in x for x in
                                    httpx.get(d.url + "/healthz", timeout=5).json()["problems"]),
                        "the store failure to be reported")

@@ -27,16 +27,18 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 ANCHOR = "2026-11-24T10:00:00Z"
-KEYS = ("label", "side", "reason", "location", "iface")
+KEYS = ("label", "side", "reason", "location", "iface", "pop", "source")
 
 
 class FakeApi:
     """Serves GET /drops and GET /labels from ``rows`` (full-detail drop
-    counts since ANCHOR) and ``packets`` (per label), like the daemon."""
+    counts since ANCHOR) and ``packets`` (per label; per label and PoP in
+    ``pop_packets`` for /labels?pop=), like the daemon."""
 
     def __init__(self) -> None:
-        self.rows: dict[tuple[str, str, str, str, str], int] = {}
+        self.rows: dict[tuple[str, str, str, str, str, str, str], int] = {}
         self.packets: dict[str, int] = {}
+        self.pop_packets: dict[tuple[str, str], int] = {}
         self.requests: list[tuple[str, dict[str, list[str]], dict[str, str]]] = []
         self.token: str | None = None
         self.delay_s = 0.0
@@ -59,9 +61,17 @@ class FakeApi:
                 if u.path == "/drops":
                     return self.reply(*api.drops(q))
                 if u.path == "/labels":
+                    pops = set(",".join(q["pop"]).split(",")) if "pop" in q else None
                     with api.lock:
+                        if pops is None:
+                            per_label = dict(api.packets)
+                        else:
+                            per_label = {}
+                            for (lb, pop), n in api.pop_packets.items():
+                                if pop in pops:
+                                    per_label[lb] = per_label.get(lb, 0) + n
                         labels = [{"label": k, "packets": v, "drops": 0, "drop_ratio": None}
-                                  for k, v in api.packets.items()]
+                                  for k, v in per_label.items()]
                     return self.reply(200, {"rules": {}, "since": ANCHOR, "until": "now", "labels": labels})
                 if u.path.startswith("/notjson"):
                     self.send_response(200)
@@ -104,9 +114,10 @@ class FakeApi:
         return 200, {"since": ANCHOR if since.startswith("-") else since, "until": "2026-11-24T10:15:00Z",
                      "total": sum(out.values()), "groups": groups[:limit]}
 
-    def add(self, label: str, side: str, reason: str, n: int, location: str = "f+0x1", iface: str = "eth0") -> None:
+    def add(self, label: str, side: str, reason: str, n: int, location: str = "f+0x1", iface: str = "eth0",
+            pop: str = "none", source: str = "metadata") -> None:
         with self.lock:
-            key = (label, side, reason, location, iface)
+            key = (label, side, reason, location, iface, pop, source)
             self.rows[key] = self.rows.get(key, 0) + n
 
     def close(self) -> None:
@@ -183,6 +194,23 @@ def test_query_passes_filters_and_group_by(api: FakeApi) -> None:
     path, q, _ = api.requests[-1]
     assert path == "/drops" and q["label"] == ["customerX"] and q["since"] == ["-1h"] and q["until"] == ["-1h30m"]
     assert q["group_by"] == ["reason,location"] and q["limit"] == ["100"]
+
+
+def test_query_by_pop_and_source(api: FakeApi) -> None:
+    api.add("customerX", "eyeball", "NO_SOCKET", 60, pop="ams01", source="metadata")
+    api.add("customerX", "eyeball", "NO_SOCKET", 20, pop="ams01", source="flow")
+    api.add("customerX", "eyeball", "NO_SOCKET", 15, pop="none")
+    api.add("unlabeled", "unknown", "NO_SOCKET", 5, pop="unknown", source="none")
+    p = dropwatch("query", "--url", api.url, "--group-by", "pop,source")
+    assert p.returncode == 0, p.stderr
+    assert [ln.split() for ln in p.stdout.splitlines()[1:]] == [
+        ["POP", "SOURCE", "DROPS", "SHARE"], ["ams01", "metadata", "60", "60.0%"], ["ams01", "flow", "20", "20.0%"],
+        ["none", "metadata", "15", "15.0%"], ["unknown", "none", "5", "5.0%"]]
+    p = dropwatch("query", "--url", api.url, "--pop", "ams01", "--source", "flow", "--group-by", "label")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0].endswith(": 20")
+    _, q, _ = api.requests[-1]
+    assert q["pop"] == ["ams01"] and q["source"] == ["flow"]
 
 
 def test_query_json_is_the_api_answer(api: FakeApi) -> None:
@@ -343,6 +371,40 @@ def test_top_once_json(api: FakeApi) -> None:
     drops_reqs = [q for path, q, _ in api.requests if path == "/drops"]
     assert drops_reqs[0]["since"] == ["-15m"] and drops_reqs[1]["since"] == [ANCHOR]
     assert drops_reqs[0]["group_by"] == ["label,side,reason"]
+
+
+def test_top_by_pop_splits_rows_and_ratios_per_pop(api: FakeApi) -> None:
+    """--by pop: one row per label, side, reason and PoP; each row's ratio is
+    over the packets of its label that landed at its PoP."""
+    api.add("customerX", "eyeball", "NO_SOCKET", 30, pop="ams01")
+    api.add("customerX", "eyeball", "NO_SOCKET", 10, pop="none")
+    api.pop_packets = {("customerX", "ams01"): 300, ("customerX", "none"): 1000}
+    api.packets = {"customerX": 1300}
+    p = dropwatch("top", "--url", api.url, "--once", "--json", "--interval", "0.2", "--by", "pop")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)["rows"]
+    assert [(r["label"], r["pop"], r["total"], r["packets"], r["ratio"]) for r in rows] == [
+        ("customerX", "ams01", 30, 300, 0.1), ("customerX", "none", 10, 1000, 0.01)]
+    assert [q["group_by"] for path, q, _ in api.requests if path == "/drops"][0] == ["label,side,reason,pop"]
+    p = dropwatch("top", "--url", api.url, "--once", "--interval", "0.2", "--by", "pop,source")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[3].split() == ["LABEL", "SIDE", "REASON", "POP", "SOURCE", "RATE/s", "TOTAL",
+                                                "RATIO"]
+    assert p.stdout.splitlines()[4].split()[:5] == ["customerX", "eyeball", "NO_SOCKET", "ams01", "metadata"]
+    assert_clean_error(dropwatch("top", "--url", api.url, "--once", "--by", "iface"), 2,
+                       "--by 'iface': one of pop, source")
+
+
+def test_top_pop_filter_applies_to_drops_and_packets(api: FakeApi) -> None:
+    api.add("customerX", "eyeball", "NO_SOCKET", 30, pop="ams01")
+    api.add("customerX", "eyeball", "NO_SOCKET", 10, pop="none")
+    api.pop_packets = {("customerX", "ams01"): 300, ("customerX", "none"): 1000}
+    p = dropwatch("top", "--url", api.url, "--once", "--json", "--interval", "0.2", "--pop", "ams01")
+    assert p.returncode == 0, p.stderr
+    (row,) = json.loads(p.stdout)["rows"]
+    assert (row["total"], row["packets"], row["ratio"]) == (30, 300, 0.1)
+    assert "pop" not in row  # not split by PoP, only filtered
+    assert all(q.get("pop") == ["ams01"] for path, q, _ in api.requests if path in ("/drops", "/labels"))
 
 
 def test_top_errors_are_one_clear_line() -> None:

@@ -441,9 +441,10 @@ def test_every_alert_has_a_firing_and_a_quiet_test() -> None:
 # ---------------------------------------------------------------- metric names
 
 
-def fake_daemon(drops: dict[tuple[str, str, str], int] | None = None,
-                packets: dict[tuple[str, str], int] | None = None, max_labels: int | None = None,
+def fake_daemon(drops: dict[tuple[str, str, str, str, str], int] | None = None,
+                packets: dict[tuple[str, str, str], int] | None = None, max_labels: int | None = None,
                 ) -> types.SimpleNamespace:
+    """drops: (label, side, reason, pop, source) -> n; packets: (label, side, pop) -> n."""
     """What metrics.DropwatchCollector reads, without a kernel."""
     from dropwatch.collector import Totals
 
@@ -472,7 +473,8 @@ def exposition(daemon: types.SimpleNamespace) -> str:
 
 def exported_metric_names() -> set[str]:
     names = set()
-    for line in exposition(fake_daemon({("a", "eyeball", "NO_SOCKET"): 1}, {("a", "eyeball"): 1})).splitlines():
+    for line in exposition(fake_daemon({("a", "eyeball", "NO_SOCKET", "none", "metadata"): 1},
+                                       {("a", "eyeball", "none"): 1})).splitlines():
         if line.startswith("# TYPE "):
             _, _, name, kind = line.split()
             names.add(name)
@@ -537,7 +539,8 @@ def dashboard_exprs() -> list[str]:
     return exprs
 
 
-GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$instance": ".+", "$label": ".+"}
+GRAFANA_VARS = {"$__rate_interval": "1m", "$__interval": "1m", "$__range": "1h", "$instance": ".+", "$label": ".+",
+                "$pop": ".*"}
 
 
 def grafana_to_promql(expr: str) -> str:
@@ -551,7 +554,7 @@ def test_dashboard_is_well_formed_and_covers_the_views() -> None:
     d = dashboard()
     assert d["uid"] and d["title"] and d["schemaVersion"] >= 36
     names = {v["name"] for v in d["templating"]["list"]}
-    assert {"datasource", "instance", "label"} <= names
+    assert {"datasource", "instance", "label", "pop"} <= names
     panels = all_panels(d)
     ids = [p["id"] for p in panels]
     assert len(ids) == len(set(ids)), "duplicate panel ids"
@@ -568,11 +571,19 @@ def test_dashboard_is_well_formed_and_covers_the_views() -> None:
             assert p["targets"], p["title"]
     by_title = {p["title"]: p for p in panels}
     views = {"Drops/s by label": "by (label)", "Drop ratio by label": "by (label)",
-             "Drops/s by reason": "by (reason)", "Drops/s by side": "by (side)", "Drops/s by host": "by (instance)"}
+             "Drops/s by reason": "by (reason)", "Drops/s by side": "by (side)", "Drops/s by host": "by (instance)",
+             "Drops/s by PoP": "by (pop)", "Drops/s by attribution source": "by (source)"}
     for title, grouping in views.items():
         (target,) = by_title[title]["targets"]
         assert grouping in target["expr"] and "dropwatch_drops_total" in target["expr"], title
     assert "dropwatch_packets_total" in by_title["Drop ratio by label"]["targets"][0]["expr"]
+    # The PoP selector applies to every drop and packet query; its "All" also
+    # matches hosts whose dropwatch predates the pop label.
+    (pop_var,) = [v for v in d["templating"]["list"] if v["name"] == "pop"]
+    assert pop_var["allValue"] == ".*"
+    for expr in dashboard_exprs():
+        for m in re.findall(r"dropwatch_(?:drops|packets|packet_bytes)_total\{[^}]*\}", expr):
+            assert 'pop=~"$pop"' in m, m
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
@@ -589,15 +600,21 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 # ================================================================== cardinality cap
 
 
+# (label, side, reason, pop, source) -> drops
 DROPS = {
-    ("big", "eyeball", "NO_SOCKET"): 60, ("big", "origin", "NETFILTER_DROP"): 40,   # 100
-    ("mid", "eyeball", "NO_SOCKET"): 30,                                               # 30
-    ("tie_b", "eyeball", "NO_SOCKET"): 5, ("tie_a", "origin", "NO_SOCKET"): 5,       # 5 each
-    ("unlabeled", "unknown", "NO_SOCKET"): 50,                                         # 50
-    ("small", "eyeball", "SOCKET_RCVBUFF"): 1,
+    ("big", "eyeball", "NO_SOCKET", "ams01", "metadata"): 50,                          # 100
+    ("big", "eyeball", "NO_SOCKET", "ams01", "flow"): 10,
+    ("big", "origin", "NETFILTER_DROP", "none", "metadata"): 40,
+    ("mid", "eyeball", "NO_SOCKET", "sjc02", "metadata"): 30,                          # 30
+    ("tie_b", "eyeball", "NO_SOCKET", "none", "metadata"): 5,                          # 5 each
+    ("tie_a", "origin", "NO_SOCKET", "ams01", "flow"): 5,
+    ("unlabeled", "unknown", "NO_SOCKET", "unknown", "none"): 50,                      # 50
+    ("small", "eyeball", "SOCKET_RCVBUFF", "none", "metadata"): 1,
 }
-PACKETS = {("big", "eyeball"): 1000, ("big", "origin"): 500, ("mid", "eyeball"): 300, ("tie_a", "origin"): 20,
-           ("tie_b", "eyeball"): 10, ("small", "eyeball"): 7, ("quiet", "eyeball"): 999, ("unlabeled", "eyeball"): 3}
+# (label, side, pop) -> packets
+PACKETS = {("big", "eyeball", "ams01"): 1000, ("big", "origin", "none"): 500, ("mid", "eyeball", "sjc02"): 300,
+           ("tie_a", "origin", "ams01"): 20, ("tie_b", "eyeball", "none"): 10, ("small", "eyeball", "none"): 7,
+           ("quiet", "eyeball", "none"): 999, ("unlabeled", "eyeball", "unknown"): 3}
 
 
 def samples(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -617,6 +634,20 @@ def by_label(series: dict[tuple[tuple[str, str], ...], float]) -> dict[str, floa
         lb = dict(labels)["label"]
         out[lb] = out.get(lb, 0) + v
     return out
+
+
+def test_drops_carry_pop_and_source_and_packets_carry_pop() -> None:
+    text = exposition(fake_daemon(DROPS, PACKETS, None))
+    for name, labels in (("dropwatch_drops_total", {"label", "side", "reason", "pop", "source"}),
+                         ("dropwatch_packets_total", {"label", "side", "pop"}),
+                         ("dropwatch_packet_bytes_total", {"label", "side", "pop"})):
+        series = samples(text, name)
+        assert series and all({k for k, _ in key} == labels for key in series), name
+    drops = samples(text, "dropwatch_drops_total")
+    assert drops[(("label", "big"), ("pop", "ams01"), ("reason", "NO_SOCKET"), ("side", "eyeball"),
+                  ("source", "flow"))] == 10
+    assert samples(text, "dropwatch_packets_total")[(("label", "unlabeled"), ("pop", "unknown"),
+                                                     ("side", "eyeball"))] == 3
 
 
 def test_no_cap_exports_every_label() -> None:
@@ -642,20 +673,24 @@ def test_cap_keeps_top_n_by_drops_and_folds_the_rest_exactly(n: int, kept: set[s
     assert set(by_label(drops)) - {"other"} == kept
     assert set(by_label(packets)) - {"other"} <= kept
     # Every kept label keeps its exact series; the rest is summed into "other"
-    # per side and reason, so every sum over the series is unchanged.
-    for label, side, reason in DROPS:
-        key = (("label", label if label in kept else "other"), ("reason", reason), ("side", side))
+    # per side, reason, pop and source, so every sum over the series is unchanged.
+    for label, side, reason, pop, source in DROPS:
+        key = (("label", label if label in kept else "other"), ("pop", pop), ("reason", reason), ("side", side),
+               ("source", source))
         assert key in drops
-    for side in ("eyeball", "origin", "unknown"):
-        for reason in ("NO_SOCKET", "NETFILTER_DROP", "SOCKET_RCVBUFF"):
-            want = sum(v for (lb, s, r), v in DROPS.items() if s == side and r == reason)
-            got = sum(v for k, v in drops.items() if dict(k)["side"] == side and dict(k)["reason"] == reason)
-            assert got == want, (side, reason)
+    for dim, values in (("side", ("eyeball", "origin", "unknown")),
+                        ("reason", ("NO_SOCKET", "NETFILTER_DROP", "SOCKET_RCVBUFF")),
+                        ("pop", ("ams01", "sjc02", "none", "unknown")), ("source", ("metadata", "flow", "none"))):
+        i = ("label", "side", "reason", "pop", "source").index(dim)
+        for value in values:
+            want = sum(v for k, v in DROPS.items() if k[i] == value)
+            got = sum(v for k, v in drops.items() if dict(k)[dim] == value)
+            assert got == want, (dim, value)
     assert sum(drops.values()) == sum(DROPS.values())
     assert sum(packets.values()) == sum(PACKETS.values())
     assert sum(bytes_.values()) == 100 * sum(PACKETS.values())
-    assert by_label(drops)["other"] == sum(v for (lb, _, _), v in DROPS.items() if lb not in kept)
-    assert by_label(packets)["other"] == sum(v for (lb, _), v in PACKETS.items() if lb not in kept)
+    assert by_label(drops)["other"] == sum(v for k, v in DROPS.items() if k[0] not in kept)
+    assert by_label(packets)["other"] == sum(v for k, v in PACKETS.items() if k[0] not in kept)
     # At most N label values plus "other".
     assert len(set(by_label(drops)) | set(by_label(packets))) <= n + 1
 
@@ -673,12 +708,13 @@ def test_cap_edge_cases() -> None:
     assert set(by_label(samples(text, "dropwatch_drops_total"))) == {"other"}
     assert by_label(samples(text, "dropwatch_drops_total"))["other"] == sum(DROPS.values())
     # A label really named "other" never takes a slot: it is part of the sum.
-    drops = {**DROPS, ("other", "eyeball", "NO_SOCKET"): 1000}
+    drops = {**DROPS, ("other", "eyeball", "NO_SOCKET", "none", "metadata"): 1000}
     text = exposition(fake_daemon(drops, PACKETS, 1))
     got = by_label(samples(text, "dropwatch_drops_total"))
     assert set(got) == {"big", "other"} and got["other"] == sum(drops.values()) - 100
     # Only packets, no drops yet: ranked by name.
-    text = exposition(fake_daemon({}, {("b", "eyeball"): 5, ("a", "eyeball"): 1, ("c", "origin"): 9}, 1))
+    text = exposition(fake_daemon({}, {("b", "eyeball", "none"): 5, ("a", "eyeball", "none"): 1,
+                                       ("c", "origin", "ams01"): 9}, 1))
     assert by_label(samples(text, "dropwatch_packets_total")) == {"a": 1, "other": 14}
     # Nothing at all: no series, no "other".
     text = exposition(fake_daemon({}, {}, 3))
@@ -686,22 +722,37 @@ def test_cap_edge_cases() -> None:
 
 
 def test_capped_exposition_passes_promtool_and_bounds_series() -> None:
-    """1,000 labels x 2 sides x 3 reasons, capped at 20: the drops metric has
-    at most (20 + 1) x 2 x 3 series and passes `promtool check metrics`."""
+    """1,000 labels x 2 sides x 3 reasons x 2 PoPs x 2 sources, capped at 20:
+    the drops metric has at most (20 + 1) x 2 x 3 x 2 x 2 series and passes
+    `promtool check metrics`."""
     promtool = tool("promtool", "prometheus")
-    drops = {(f"cust{i:04d}", side, reason): 1 + (i * 7919 + len(side) * 31 + len(reason)) % 97
+    drops = {(f"cust{i:04d}", side, reason, pop, source): 1 + (i * 7919 + len(side) * 31 + len(reason)) % 97
              for i in range(1000) for side in ("eyeball", "origin") for reason in ("NO_SOCKET", "NETFILTER_DROP",
-                                                                                  "SOCKET_RCVBUFF")}
-    packets = {(f"cust{i:04d}", side): 1000 for i in range(1000) for side in ("eyeball", "origin")}
+                                                                                  "SOCKET_RCVBUFF")
+             for pop in ("ams01", "none") for source in ("metadata", "flow")}
+    packets = {(f"cust{i:04d}", side, pop): 1000 for i in range(1000) for side in ("eyeball", "origin")
+               for pop in ("ams01", "none")}
     text = exposition(fake_daemon(drops, packets, 20))
     series = samples(text, "dropwatch_drops_total")
-    assert len(series) == 21 * 2 * 3
+    assert len(series) == 21 * 2 * 3 * 2 * 2
     assert sum(series.values()) == sum(drops.values())
-    assert len(samples(text, "dropwatch_packets_total")) == 21 * 2
+    assert len(samples(text, "dropwatch_packets_total")) == 21 * 2 * 2
     per_label: dict[str, int] = {}
-    for (lb, _, _), v in drops.items():
-        per_label[lb] = per_label.get(lb, 0) + v
+    for key, v in drops.items():
+        per_label[key[0]] = per_label.get(key[0], 0) + v
     top = sorted(per_label, key=lambda lb: (-per_label[lb], lb))[:20]
     assert set(by_label(series)) == set(top) | {"other"}
     p = subprocess.run([promtool, "check", "metrics"], input=text, check=False, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_target_labels_do_not_collide_with_metric_labels() -> None:
+    """A target label named like one of dropwatch's own metric labels (pop,
+    source, label...) would rename the metric's to exported_<name>."""
+    text = exposition(fake_daemon(DROPS, PACKETS, None))
+    metric_labels = {k for name in ("dropwatch_drops_total", "dropwatch_packets_total")
+                     for key in samples(text, name) for k, _ in key}
+    assert {"pop", "source"} <= metric_labels
+    for f in (PROM / "targets").glob("*.yml"):
+        for entry in yaml.safe_load(f.read_text()):
+            assert not set(entry.get("labels", {})) & metric_labels, f

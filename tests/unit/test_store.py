@@ -632,3 +632,182 @@ def test_default_tiers_are_documented_values() -> None:
         Tier(step_s=3600, retention_s=400 * 86400),
     )
     assert documented == DEFAULT_TIERS
+
+
+# ------------------------------------------------------------------- PoP ids
+
+
+class TestPopIds:
+    def test_ids_start_at_1_and_none_unknown_are_the_kernels(self, store: Store) -> None:
+        assert store.pop_ids(["ams01", "none", "sjc02", "unknown", "ams01"]) == {
+            "ams01": 1, "none": 0, "sjc02": 2, "unknown": 0xFFFF}
+        assert store.pop_ids(["sjc02", "fra03"]) == {"sjc02": 2, "fra03": 3}
+        assert store.pop_names() == {0: "none", 1: "ams01", 2: "sjc02", 3: "fra03", 0xFFFF: "unknown"}
+
+    def test_pop_ids_are_independent_of_label_ids(self, store: Store) -> None:
+        store.label_ids(["acme", "globex"])
+        assert store.pop_ids(["ams01"]) == {"ams01": 1}
+        assert store.label_ids(["initech"]) == {"initech": 3}
+
+    def test_restart_keeps_ids_and_they_are_never_reused(self, db_path: Path) -> None:
+        with Store(db_path) as s:
+            s.pop_ids(["ams01", "sjc02"])
+        conn = sqlite3.connect(db_path)  # someone tidies up by hand
+        conn.execute("DELETE FROM pops WHERE name = 'sjc02'")
+        conn.commit()
+        conn.close()
+        with Store(db_path) as s:
+            assert s.pop_ids(["ams01", "fra03"]) == {"ams01": 1, "fra03": 3}
+            assert s.pop_ids(["sjc02"]) == {"sjc02": 4}
+
+    def test_default_id_space_is_the_kernels_1_to_4095(self, db_path: Path) -> None:
+        with Store(db_path) as s:
+            ids = s.pop_ids([f"p{i}" for i in range(4095)])
+            assert sorted(ids.values()) == list(range(1, 4096))
+            with pytest.raises(StoreError, match="PoP id space exhausted: 1 new PoP.* 0 of 4095 remain"):
+                s.pop_ids(["one-too-many"])
+
+    def test_exhaustion_is_all_or_nothing_and_says_what_to_do(self, db_path: Path) -> None:
+        with Store(db_path, max_pop_id=3) as s:
+            s.pop_ids(["a", "b"])
+            with pytest.raises(StoreError) as err:
+                s.pop_ids(["c", "d"])
+            assert "never reused" in str(err.value) and "new history database" in str(err.value)
+            assert s.pop_names() == {0: "none", 1: "a", 2: "b", 0xFFFF: "unknown"}
+            assert s.pop_ids(["c", "a"]) == {"c": 3, "a": 1}
+
+    def test_bad_names_are_rejected(self, store: Store) -> None:
+        with pytest.raises(ValueError, match="non-empty"):
+            store.pop_ids([""])
+
+
+# --------------------------------------------------------------- pop and source
+
+
+class TestPopAndSource:
+    def test_source_is_a_drop_dimension_to_filter_and_group_by(self, store: Store) -> None:
+        store.record(at(-30), [
+            DropDelta("acme", "eyeball", "NO_SOCKET", "L", "eth0", "ams01", 5, "metadata"),
+            DropDelta("acme", "eyeball", "NO_SOCKET", "L", "eth0", "ams01", 2, "flow"),
+            DropDelta("unlabeled", "unknown", "NO_SOCKET", "L", "eth0", "none", 4, "none"),
+        ], [])
+        res = store.query_drops(at(-60), NOW, group_by=["source"], now=NOW)
+        assert res.groups == [{"source": "metadata", "count": 5}, {"source": "none", "count": 4},
+                              {"source": "flow", "count": 2}]
+        assert total(store, at(-60), filters={"source": ["flow"]}) == 2
+        ts = store.timeseries(at(-60), NOW, 60, group_by=["source"], filters={"pop": ["ams01"]}, now=NOW)
+        assert {s["group"]["source"]: sum(s["counts"]) for s in ts.series} == {"metadata": 5, "flow": 2}
+
+    def test_pop_is_a_dimension_of_drops_and_packets(self, store: Store) -> None:
+        store.record(at(-30), [drop(pop="ams01", count=3), drop(pop="unknown", count=1), drop(pop="none")],
+                     [pkt(pop="ams01", packets=30), pkt(pop="none", packets=7)])
+        assert store.query_drops(at(-60), NOW, group_by=["pop"], now=NOW).groups == [
+            {"pop": "ams01", "count": 3}, {"pop": "none", "count": 1}, {"pop": "unknown", "count": 1}]
+        assert store.query_packets(at(-60), NOW, group_by=["pop"], filters={"pop": ["ams01"]}, now=NOW) == [
+            {"pop": "ams01", "packets": 30, "bytes": 1000}]
+
+    def test_defaults_for_callers_that_predate_pops_and_the_fallback(self, store: Store) -> None:
+        """No source: metadata when labeled, none when not. Pop '': none."""
+        store.record(at(-30), [DropDelta("acme", "eyeball", "R", "L", "eth0", "", 3),
+                               DropDelta("unlabeled", "unknown", "R", "L", "eth0", "", 1)],
+                     [PacketDelta("acme", "eyeball", "eth0", "", 9, 90)])
+        assert store.query_drops(at(-60), NOW, group_by=["label", "pop", "source"], now=NOW).groups == [
+            {"label": "acme", "pop": "none", "source": "metadata", "count": 3},
+            {"label": "unlabeled", "pop": "none", "source": "none", "count": 1}]
+        assert store.query_packets(at(-60), NOW, group_by=["pop"], now=NOW) == [
+            {"pop": "none", "packets": 9, "bytes": 90}]
+
+    def test_unknown_source_is_refused_before_writing(self, store: Store) -> None:
+        with pytest.raises(ValueError, match="source must be one of metadata, flow, none"):
+            store.record(at(-30), [drop(count=1), DropDelta("a", "eyeball", "R", "L", "e", "p", 1, "corrupt")], [])
+        assert total(store, at(-60)) == 0
+
+    def test_packets_have_no_source(self, store: Store) -> None:
+        with pytest.raises(ValueError, match="unknown filter key 'source'"):
+            store.query_packets(at(-60), NOW, filters={"source": ["flow"]}, now=NOW)
+
+
+# The schema as dropwatch wrote it before PoPs and the flow fallback
+# (version 1), kept here verbatim: an old database must open with its history.
+SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE labels (id INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+                     created_at INTEGER NOT NULL);
+CREATE TABLE dims (id INTEGER PRIMARY KEY, kind TEXT NOT NULL CHECK (kind IN ('drop', 'pkt')),
+    label TEXT NOT NULL, side TEXT NOT NULL, reason TEXT NOT NULL, location TEXT NOT NULL,
+    iface TEXT NOT NULL, pop TEXT NOT NULL, UNIQUE (kind, label, side, reason, location, iface, pop));
+CREATE TABLE drop_counts (tier INTEGER NOT NULL, bucket_start INTEGER NOT NULL, dim_id INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (tier, bucket_start, dim_id)) WITHOUT ROWID;
+CREATE TABLE pkt_counts (tier INTEGER NOT NULL, bucket_start INTEGER NOT NULL, dim_id INTEGER NOT NULL,
+    packets INTEGER NOT NULL, bytes INTEGER NOT NULL, PRIMARY KEY (tier, bucket_start, dim_id)) WITHOUT ROWID;
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def old_v1_database(path: Path) -> None:
+    """A version-1 history: labels acme (1) and globex (2); drops and packets
+    10 minutes ago in every tier, as the old daemon wrote them (pop '')."""
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_V1)
+    conn.executemany("INSERT INTO labels (name, created_at) VALUES (?, 0)", [("acme",), ("globex",)])
+    dims = [(1, "drop", "acme", "eyeball", "NO_SOCKET", "udp_rcv", "eth0", ""),
+            (2, "drop", "unlabeled", "unknown", "NO_SOCKET", "udp_rcv", "eth0", ""),
+            (3, "pkt", "acme", "eyeball", "", "", "", ""),
+            # An odd one: the same key spelled with pop 'none' (merges with 1).
+            (4, "drop", "acme", "eyeball", "NO_SOCKET", "udp_rcv", "eth0", "none")]
+    conn.executemany("INSERT INTO dims VALUES (?, ?, ?, ?, ?, ?, ?, ?)", dims)
+    t = T0 - 600
+    for step in (10, 300, 3600):
+        b = t - t % step
+        conn.executemany("INSERT INTO drop_counts VALUES (?, ?, ?, ?)",
+                         [(step, b, 1, 40), (step, b, 2, 6), (step, b, 4, 2)])
+        conn.execute("INSERT INTO pkt_counts VALUES (?, ?, 3, 500, 50000)", (step, b))
+    conn.commit()
+    conn.close()
+
+
+class TestMigrationFromV1:
+    def test_old_history_opens_with_source_and_pop_filled_in(self, tmp_path: Path) -> None:
+        path = tmp_path / "v1.db"
+        old_v1_database(path)
+        with Store(path) as s:
+            res = s.query_drops(at(-3600), NOW, group_by=["label", "pop", "source"], now=NOW)
+            assert res.groups == [
+                {"label": "acme", "pop": "none", "source": "metadata", "count": 42},
+                {"label": "unlabeled", "pop": "none", "source": "none", "count": 6}]
+            assert s.query_packets(at(-3600), NOW, group_by=["label", "pop"], now=NOW) == [
+                {"label": "acme", "pop": "none", "packets": 500, "bytes": 50000}]
+            # Every tier was migrated: a 30-day query reads the coarse ones.
+            assert s.query_drops(at(-20 * 86400), NOW, now=NOW).total == 48
+            # Label ids are kept; PoPs start empty.
+            assert s.label_ids(["globex", "new"]) == {"globex": 2, "new": 3}
+            assert s.pop_ids(["ams01"]) == {"ams01": 1}
+            # New rows land next to the old ones, under the same key.
+            s.record(at(-5), [DropDelta("acme", "eyeball", "NO_SOCKET", "udp_rcv", "eth0", "none", 1,
+                                        "metadata")], [])
+            assert s.query_drops(at(-3600), NOW, filters={"label": ["acme"]}, group_by=["source"],
+                                 now=NOW).groups == [{"source": "metadata", "count": 43}]
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("2",)
+            assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            assert conn.execute("SELECT COUNT(*) FROM drop_counts WHERE dim_id = 4").fetchone() == (0,)
+        finally:
+            conn.close()
+
+    def test_a_failed_migration_leaves_the_old_database_as_it_was(self, tmp_path: Path) -> None:
+        path = tmp_path / "v1.db"
+        old_v1_database(path)
+        conn = sqlite3.connect(path)
+        conn.execute("CREATE TABLE pops (x INTEGER)")  # in the way of the migration
+        conn.commit()
+        conn.close()
+        with pytest.raises(StoreError):
+            Store(path)
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("1",)
+            cols = [r[1] for r in conn.execute("PRAGMA table_info(dims)")]
+            assert "source" not in cols
+        finally:
+            conn.close()
