@@ -105,6 +105,7 @@ static __always_inline void stat_inc(__u32 idx)
  * constant at each call site, so each entry point compiles one path only.
  */
 struct skb_view {
+	unsigned long nfct;	/* skb->_nfct, 0 without conntrack */
 	unsigned char *head;
 	__u32 end;
 	__u32 tail;
@@ -127,6 +128,7 @@ static __always_inline void read_skb(struct sk_buff *skb, const int btf, struct 
 		v->tail = skb->tail;
 		v->protocol = skb->protocol;
 		v->ifindex = skb->skb_iif;
+		v->nfct = bpf_core_field_exists(skb->_nfct) ? skb->_nfct : 0;
 		dev = skb->dev;
 		v->netns_ino = dev ? dev->nd_net.net->ns.inum : 0;
 	} else {
@@ -137,6 +139,7 @@ static __always_inline void read_skb(struct sk_buff *skb, const int btf, struct 
 		v->tail = BPF_CORE_READ(skb, tail);
 		v->protocol = BPF_CORE_READ(skb, protocol);
 		v->ifindex = BPF_CORE_READ(skb, skb_iif);
+		v->nfct = bpf_core_field_exists(skb->_nfct) ? BPF_CORE_READ(skb, _nfct) : 0;
 		dev = BPF_CORE_READ(skb, dev);
 		v->netns_ino = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
 	}
@@ -202,6 +205,77 @@ bad:
 	stat_inc(DW_STAT_META_BAD_BOUNDS);
 	*meta_len = 0;
 	return NULL;
+}
+
+#define DW_NFCT_PTRMASK	(~7UL)	/* include/linux/skbuff.h */
+#define DW_IP_CT_IS_REPLY 3	/* enum ip_conntrack_info */
+#define DW_AF_INET	2
+#define DW_AF_INET6	10
+
+/*
+ * The flow as it arrived, from conntrack: NAT rewrote the headers, but the
+ * tuple of the packet's direction (original, or reply) is how the packet
+ * looked before NAT, which is how the labeler keyed it at ingress.
+ */
+static __always_inline int ct_flow_key(const struct skb_view *sv, struct dw_flow_key *k, const int btf)
+{
+	struct nf_conn *ct = (void *)(sv->nfct & DW_NFCT_PTRMASK);
+	int reply = (sv->nfct & 7) >= DW_IP_CT_IS_REPLY;
+	struct nf_conntrack_tuple t;
+
+	if (!ct)
+		return 0;
+	if (btf) {
+		/* Cast the tuple, not the nf_conn: vmlinux also has an
+		 * "nf_conn___init", which libbpf takes for a flavor of nf_conn,
+		 * so a type-id relocation of nf_conn is ambiguous; a field
+		 * offset within it is not. */
+		__u32 off = reply ? bpf_core_field_offset(struct nf_conn, tuplehash[1].tuple)
+				  : bpf_core_field_offset(struct nf_conn, tuplehash[0].tuple);
+		const struct nf_conntrack_tuple *p =
+			bpf_rdonly_cast((void *)ct + off, bpf_core_type_id_kernel(struct nf_conntrack_tuple));
+
+		t.src.u3.all[0] = p->src.u3.all[0];
+		t.src.u3.all[1] = p->src.u3.all[1];
+		t.src.u3.all[2] = p->src.u3.all[2];
+		t.src.u3.all[3] = p->src.u3.all[3];
+		t.dst.u3.all[0] = p->dst.u3.all[0];
+		t.dst.u3.all[1] = p->dst.u3.all[1];
+		t.dst.u3.all[2] = p->dst.u3.all[2];
+		t.dst.u3.all[3] = p->dst.u3.all[3];
+		t.src.u.all = p->src.u.all;
+		t.dst.u.all = p->dst.u.all;
+		t.src.l3num = p->src.l3num;
+		t.dst.protonum = p->dst.protonum;
+	} else {
+		const struct nf_conntrack_tuple *p = reply ? &ct->tuplehash[1].tuple : &ct->tuplehash[0].tuple;
+
+		t.src.u3 = BPF_CORE_READ(p, src.u3);
+		t.dst.u3 = BPF_CORE_READ(p, dst.u3);
+		t.src.u.all = BPF_CORE_READ(p, src.u.all);
+		t.dst.u.all = BPF_CORE_READ(p, dst.u.all);
+		t.src.l3num = BPF_CORE_READ(p, src.l3num);
+		t.dst.protonum = BPF_CORE_READ(p, dst.protonum);
+	}
+	__builtin_memset(k, 0, sizeof(*k));
+	k->proto = t.dst.protonum;
+	if (t.src.l3num == DW_AF_INET) {
+		k->family = 4;
+		__builtin_memcpy(k->saddr, t.src.u3.all, 4);
+		__builtin_memcpy(k->daddr, t.dst.u3.all, 4);
+	} else if (t.src.l3num == DW_AF_INET6) {
+		k->family = 6;
+		__builtin_memcpy(k->saddr, t.src.u3.all, 16);
+		__builtin_memcpy(k->daddr, t.dst.u3.all, 16);
+	} else {
+		return 0;
+	}
+	if (k->proto == 6 || k->proto == 17) {
+		k->sport = t.src.u.all;
+		k->dport = t.dst.u.all;
+		k->flags = DW_FLOW_HAS_PORTS;
+	}
+	return 1;
 }
 
 /*
@@ -271,6 +345,9 @@ static __always_inline int flow_lookup(const struct skb_view *sv, struct dw_drop
 	}
 	struct dw_flow_val *v = bpf_map_lookup_elem(&dw_flows, &k);
 
+	/* Not under its own headers: NAT may have rewritten them. */
+	if (!v && sv->nfct && ct_flow_key(sv, &k, btf))
+		v = bpf_map_lookup_elem(&dw_flows, &k);
 	if (!v) {
 		stat_inc(DW_STAT_FLOW_MISS);
 		return 0;

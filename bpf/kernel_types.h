@@ -40,6 +40,40 @@ struct sk_buff {
 	__u16 protocol;		/* __be16 */
 	int skb_iif;
 	struct net_device *dev;
+	unsigned long _nfct;	/* CONFIG_NF_CONNTRACK: struct nf_conn * | ctinfo (3 bits) */
+};
+
+/* Conntrack's tuples: after NAT rewrote a packet, the tuple of its
+ * direction still holds the addresses and ports it arrived with. */
+union nf_inet_addr {
+	__u32 all[4];
+};
+
+struct nf_conntrack_man {
+	union nf_inet_addr u3;
+	union {
+		__u16 all;
+	} u;
+	__u16 l3num;
+};
+
+struct nf_conntrack_tuple {
+	struct nf_conntrack_man src;
+	struct {
+		union nf_inet_addr u3;
+		union {
+			__u16 all;
+		} u;
+		__u8 protonum;
+	} dst;
+};
+
+struct nf_conntrack_tuple_hash {
+	struct nf_conntrack_tuple tuple;
+};
+
+struct nf_conn {
+	struct nf_conntrack_tuple_hash tuplehash[2];	/* IP_CT_DIR_ORIGINAL, IP_CT_DIR_REPLY */
 };
 
 struct skb_shared_info {

@@ -196,6 +196,10 @@ _both("afpacket-snat-container", "router", "snat-ct",
       "AF_PACKET socket on the interface + SNAT (masquerade) towards a container, closed port", tap="afpacket")
 _both("afpacket-dnat", "direct", "dnat-local", "AF_PACKET socket on the interface + DNAT to a closed local port",
       tap="afpacket")
+_both("dnat-nft", "direct", "dnat-nft", "DNAT to a local port, dropped by nft INPUT")
+_both("afpacket-dnat-nft", "direct", "dnat-nft",
+      "AF_PACKET socket on the interface + DNAT to a local port, dropped by nft INPUT (conntrack attached)",
+      tap="afpacket")
 _both("tcpdump-dnat", "direct", "dnat-local", "tcpdump -i on the interface + DNAT to a closed local port",
       tap="tcpdump")
 # Tunnels decapsulated on the host; the inner packet is dropped.
@@ -670,6 +674,15 @@ def _scenario(t: Topo, n: int) -> Scenario:
                        " }\n}\n")
         return Scenario([t.rx_ns], frozenset({"NO_SOCKET"}), snmp(t.rx_ns, snmp_udp[0]),
                         lambda: t.send_udp(f.surv, P(9), n), n, counter=snmp_udp[0])
+    if p.drop == "dnat-nft":
+        # DNAT, then dropped by nft INPUT: conntrack is still attached at the
+        # drop, holding the tuple the packet arrived with.
+        t.nft(t.rx_ns, f"table inet svnat {{\n chain pre {{ type nat hook prerouting priority -100;\n"
+                       f"  {f.nft} daddr {f.surv} udp dport {P(13)} dnat {f.nft} to {_hostport(f.surv, P(14))}\n"
+                       " }\n}\n")
+        t.nft(t.rx_ns, _in_table(f, "svdrop", "input", f"{f.nft} daddr {f.surv} udp dport {P(14)}"))
+        return Scenario([t.rx_ns], frozenset({"NETFILTER_DROP"}), lambda: t.nft_counter(t.rx_ns, "svdrop"),
+                        lambda: t.send_udp(f.surv, P(13), n), n, counter="nft rule counter")
     if p.drop == "listen-overflow":
         return _listen_overflow(t)
     raise ValueError(f"unknown drop kind {p.drop!r}")
