@@ -150,6 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(f"--metrics-max-labels {args.metrics_max_labels}: must be at least 1")
     if not 0 <= args.sample_rate <= 100_000:
         raise UsageError(f"--sample-rate {args.sample_rate}: 0..100000 events/s per CPU")
+    if not 1024 <= args.flow_map_entries <= 1 << 24:
+        raise UsageError(f"--flow-map-entries {args.flow_map_entries}: 1024..16777216")
     tailcalls = [parse_tailcall(v) for v in args.xdp_tailcall]
     if not args.iface and not tailcalls:
         raise UsageError("at least one --iface (or --xdp-tailcall) is required")
@@ -177,7 +179,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        xdp_mode=args.xdp_mode, poll_interval_s=poll_s, netns=args.netns,
                        tracepoint_mode=args.tracepoint, metrics_max_labels=args.metrics_max_labels,
                        sample_rate=args.sample_rate, token=token, public_reads=args.public_reads,
-                       tailcalls=tailcalls)
+                       tailcalls=tailcalls, flow_map_entries=args.flow_map_entries)
     daemon = Daemon(cfg)
     try:
         daemon.start()
@@ -500,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export at most N label values (top N by drops); the rest as label=\"other\"")
     r.add_argument("--sample-rate", type=int, default=10, metavar="N",
                    help="sampled drop events per second per CPU (0 disables; counts are exact either way)")
+    r.add_argument("--flow-map-entries", type=int, default=65536, metavar="N",
+                   help="flow-fallback map size (LRU; 1024..16777216): how many recent flows can be "
+                        "recovered where metadata is lost")
     r.add_argument("--xdp-tailcall", action="append", default=[], metavar="PINNED_PROG_ARRAY:INDEX",
                    help="chain after another XDP program: put the labeler into that slot of its pinned "
                         "program array (repeatable)")

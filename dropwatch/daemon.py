@@ -41,6 +41,7 @@ class DaemonConfig:
     tracepoint_mode: str = "auto"
     metrics_max_labels: int | None = None  # cardinality cap for /metrics (None: no cap)
     sample_rate: int = 10  # sampled drop events per second per CPU; 0 disables
+    flow_map_entries: int = 65536  # dw_flows size (the flow fallback), fixed at load
     tailcalls: list[tuple[str, int]] = field(default_factory=list)  # (pinned prog array, slot)
     token: str | None = None  # API token; None: writes only from loopback
     public_reads: bool = False  # with a token: leave GET endpoints open
@@ -69,7 +70,8 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig, *, loader: Loader | None = None, store: Store | None = None,
                  reasons: DropReasons | None = None, kallsyms: Kallsyms | None = None) -> None:
         self.cfg = cfg
-        self.loader = loader or Loader(tracepoint_mode=cfg.tracepoint_mode, sample_rate=cfg.sample_rate)
+        self.loader = loader or Loader(tracepoint_mode=cfg.tracepoint_mode, sample_rate=cfg.sample_rate,
+                                      flow_entries=cfg.flow_map_entries)
         self.store = store or Store(cfg.db_path)
         self.reasons = reasons or DropReasons.load()
         self.kallsyms = kallsyms or Kallsyms.load()
