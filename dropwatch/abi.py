@@ -169,7 +169,8 @@ class FlowCfg(ctypes.Structure):
 class Ruleset(ctypes.Structure):
     _fields_ = [
         ("has_pairs", u32), ("default_side", u32), ("epoch", u32), ("flow_mode", u32),
-        ("has_pops", u32), ("flow_max_age_ms", u32), ("n_udp_encaps", u32), ("udp_encaps", UdpEncapEntry * DW_MAX_UDP_ENCAPS),
+        ("has_pops", u32), ("flow_max_age_ms", u32), ("n_udp_encaps", u32),
+        ("udp_encaps", UdpEncapEntry * DW_MAX_UDP_ENCAPS),
         ("wildcard", CandList),
     ]
 
