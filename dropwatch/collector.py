@@ -210,14 +210,14 @@ class Collector:
         # only count was in a cache flush in flight). An evicted key starts
         # again from what the reader's caches still held for it (counted
         # already); the kernel may create it again.
-        for k, v in drops.items():
-            if k not in evicted and v > self._prev_drops.get(k, 0):
-                self._prev_drops[k] = v
-        for k, left in evicted.items():
+        for dkey, v in drops.items():
+            if dkey not in evicted and v > self._prev_drops.get(dkey, 0):
+                self._prev_drops[dkey] = v
+        for dkey, left in evicted.items():
             if left:
-                self._prev_drops[k] = left
+                self._prev_drops[dkey] = left
             else:
-                self._prev_drops.pop(k, None)
+                self._prev_drops.pop(dkey, None)
         for dk in list(self._idle_polls):
             if dk in evicted or dk not in drops:
                 del self._idle_polls[dk]
