@@ -77,7 +77,7 @@ class Collector:
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._prev_drops: dict[DropKeyT, int] = {}
         self._idle_polls: dict[DropKeyT, int] = {}
-        self.evict_at = int(abi.DW_MAX_DROP_KEYS * EVICT_AT_FRACTION)
+        self.evict_at = int(getattr(loader, "drop_entries", abi.DW_MAX_DROP_KEYS) * EVICT_AT_FRACTION)
         self.evict_idle_polls = EVICT_IDLE_POLLS
         self.evicted = 0
         self._prev_pkts: dict[tuple[int, int], tuple[int, int]] = {}
@@ -221,7 +221,8 @@ class Collector:
             evicted.add(key)
         self.evicted += len(evicted)
         if evicted:
-            log.info("drop map %d/%d full: evicted %d idle entries", len(drops), abi.DW_MAX_DROP_KEYS, len(evicted))
+            log.info("drop map %d/%d full: evicted %d idle entries", len(drops),
+                     getattr(self.loader, "drop_entries", abi.DW_MAX_DROP_KEYS), len(evicted))
         return out, evicted
 
     def _write(self, now: datetime, drop_rows: Counter[DropDelta],

@@ -120,7 +120,7 @@ class Loader:
     def __init__(self, *, obj_dir: Path | None = None, meta_key: int | None = None,
                  tracepoint_mode: str = "auto", lib: Libbpf | None = None,
                  sample_rate: int = 0, sample_burst: int | None = None,
-                 flow_entries: int = abi.DW_FLOW_ENTRIES) -> None:
+                 flow_entries: int = abi.DW_FLOW_ENTRIES, drop_entries: int = abi.DW_MAX_DROP_KEYS) -> None:
         if tracepoint_mode not in TRACEPOINT_MODES:
             raise ValueError(f"tracepoint mode {tracepoint_mode!r}: one of {TRACEPOINT_MODES}")
         self.lib = lib or libbpf()
@@ -134,6 +134,9 @@ class Loader:
         if not 1024 <= flow_entries <= 1 << 24:
             raise ValueError(f"flow map entries {flow_entries}: 1024..16777216")
         self.flow_entries = flow_entries
+        if not 1024 <= drop_entries <= 1 << 22:
+            raise ValueError(f"drop map entries {drop_entries}: 1024..4194304")
+        self.drop_entries = drop_entries  # dw_drops capacity (the collector evicts at 75% of it)
         # What the reader is told about the flow map (dw_flow_cfg); follows
         # the active rule generation.
         self.flow_cfg = abi.FlowCfg(mode=abi.FlowMode.OFF, epoch=0, max_age_ns=0)
@@ -209,7 +212,8 @@ class Loader:
         # One flow map for both: the labeler fills it, the reader reads it.
         reuse = {"dw_flows": self.labeler.maps["dw_flows"]} if self.labeler else None
         self.reader = self._open(READER_OBJ, autoload={"dw_kfree_skb_btf": btf, "dw_kfree_skb_tp": not btf},
-                                 reuse=reuse, max_entries={"dw_flows": self.flow_entries})
+                                 reuse=reuse, max_entries={"dw_flows": self.flow_entries,
+                                                           "dw_drops": self.drop_entries})
         self._write_flow_cfg()
         self.reader_kind = kind
 
