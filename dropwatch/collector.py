@@ -32,6 +32,8 @@ from .store import DropDelta, PacketDelta, Store, StoreError
 log = logging.getLogger("dropwatch.collector")
 
 UNLABELED = "unlabeled"
+# A drop row's names, in DropDelta's field order: label, side, reason, location, iface, pop.
+DropRow = tuple[str, str, str, str, str, str]
 SIDE_NAMES = {0: "unknown", 1: "eyeball", 2: "origin", 3: "unknown"}
 # Pending deltas kept while the store is failing: beyond this many distinct
 # rows the oldest detail is folded (location -> "?"), never discarded.
@@ -76,7 +78,12 @@ class Collector:
         self._names: dict[int, str] = {}
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._prev_drops: dict[DropKeyT, int] = {}
-        self._idle_polls: dict[DropKeyT, int] = {}
+        # Every key in _prev_drops -> the poll it last grew in, oldest first.
+        self._last_growth: dict[DropKeyT, int] = {}
+        # Key -> (its row's names, corrupt?), for keys whose names are final
+        # (label ids are never rebound, interface names are cached anyway).
+        self._rows: dict[DropKeyT, tuple[DropRow, bool]] = {}
+        self._resync = True
         self.evict_at = int(getattr(loader, "drop_entries", abi.DW_MAX_DROP_KEYS) * EVICT_AT_FRACTION)
         self.evict_idle_polls = EVICT_IDLE_POLLS
         self.evicted = 0
@@ -84,7 +91,7 @@ class Collector:
         self._prev_stats: dict[abi.Stat, int] = {}
         self._ifnames: dict[int, str] = {}
         self.netns_ino = _netns_inode(netns)
-        self._pending_drops: Counter[DropDelta] = Counter()
+        self._pending_drops: Counter[DropRow] = Counter()
         self._pending_pkts: dict[tuple[str, str, str, str], list[int]] = {}
         self.totals = Totals()
         self.lock = threading.Lock()
@@ -132,38 +139,58 @@ class Collector:
         return (label, SIDE_NAMES.get(s.side, "unknown"), self.reasons.name(s.reason),
                 self.kallsyms.symbolize(s.location), self._iface(s.ifindex, s.netns_ino))
 
+    def _drop_row(self, key: DropKeyT) -> tuple[DropRow, bool]:
+        """A drop key's names and whether it counts corrupt records; cached
+        once every name is final (not a fallback that a reload may fix)."""
+        label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
+        labeled = source in (abi.Source.META, abi.Source.FLOW)
+        loc = self.kallsyms.symbolize(location)
+        row: DropRow = (self._label(label_id) if labeled else UNLABELED, SIDE_NAMES.get(side, "unknown"),
+                        self.reasons.name(reason), loc, self._iface(ifindex, netns_ino), "")
+        named = (row, bool(source == abi.Source.CORRUPT or flags & abi.DW_DK_META_CORRUPT))
+        if (not labeled or label_id == 0 or label_id in self._names) and not loc.startswith("0x"):
+            self._rows[key] = named
+        return named
+
     # ------------------------------------------------------------ poll
 
     def poll(self) -> None:
         t0 = time.monotonic()
         now = self._clock()
-        drops = self.loader.read_drops()
         max_id = max(self._names) if self._names else 0
         pkts = self.loader.read_packets(max(max_id, 1))
         stats = self.loader.read_stats()
         fails = self.loader.read_meta_failures()
+        # Only entries that may have changed are decoded; the rest still hold
+        # the counts in _prev_drops. After a failed poll, read everything.
+        resync, self._resync = self._resync, True
+        changed, n_entries = self.loader.read_drops_changed(full=resync)
+        prev_drops = self._prev_drops
+        if len(prev_drops) + sum(1 for k in changed if k not in prev_drops) != n_entries:
+            # An entry we did not evict left the map: read it all again.
+            changed, n_entries = self.loader.read_drops_changed(full=True)
+            gone = prev_drops.keys() - changed.keys()
+        else:
+            gone = set()
 
-        drops, evicted = self._evict_idle(drops)
-        drop_rows: Counter[DropDelta] = Counter()
+        changed, evicted = self._evict_idle(changed, n_entries)
+        drop_rows: dict[DropRow, int] = {}
+        active: list[DropKeyT] = []
         corrupt = 0
-        for key, cur in drops.items():
-            prev = self._prev_drops.get(key, 0)
+        rows = self._rows
+        for key, cur in changed.items():
+            prev = prev_drops.get(key, 0)
             delta = cur - prev if cur >= prev else cur
-            self._idle_polls[key] = self._idle_polls.get(key, 0) + 1 if delta <= 0 else 0
             if delta <= 0:
                 continue
-            label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
-            if source == abi.Source.CORRUPT or flags & abi.DW_DK_META_CORRUPT:
+            active.append(key)
+            named = rows.get(key)
+            if named is None:
+                named = self._drop_row(key)
+            row, is_corrupt = named
+            if is_corrupt:
                 corrupt += delta
-            drop_rows[DropDelta(
-                label=self._label(label_id) if source in (abi.Source.META, abi.Source.FLOW) else UNLABELED,
-                side=SIDE_NAMES.get(side, "unknown"),
-                reason=self.reasons.name(reason),
-                location=self.kallsyms.symbolize(location),
-                iface=self._iface(ifindex, netns_ino),
-                pop="",
-                count=0,
-            )] += delta
+            drop_rows[row] = drop_rows.get(row, 0) + delta
         pkt_rows: dict[tuple[str, str, str, str], list[int]] = {}
         for (label_id, side, pop_id), (p, b) in pkts.items():
             pp, pb = self._prev_pkts.get((label_id, side, pop_id), (0, 0))
@@ -174,11 +201,19 @@ class Collector:
             acc = pkt_rows.setdefault(k, [0, 0])
             acc[0] += dp
             acc[1] += db
+        # Keys ordered by the poll they last grew in (oldest first), for _evict_idle.
+        prev_drops.update(changed)
+        last = self._last_growth
+        for key in active:
+            last.pop(key, None)
+            last[key] = self.polls
+        for key in changed.keys() - last.keys():  # new, not grown (a zero count)
+            last[key] = self.polls - 1
         # An evicted key starts from zero if the kernel creates it again.
-        self._prev_drops = {k: v for k, v in drops.items() if k not in evicted}
-        for dk in list(self._idle_polls):
-            if dk in evicted or dk not in drops:
-                del self._idle_polls[dk]
+        for key in evicted | gone:
+            prev_drops.pop(key, None)
+            last.pop(key, None)
+            rows.pop(key, None)
         self._prev_pkts = pkts
 
         stat_delta = {st: v - self._prev_stats.get(st, 0) for st, v in stats.items()}
@@ -186,7 +221,7 @@ class Collector:
 
         with self.lock:
             for row, n in drop_rows.items():
-                self.totals.drops[(row.label, row.side, row.reason)] += n
+                self.totals.drops[row[:3]] += n
             for (plabel, pside, _i, _p), (dp, db) in pkt_rows.items():
                 self.totals.packets[(plabel, pside)] += dp
                 self.totals.bytes[(plabel, pside)] += db
@@ -195,6 +230,7 @@ class Collector:
             self.totals.stats = {st.name.lower(): v for st, v in stats.items()}
             self.totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
 
+        self._resync = False
         self._write(now, drop_rows, pkt_rows)
         self.polls += 1
         self.last_poll = now
@@ -203,29 +239,34 @@ class Collector:
         if len(self.poll_durations) > 1000:
             del self.poll_durations[:500]
 
-    def _evict_idle(self, drops: dict[DropKeyT, int]) -> tuple[dict[DropKeyT, int], set[DropKeyT]]:
+    def _evict_idle(self, drops: dict[DropKeyT, int], n_entries: int) -> tuple[dict[DropKeyT, int], set[DropKeyT]]:
         """Make room in a filling drop map: remove entries idle for
         evict_idle_polls polls. Each is read and deleted in one step and its
-        final value replaces the one just read, so increments that landed in
-        between still count in this poll's delta."""
+        final value replaces the one just read (or is added to ``drops``), so
+        increments that landed in between still count in this poll's delta."""
         evicted: set[DropKeyT] = set()
-        if len(drops) < self.evict_at:
+        if n_entries < self.evict_at:
             return drops, evicted
-        out = dict(drops)
-        for key, idle in list(self._idle_polls.items()):
-            if idle < self.evict_idle_polls or key not in out:
-                continue
+        # _last_growth is ordered by the poll a key last grew in, oldest first:
+        # stop at the first key that is not idle long enough.
+        newest = self.polls - 1 - self.evict_idle_polls
+        idle = []
+        for key, grew in self._last_growth.items():
+            if grew > newest:
+                break
+            idle.append(key)
+        for key in idle:
             final = self.loader.evict_drop(key)
             if final is not None:
-                out[key] = final
+                drops[key] = final
             evicted.add(key)
         self.evicted += len(evicted)
         if evicted:
-            log.info("drop map %d/%d full: evicted %d idle entries", len(drops),
+            log.info("drop map %d/%d full: evicted %d idle entries", n_entries,
                      getattr(self.loader, "drop_entries", abi.DW_MAX_DROP_KEYS), len(evicted))
-        return out, evicted
+        return drops, evicted
 
-    def _write(self, now: datetime, drop_rows: Counter[DropDelta],
+    def _write(self, now: datetime, drop_rows: dict[DropRow, int],
                pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
         self._pending_drops.update(drop_rows)
         for k, (dp, db) in pkt_rows.items():
@@ -234,8 +275,7 @@ class Collector:
             acc[1] += db
         if not self._pending_drops and not self._pending_pkts:
             return
-        drops = [DropDelta(r.label, r.side, r.reason, r.location, r.iface, r.pop, n)
-                 for r, n in self._pending_drops.items()]
+        drops = [DropDelta(*r, n) for r, n in self._pending_drops.items()]
         packets = [PacketDelta(label, side, iface, pop, v[0], v[1])
                    for (label, side, iface, pop), v in self._pending_pkts.items()]
         try:
@@ -255,7 +295,7 @@ class Collector:
     def _fold_pending(self) -> None:
         if len(self._pending_drops) <= MAX_PENDING_ROWS:
             return
-        folded: Counter[DropDelta] = Counter()
-        for r, n in self._pending_drops.items():
-            folded[DropDelta(r.label, r.side, r.reason, "?", r.iface, r.pop, 0)] += n
+        folded: Counter[DropRow] = Counter()
+        for (label, side, reason, _loc, iface, pop), n in self._pending_drops.items():
+            folded[(label, side, reason, "?", iface, pop)] += n
         self._pending_drops = folded
