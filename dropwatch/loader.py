@@ -712,21 +712,21 @@ class Loader:
         out: dict[tuple[int, int, int], tuple[int, int]] = {}
         keys = (ctypes.c_uint32 * _BATCH)()
         values = (ctypes.c_uint64 * (_BATCH * self.ncpus * stride))()
+        # Decoded from the batch buffers: per CPU (packets, bytes), summed.
+        kview = memoryview(keys).cast("B").cast("I")
+        vsz = 8 * stride * self.ncpus
+        vview = memoryview(values).cast("B")
+        vfmt = struct.Struct(f"={stride * self.ncpus}Q")
         in_b: object | None = None
         out_b = ctypes.c_uint32()
         done = 0
         while done < n_entries:
             want = min(_BATCH, n_entries - done)
             n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, want)
-            for i in range(n):
-                pk = by = 0
-                for cpu in range(self.ncpus):
-                    base = (i * self.ncpus + cpu) * stride
-                    pk += values[base]
-                    by += values[base + 1]
+            for idx, pb in zip(kview[:n], vfmt.iter_unpack(vview[:n * vsz])):
+                pk = sum(pb[0::2])
                 if pk:
-                    idx = keys[i]
-                    out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (pk, by)
+                    out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (pk, sum(pb[1::2]))
             done += n
             if not more or n == 0:
                 break
@@ -737,15 +737,11 @@ class Loader:
         pout_b = abi.PopPktKey()
         while True:
             n, more = self.lib.map_lookup_batch(pfd, pin_b, pout_b, pkeys, values, _BATCH)
-            for i in range(n):
-                pk = by = 0
-                for cpu in range(self.ncpus):
-                    base = (i * self.ncpus + cpu) * stride
-                    pk += values[base]
-                    by += values[base + 1]
-                k = pkeys[i]
+            for i, pb in enumerate(vfmt.iter_unpack(vview[:n * vsz])):
+                pk = sum(pb[0::2])
                 if pk:
-                    out[(k.label_id, k.side, k.pop_id)] = (pk, by)
+                    k = pkeys[i]
+                    out[(k.label_id, k.side, k.pop_id)] = (pk, sum(pb[1::2]))
             if not more:
                 break
             pin_b = abi.PopPktKey.from_buffer_copy(bytes(pout_b))

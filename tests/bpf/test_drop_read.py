@@ -153,3 +153,19 @@ def test_collector_deltas_exact(ld: Loader, tmp_path: Path) -> None:
         bump(gone, 4)
         col.poll()
         assert total() == grown
+
+
+def test_read_packets_sums_cpus(ld: Loader) -> None:
+    """Both packet maps: per-CPU (packets, bytes) summed, zero entries left out."""
+    stride = ctypes.sizeof(abi.PktVal) // 8
+    want = {}
+    for idx, (p, b) in {1 * abi.DW_SIDE_COUNT + 2: (3, 300), 7 * abi.DW_SIDE_COUNT + 1: (5, 70)}.items():
+        vals = (ctypes.c_uint64 * (ld.ncpus * stride))(*[x for c in range(ld.ncpus) for x in (p + c, b + c)])
+        ld.lib.map_update(ld._lmap("dw_pkt_counts"), ctypes.c_uint32(idx), vals)
+        want[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (
+            sum(p + c for c in range(ld.ncpus)), sum(b + c for c in range(ld.ncpus)))
+    k = abi.PopPktKey(label_id=9, pop_id=4, side=1)
+    vals = (ctypes.c_uint64 * (ld.ncpus * stride))(*[x for c in range(ld.ncpus) for x in (2 * c + 1, 100)])
+    ld.lib.map_update(ld._lmap("dw_pop_pkt_counts"), k, vals)
+    want[(9, 1, 4)] = (sum(2 * c + 1 for c in range(ld.ncpus)), 100 * ld.ncpus)
+    assert ld.read_packets(10) == want
