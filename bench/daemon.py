@@ -172,10 +172,14 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
             B.update_batch(ld.lib, fd, kb, vb, struct.calcsize(KEY_FMT), vsize)
 
         write()
-        col = Collector(ld, st, reasons, Kallsyms.load())
+        kallsyms = Kallsyms.load()
+        rss0 = proc_mem_mb()["VmRSS"]
+        col = Collector(ld, st, reasons, kallsyms)
         col.refresh_label_names()
-        t_read = Timed(ld.read_drops_changed)
-        ld.read_drops_changed = t_read  # type: ignore[method-assign]
+        # (read_drops for a collector from before read_drops_changed existed)
+        rname = "read_drops_changed" if hasattr(ld, "read_drops_changed") else "read_drops"
+        t_read = Timed(getattr(ld, rname))
+        setattr(ld, rname, t_read)
         t_rec = st.record = Timed(st.record)  # type: ignore[method-assign]
         rows: list[dict[str, Any]] = []
 
@@ -227,6 +231,10 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
                              filters={"label": [f"cust{i:04d}" for i in range(0, n_labels, 97)]}).total
         want = sum(c for k, c in zip(keys, counts) if (struct.unpack(KEY_FMT, k)[1] - id_list[0]) % 97 == 0)
         res["store_total_exact"] = tot == want
+        # What a daemon holds for 100,000 keys: the Collector's and Store's
+        # state (previous counts, names, dim ids, the last raw read), here
+        # this process's growth from just before the Collector was made.
+        res["collector_state_mb"] = proc_mem_mb()["VmRSS"] - rss0
         res["polls"] = rows
         res["rss_mb_after"] = proc_mem_mb()
     finally:
@@ -495,7 +503,8 @@ def main() -> None:
         print("first: every key new (100,000 dims created); all: every key grew; few: 100 grew; none: none did. "
               "CPU ms: the poll thread's CPU time (less inflated by other load than wall time).")
         print(f"collector saw {p['keys_seen_by_collector']:,} keys; store totals exact: {p['store_total_exact']}; "
-              f"this process VmHWM {p['rss_mb_after']['VmHWM']:.0f} MB", flush=True)
+              f"collector + store state for them: {p['collector_state_mb']:.0f} MB (this process VmHWM "
+              f"{p['rss_mb_after']['VmHWM']:.0f} MB)", flush=True)
     if others:
         os.sched_setaffinity(0, others)
     if only & {"flood", "api"}:
