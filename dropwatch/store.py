@@ -780,13 +780,14 @@ class Store:
             # bucket, dim id): each tier's bucket is one run of adjacent
             # b-tree pages instead of three interleaved ones.
             drop_ids = sorted((self._dim_id(conn, key, new_dims), n) for key, n in drop_sums.items())
-            conn.executemany(_DROP_UPSERT, [
+            # (generators: 3 rows per key are never all held at once)
+            conn.executemany(_DROP_UPSERT, (
                 (step, start, dim, n) for step, start in buckets for dim, n in drop_ids
-            ])
+            ))
             pkt_ids = sorted((self._dim_id(conn, key, new_dims), v) for key, v in pkt_sums.items())
-            conn.executemany(_PKT_UPSERT, [
+            conn.executemany(_PKT_UPSERT, (
                 (step, start, dim, np_, nb) for step, start in buckets for dim, (np_, nb) in pkt_ids
-            ])
+            ))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
