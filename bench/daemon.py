@@ -229,7 +229,8 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
         tot = st.query_drops(datetime.fromtimestamp(time.time() - 3600, timezone.utc), now,
                              filters={"label": [f"cust{i:04d}" for i in range(0, n_labels, 97)]}).total
-        want = sum(c for k, c in zip(keys, counts) if (struct.unpack(KEY_FMT, k)[1] - id_list[0]) % 97 == 0)
+        want = sum(c for k, c in zip(keys, counts, strict=True)
+                   if (struct.unpack(KEY_FMT, k)[1] - id_list[0]) % 97 == 0)
         res["store_total_exact"] = tot == want
         # What a daemon holds for 100,000 keys: the Collector's and Store's
         # state (previous counts, names, dim ids, the last raw read), here
@@ -362,7 +363,8 @@ class Daemon:
 class MemSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.rss, self.stop_ev = pid, [], threading.Event()
+        self.pid, self.stop_ev = pid, threading.Event()
+        self.rss: list[float] = []
 
     def run(self) -> None:
         while not self.stop_ev.wait(0.5):
@@ -500,8 +502,8 @@ def main() -> None:
                         B.fmt(p[k]["rest_ms"]["median"])]
                        for k in ("first", "all", "few", "none")],
                       ["keys changed", "poll ms (median)", "max", "CPU ms", "read", "store write", "rest"]))
-        print("first: every key new (100,000 dims created); all: every key grew; few: 100 grew; none: none did. "
-              "CPU ms: the poll thread's CPU time (less inflated by other load than wall time).")
+        print(f"first: every key new ({p['keys']:,} dims created); all: every key grew; few: 100 grew; none: none "
+              "did. CPU ms: the poll thread's CPU time (less inflated by other load than wall time).")
         print(f"collector saw {p['keys_seen_by_collector']:,} keys; store totals exact: {p['store_total_exact']}; "
               f"collector + store state for them: {p['collector_state_mb']:.0f} MB (this process VmHWM "
               f"{p['rss_mb_after']['VmHWM']:.0f} MB)", flush=True)

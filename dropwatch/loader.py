@@ -623,9 +623,9 @@ class Loader:
                 ks = map(_DROP_KEY_ORDER, _DROP_KEY_STRUCT.iter_unpack(kview[:n * _DROP_KEY_STRUCT.size]))
                 vs = vview[:n * 8 * ncpus].cast("Q")
                 if ncpus == 1:
-                    out.update(zip(ks, vs))
+                    out.update(zip(ks, vs, strict=True))
                 else:
-                    out.update(zip(ks, map(sum, struct.iter_unpack(f"={ncpus}Q", vs))))
+                    out.update(zip(ks, map(sum, struct.iter_unpack(f"={ncpus}Q", vs)), strict=True))
             if not more:
                 break
             in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
@@ -683,7 +683,7 @@ class Loader:
                     if o >= 0 and old_v[o * vsz:(o + m) * vsz] == vb:
                         continue
                 ks = map(_DROP_KEY_ORDER, _DROP_KEY_STRUCT.iter_unpack(kb))
-                out.update(zip(ks, map(sum, vfmt.iter_unpack(vb))))
+                out.update(zip(ks, map(sum, vfmt.iter_unpack(vb)), strict=True))
             total += n
             if not more:
                 break
@@ -723,7 +723,7 @@ class Loader:
         while done < n_entries:
             want = min(_BATCH, n_entries - done)
             n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, want)
-            for idx, pb in zip(kview[:n], vfmt.iter_unpack(vview[:n * vsz])):
+            for idx, pb in zip(kview[:n], vfmt.iter_unpack(vview[:n * vsz]), strict=True):
                 pk = sum(pb[0::2])
                 if pk:
                     out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (pk, sum(pb[1::2]))
