@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import ctypes
+import gc
 import io
 import json
 import os
@@ -183,14 +184,24 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         t_rec = st.record = Timed(st.record)  # type: ignore[method-assign]
         rows: list[dict[str, Any]] = []
 
+        gc_s = [0.0, 0.0]  # accumulated, start of the running collection
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_s[1] = time.perf_counter()
+            else:
+                gc_s[0] += time.perf_counter() - gc_s[1]
+        gc.callbacks.append(on_gc)
+
         def one(kind: str) -> None:
-            t_read.s = t_rec.s = 0.0
+            t_read.s = t_rec.s = gc_s[0] = 0.0
             c = time.thread_time()
             t = time.perf_counter()
             col.poll()
             ms = (time.perf_counter() - t) * 1e3
             rows.append({"kind": kind, "ms": ms, "cpu_ms": (time.thread_time() - c) * 1e3, "read_ms": t_read.s * 1e3,
                          "record_ms": t_rec.s * 1e3, "rest_ms": ms - (t_read.s + t_rec.s) * 1e3,
+                         "gc_ms": gc_s[0] * 1e3,
                          "load1": os.getloadavg()[0]})
 
         one("first")
@@ -237,6 +248,7 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         # this process's growth from just before the Collector was made.
         res["collector_state_mb"] = proc_mem_mb()["VmRSS"] - rss0
         res["polls"] = rows
+        gc.callbacks.remove(on_gc)
         res["rss_mb_after"] = proc_mem_mb()
     finally:
         ld.close()
@@ -247,7 +259,7 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
     for kind in ("first", "all", "few", "none"):
         xs = [r for r in rows if r["kind"] == kind]
         res[kind] = {k: {"median": B.median([r[k] for r in xs]), "max": max(r[k] for r in xs)}
-                     for k in ("ms", "cpu_ms", "read_ms", "record_ms", "rest_ms")}
+                     for k in ("ms", "cpu_ms", "read_ms", "record_ms", "rest_ms", "gc_ms")}
     return res
 
 
@@ -499,9 +511,10 @@ def main() -> None:
         results["poll"] = p = poll_bench(args.keys, reps, [k for k in args.profile.split(",") if k])
         print(B.table([[k, B.fmt(p[k]["ms"]["median"]), B.fmt(p[k]["ms"]["max"]), B.fmt(p[k]["cpu_ms"]["median"]),
                         B.fmt(p[k]["read_ms"]["median"]), B.fmt(p[k]["record_ms"]["median"]),
-                        B.fmt(p[k]["rest_ms"]["median"])]
+                        B.fmt(p[k]["rest_ms"]["median"]), B.fmt(p[k]["gc_ms"]["median"])]
                        for k in ("first", "all", "few", "none")],
-                      ["keys changed", "poll ms (median)", "max", "CPU ms", "read", "store write", "rest"]))
+                      ["keys changed", "poll ms (median)", "max", "CPU ms", "read", "store write", "rest",
+                       "(of it: gc)"]))
         print(f"first: every key new ({p['keys']:,} dims created); all: every key grew; few: 100 grew; none: none "
               "did. CPU ms: the poll thread's CPU time (less inflated by other load than wall time).")
         print(f"collector saw {p['keys_seen_by_collector']:,} keys; store totals exact: {p['store_total_exact']}; "
