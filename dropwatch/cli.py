@@ -97,7 +97,10 @@ def read_token(path: str | None) -> str | None:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
+    # proto IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets
+    # only then. Without it uvicorn's separate header and body writes meet
+    # Nagle and the client's delayed ACK: 40 ms per keep-alive response.
+    s = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         s.bind((host, port))

@@ -1,11 +1,15 @@
 """Polls the kernel counters, turns them into per-interval deltas with names,
 writes them to the store and keeps the running totals that /metrics exports.
 
-Deltas: the BPF maps hold cumulative per-CPU counts since load. A key seen
-before gives cur - prev; a key whose value went down was deleted and
-recreated in between, so all of cur is new; a key we evict ourselves is read
-and deleted in one step (lookup_and_delete), so its last increments are
-kept. A restart loads fresh maps, so the first poll's values are all new.
+Deltas: the BPF maps hold cumulative per-CPU counts since load; a key's
+count is its dw_drops entry plus what the reader's per-CPU caches hold for
+it (loader.read_drop_cache). A key gives cur - counted; counts only grow, and
+a read that comes out short (a cache flush in flight) counts nothing until
+the next poll. Only dw_drops entries that may have changed are decoded
+(loader.read_drops_changed); the others keep the value remembered. A key we
+evict ourselves is read and deleted in one step (lookup_and_delete), so its
+last increments are kept, and what the caches still hold for it stays
+counted. A restart loads fresh maps, so the first poll's values are all new.
 If the store cannot be written (disk full, read-only), the deltas stay
 pending in memory and go out with the next successful write: counts are
 never dropped, and /metrics keeps counting meanwhile.
@@ -32,6 +36,9 @@ from .store import DropDelta, PacketDelta, Store, StoreError
 log = logging.getLogger("dropwatch.collector")
 
 UNLABELED = "unlabeled"
+# A drop row's names, in DropDelta's field order without count: label, side,
+# reason, location, iface, pop, source.
+DropRow = tuple[str, str, str, str, str, str, str]
 SIDE_NAMES = {0: "unknown", 1: "eyeball", 2: "origin", 3: "unknown"}
 POP_NONE, POP_UNKNOWN = "none", "unknown"
 # What attributed a drop to its label. A corrupt record attributed nothing.
@@ -84,16 +91,24 @@ class Collector:
         self._pop_names_fn = pop_names or store.pop_names
         self._pop_names: dict[int, str] = {}
         self._clock = clock or (lambda: datetime.now(timezone.utc))
-        self._prev_drops: dict[DropKeyT, int] = {}
-        self._idle_polls: dict[DropKeyT, int] = {}
-        self.evict_at = int(abi.DW_MAX_DROP_KEYS * EVICT_AT_FRACTION)
+        # Per key: the dw_drops value last read (entries the incremental read
+        # skips keep it), the total counted so far (map + caches, only
+        # grows), the poll it last grew in, and its row's names.
+        self._map_vals: dict[DropKeyT, int] = {}
+        self._counted: dict[DropKeyT, int] = {}
+        self._last_growth: dict[DropKeyT, int] = {}
+        self._rows: dict[DropKeyT, DropRow] = {}
+        self._prev_cache: dict[DropKeyT, int] = {}
+        self._resync = True
+        self._next_evict_scan = 0
+        self.evict_at = int(getattr(loader, "drop_entries", abi.DW_MAX_DROP_KEYS) * EVICT_AT_FRACTION)
         self.evict_idle_polls = EVICT_IDLE_POLLS
         self.evicted = 0
         self._prev_pkts: dict[tuple[int, int, int], tuple[int, int]] = {}
         self._prev_stats: dict[abi.Stat, int] = {}
         self._ifnames: dict[int, str] = {}
         self.netns_ino = _netns_inode(netns)
-        self._pending_drops: Counter[DropDelta] = Counter()
+        self._pending_drops: Counter[DropRow] = Counter()
         self._pending_pkts: dict[tuple[str, str, str, str], list[int]] = {}
         self.totals = Totals()
         self.lock = threading.Lock()
@@ -159,43 +174,90 @@ class Collector:
                 self.kallsyms.symbolize(s.location), self._iface(s.ifindex, s.netns_ino),
                 self._pop(s.pop_id), SOURCE_NAMES.get(s.source, "none"))
 
+    def _drop_row(self, key: DropKeyT) -> DropRow:
+        """A drop key's names; cached once every name is final (not a
+        fallback that a reload or a new symbol may fix)."""
+        label_id, side, reason, location, ifindex, pop_id, source, netns_ino, _flags = key
+        labeled = source in ATTRIBUTED
+        loc = self.kallsyms.symbolize(location)
+        row: DropRow = (self._label(label_id) if labeled else UNLABELED, SIDE_NAMES.get(side, "unknown"),
+                        self.reasons.name(reason), loc, self._iface(ifindex, netns_ino), self._pop(pop_id),
+                        SOURCE_NAMES.get(source, "none"))
+        if ((not labeled or label_id == 0 or label_id in self._names) and not loc.startswith("0x")
+                and pop_id in (abi.DW_POP_NONE, abi.DW_POP_UNKNOWN, *self._pop_names)):
+            self._rows[key] = row
+        return row
+
     # ------------------------------------------------------------ poll
 
     def poll(self) -> None:
         t0 = time.monotonic()
         now = self._clock()
-        drops = self.loader.read_drops()
         max_id = max(self._names) if self._names else 0
         pkts = self.loader.read_packets(max(max_id, 1))
         stats = self.loader.read_stats()
         fails = self.loader.read_meta_failures()
+        # dw_drops first, then the caches (see loader.read_drops). Only map
+        # entries that may have changed are decoded; the rest keep their
+        # value in _map_vals. After a failed poll, read everything.
+        resync, self._resync = self._resync, True
+        changed, n_entries = self.loader.read_drops_changed(full=resync)
+        map_vals = self._map_vals
+        gone: set[DropKeyT] = set()
+        if len(map_vals) + sum(1 for k in changed if k not in map_vals) != n_entries:
+            # An entry we did not evict left the map: read it all again.
+            changed, n_entries = self.loader.read_drops_changed(full=True)
+            gone = map_vals.keys() - changed.keys()
+            for key in gone:
+                del map_vals[key]
+        map_vals.update(changed)
+        cache = self.loader.read_drop_cache()
+        evicted = self._evict_idle(n_entries, cache)
 
-        drops, evicted = self._evict_idle(drops)
-        drop_rows: Counter[DropDelta] = Counter()
+        # Keys whose total may have moved: changed entries, and keys in the
+        # caches now or at the previous poll.
+        touched = changed.keys() | cache.keys() | self._prev_cache.keys() | evicted.keys()
+        drop_rows: dict[DropRow, int] = {}
         corrupt = 0
-        for key, cur in drops.items():
-            # Cumulative counts only grow (the kernel never deletes a key;
-            # our own evictions are accounted below). A read can come out
-            # short while the reader flushes its cache (loader.read_drops):
-            # then nothing is counted now and the rest comes next poll.
-            prev = self._prev_drops.get(key, 0)
-            delta = cur - prev
-            self._idle_polls[key] = self._idle_polls.get(key, 0) + 1 if delta <= 0 else 0
+        counted, rows, last = self._counted, self._rows, self._last_growth
+        grew: list[tuple[DropKeyT, int]] = []
+        for key in touched:
+            cur = map_vals.get(key, 0) + cache.get(key, 0)
+            if key in evicted:
+                cur = evicted[key][0]
+            delta = cur - counted.get(key, 0)
             if delta <= 0:
-                continue
-            label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
-            if source == abi.Source.CORRUPT or flags & abi.DW_DK_META_CORRUPT:
+                continue  # not grown, or read short during a cache flush
+            row = rows.get(key)
+            if row is None:
+                row = self._drop_row(key)
+            if key[6] == abi.Source.CORRUPT or key[8] & abi.DW_DK_META_CORRUPT:  # source, flags
                 corrupt += delta
-            drop_rows[DropDelta(
-                label=self._label(label_id) if source in ATTRIBUTED else UNLABELED,
-                side=SIDE_NAMES.get(side, "unknown"),
-                reason=self.reasons.name(reason),
-                location=self.kallsyms.symbolize(location),
-                iface=self._iface(ifindex, netns_ino),
-                pop=self._pop(pop_id),
-                count=0,
-                source=SOURCE_NAMES.get(source, "none"),
-            )] += delta
+            drop_rows[row] = drop_rows.get(row, 0) + delta
+            grew.append((key, cur))
+        # Only now, with every row named: a poll that fails above counts
+        # nothing, and the next one (a full read) counts it all.
+        for key, cur in grew:
+            counted[key] = cur
+            last[key] = self.polls
+        for key in changed.keys() - last.keys():  # new with a zero count
+            last[key] = self.polls - 1
+        # An evicted key keeps counted = what the caches still held for it
+        # (counted once already); the kernel may create its entry again.
+        for key, (_final, left) in evicted.items():
+            map_vals.pop(key, None)
+            if left:
+                counted[key] = left
+            else:
+                counted.pop(key, None)
+                last.pop(key, None)
+                rows.pop(key, None)
+        for key in gone - cache.keys():
+            counted.pop(key, None)
+            last.pop(key, None)
+            rows.pop(key, None)
+        self._prev_cache = cache
+
         pkt_rows: dict[tuple[str, str, str, str], list[int]] = {}
         for (label_id, side, pop_id), (p, b) in pkts.items():
             pp, pb = self._prev_pkts.get((label_id, side, pop_id), (0, 0))
@@ -206,21 +268,6 @@ class Collector:
             acc = pkt_rows.setdefault(k, [0, 0])
             acc[0] += dp
             acc[1] += db
-        # prev only grows, and stays for a key missing from one read (its
-        # only count was in a cache flush in flight). An evicted key starts
-        # again from what the reader's caches still held for it (counted
-        # already); the kernel may create it again.
-        for dkey, v in drops.items():
-            if dkey not in evicted and v > self._prev_drops.get(dkey, 0):
-                self._prev_drops[dkey] = v
-        for dkey, left in evicted.items():
-            if left:
-                self._prev_drops[dkey] = left
-            else:
-                self._prev_drops.pop(dkey, None)
-        for dk in list(self._idle_polls):
-            if dk in evicted or dk not in drops:
-                del self._idle_polls[dk]
         self._prev_pkts = pkts
 
         stat_delta = {st: v - self._prev_stats.get(st, 0) for st, v in stats.items()}
@@ -228,7 +275,7 @@ class Collector:
 
         with self.lock:
             for row, n in drop_rows.items():
-                self.totals.drops[(row.label, row.side, row.reason, row.pop, row.source or "none")] += n
+                self.totals.drops[(row[0], row[1], row[2], row[5], row[6])] += n
             for (plabel, pside, _i, ppop), (dp, db) in pkt_rows.items():
                 self.totals.packets[(plabel, pside, ppop)] += dp
                 self.totals.bytes[(plabel, pside, ppop)] += db
@@ -237,6 +284,7 @@ class Collector:
             self.totals.stats = {st.name.lower(): v for st, v in stats.items()}
             self.totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
 
+        self._resync = False
         self._write(now, drop_rows, pkt_rows)
         self.polls += 1
         self.last_poll = now
@@ -245,29 +293,32 @@ class Collector:
         if len(self.poll_durations) > 1000:
             del self.poll_durations[:500]
 
-    def _evict_idle(self, drops: dict[DropKeyT, int]) -> tuple[dict[DropKeyT, int], dict[DropKeyT, int]]:
+    def _evict_idle(self, n_entries: int, cache: dict[DropKeyT, int]) -> dict[DropKeyT, tuple[int, int]]:
         """Make room in a filling drop map: remove entries idle for
-        evict_idle_polls polls. Each is read and deleted in one step and its
-        final value replaces the one just read, so increments that landed in
-        between still count in this poll's delta."""
-        evicted: dict[DropKeyT, int] = {}
-        if len(drops) < self.evict_at:
-            return drops, evicted
-        out = dict(drops)
-        for key, idle in list(self._idle_polls.items()):
-            if idle < self.evict_idle_polls or key not in out:
-                continue
+        evict_idle_polls polls. Each is read and deleted in one step; returns
+        key -> (its final total, the part still in the reader's caches)."""
+        evicted: dict[DropKeyT, tuple[int, int]] = {}
+        # Scanning every key costs ~5 ms per 100,000: look every quarter of
+        # the idle time (an entry goes at most that much later).
+        if n_entries < self.evict_at or self.polls < self._next_evict_scan:
+            return evicted
+        self._next_evict_scan = self.polls + max(1, self.evict_idle_polls // 4)
+        newest = self.polls - 1 - self.evict_idle_polls
+        idle = [key for key, grew in self._last_growth.items()
+                if grew <= newest and key in self._map_vals and key not in cache]
+        for key in idle:
             res = self.loader.evict_drop(key)
-            left = 0
             if res is not None:
-                out[key], left = res
-            evicted[key] = left
+                evicted[key] = res
+            else:
+                evicted[key] = (self._map_vals.get(key, 0), 0)
         self.evicted += len(evicted)
         if evicted:
-            log.info("drop map %d/%d full: evicted %d idle entries", len(drops), abi.DW_MAX_DROP_KEYS, len(evicted))
-        return out, evicted
+            log.info("drop map %d/%d full: evicted %d idle entries", n_entries,
+                     getattr(self.loader, "drop_entries", abi.DW_MAX_DROP_KEYS), len(evicted))
+        return evicted
 
-    def _write(self, now: datetime, drop_rows: Counter[DropDelta],
+    def _write(self, now: datetime, drop_rows: dict[DropRow, int],
                pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
         self._pending_drops.update(drop_rows)
         for k, (dp, db) in pkt_rows.items():
@@ -276,8 +327,7 @@ class Collector:
             acc[1] += db
         if not self._pending_drops and not self._pending_pkts:
             return
-        drops = [DropDelta(r.label, r.side, r.reason, r.location, r.iface, r.pop, n, r.source)
-                 for r, n in self._pending_drops.items()]
+        drops = [DropDelta(r[0], r[1], r[2], r[3], r[4], r[5], n, r[6]) for r, n in self._pending_drops.items()]
         packets = [PacketDelta(label, side, iface, pop, v[0], v[1])
                    for (label, side, iface, pop), v in self._pending_pkts.items()]
         try:
@@ -297,7 +347,7 @@ class Collector:
     def _fold_pending(self) -> None:
         if len(self._pending_drops) <= MAX_PENDING_ROWS:
             return
-        folded: Counter[DropDelta] = Counter()
-        for r, n in self._pending_drops.items():
-            folded[DropDelta(r.label, r.side, r.reason, "?", r.iface, r.pop, 0, r.source)] += n
+        folded: Counter[DropRow] = Counter()
+        for (label, side, reason, _loc, iface, pop, source), n in self._pending_drops.items():
+            folded[(label, side, reason, "?", iface, pop, source)] += n
         self._pending_drops = folded

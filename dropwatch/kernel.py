@@ -9,6 +9,8 @@ enum), so names always come from the running kernel's BTF, and symbols from
 from __future__ import annotations
 
 import bisect
+import gc
+from array import array
 import os
 import time
 from collections import OrderedDict
@@ -104,7 +106,15 @@ class DropReasons:
     def load(cls, btf_dir: Path = DEFAULT_BTF_DIR) -> DropReasons:
         """Read ``<btf_dir>/vmlinux``; FileNotFoundError if the kernel lacks BTF."""
         btf_dir = Path(btf_dir)
-        return cls.from_btf(Btf.from_file(btf_dir / "vmlinux"), btf_dir=btf_dir)
+        dr = cls.from_btf(Btf.from_file(btf_dir / "vmlinux"), btf_dir=btf_dir)
+        # The parsed vmlinux BTF is ~20 MB of Python objects and only serves
+        # as the base of module BTF, which is read once in a blue moon: a
+        # module scan parses it again from btf_dir.
+        dr.vmlinux = None
+        # Its objects form reference cycles: free them now, not whenever the
+        # cyclic collector next runs a full pass (resident meanwhile).
+        gc.collect()
+        return dr
 
     @classmethod
     def from_btf(cls, btf: Btf, btf_dir: Path | None = None) -> DropReasons:
@@ -236,7 +246,7 @@ class DropReasons:
         OPENVSWITCH, mac80211 for MAC80211_UNUSABLE) go first, and the scan
         stops as soon as it yields names for that subsystem.
         """
-        if self.btf_dir is None or self.vmlinux is None:
+        if self.btf_dir is None:
             return False
         try:
             files = sorted(p.name for p in self.btf_dir.iterdir() if p.name != "vmlinux")
@@ -245,12 +255,18 @@ class DropReasons:
         new = [f for f in files if f not in self._parsed_modules]
         if not new:
             return False
+        base = self.vmlinux
+        if base is None:
+            try:
+                base = Btf.from_file(self.btf_dir / "vmlinux")
+            except (OSError, BtfError):
+                return False
         hint = sub_name.lower()
         new.sort(key=lambda f: not (hint.startswith(f.lower()) or f.lower().startswith(hint)))
         sub = next((v for v, n in self.subsystems.items() if n == sub_name), None)
         for fname in new:
             self._parsed_modules.add(fname)
-            self._load_module(self.btf_dir / fname)
+            self._load_module(self.btf_dir / fname, base)
             if sub is not None and any(
                 (v & self.mask) >> self.shift == sub for v in self._module_names
             ):
@@ -258,10 +274,9 @@ class DropReasons:
         self._misses.clear()
         return True
 
-    def _load_module(self, path: Path) -> None:
-        assert self.vmlinux is not None
+    def _load_module(self, path: Path, base: Btf) -> None:
         try:
-            mod = Btf.from_file(path, base=self.vmlinux)
+            mod = Btf.from_file(path, base=base)
             enums = list(mod.all_enums(include_base=False))
         except (OSError, BtfError):
             # A module unloading mid-read or odd BTF must not break naming.
@@ -302,33 +317,58 @@ _TEXT_TYPES = frozenset("tTwW")
 
 @dataclass(frozen=True, slots=True)
 class _SymbolTable:
-    addrs: list[int]
-    names: list[str]
-    modules: list[str | None]
+    """Sorted text symbols, stored compactly: ~120k symbols as Python lists of
+    ints and strs cost ~25 MB of the daemon's memory, as arrays and one
+    string ~4 MB. name(i) and module(i) build the strings on demand (the
+    Kallsyms cache keeps the results)."""
+
+    addrs: array[int]  # sorted
+    names: str  # "\n".join(names), in addrs order
+    name_starts: array[int]  # start of names[i] in ``names``; one extra entry at the end
+    modules: dict[int, str]  # index -> module, for module symbols only
     restricted: bool
+
+    def name(self, i: int) -> str:
+        return self.names[self.name_starts[i]:self.name_starts[i + 1] - 1]
+
+    def module(self, i: int) -> str | None:
+        return self.modules.get(i)
+
+    def index(self, name: str) -> int:
+        """Index of the first symbol called ``name``; ValueError if none."""
+        at = ("\n" + self.names + "\n").find("\n" + name + "\n")
+        if at < 0:
+            raise ValueError(name)
+        return bisect.bisect_left(self.name_starts, at)
 
 
 def _read_kallsyms(path: Path) -> _SymbolTable:
-    # Hot path (~120k lines, re-run on reload): plain lists, one split per line.
+    # Hot path (~120k lines, re-run on reload): one split per line, read line
+    # by line so the whole file is never held as a list of strings.
     addrs: list[int] = []
     names: list[str] = []
     modules: list[str | None] = []
     is_global: list[bool] = []
     text_types = _TEXT_TYPES
-    text = Path(path).read_bytes().decode("utf-8", "replace")
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 3 or parts[1] not in text_types:
-            continue
-        try:
-            addrs.append(int(parts[0], 16))
-        except ValueError:
-            continue
-        names.append(parts[2])
-        modules.append(parts[3][1:-1] if len(parts) > 3 and parts[3][:1] == "[" else None)
-        is_global.append(parts[1] in "TW")
+    seen_modules: dict[str, str] = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 3 or parts[1] not in text_types:
+                continue
+            try:
+                addrs.append(int(parts[0], 16))
+            except ValueError:
+                continue
+            names.append(parts[2])
+            if len(parts) > 3 and parts[3][:1] == "[":
+                mod = parts[3][1:-1]
+                modules.append(seen_modules.setdefault(mod, mod))
+            else:
+                modules.append(None)
+            is_global.append(parts[1] in "TW")
     if addrs and not any(addrs):
-        return _SymbolTable([], [], [], True)
+        return _SymbolTable(array("Q"), "", array("L", [0]), {}, True)
     # Stable sort keeps file order among aliases sharing an address
     # (_text/_stext/...); of those we keep the first global one, which is the
     # name humans expect, so bisect always lands on a single entry.
@@ -347,7 +387,13 @@ def _read_kallsyms(path: Path) -> _SymbolTable:
         out_n.append(names[i])
         out_m.append(modules[i])
         replaceable = not is_global[i]
-    return _SymbolTable(out_a, out_n, out_m, False)
+    starts = array("L", [0])
+    pos = 0
+    for n in out_n:
+        pos += len(n) + 1
+        starts.append(pos)
+    return _SymbolTable(array("Q", out_a), "\n".join(out_n) + "\n", starts,
+                        {i: m for i, m in enumerate(out_m) if m is not None}, False)
 
 
 class Kallsyms:
@@ -417,7 +463,7 @@ class Kallsyms:
     def address_of(self, name: str) -> int | None:
         """Address of a text symbol (linear scan; for tests and setup only)."""
         try:
-            return self._table.addrs[self._table.names.index(name)]
+            return self._table.addrs[self._table.index(name)]
         except ValueError:
             return None
 
@@ -448,6 +494,6 @@ class Kallsyms:
         off = addr - t.addrs[i]
         if off > self.max_offset:
             return None
-        module = t.modules[i]
-        text = f"{t.names[i]}+0x{off:x}"
+        module = t.module(i)
+        text = f"{t.name(i)}+0x{off:x}"
         return f"{text} [{module}]" if module else text

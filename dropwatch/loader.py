@@ -12,9 +12,11 @@ import errno
 import ipaddress
 import logging
 import mmap
+import operator
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -39,6 +41,8 @@ TRACEPOINT_MODES = ("auto", "btf", "classic")
 # (RCU read side). Wait well past that before deleting the old entries.
 GEN_GRACE_S = 0.05
 _BATCH = 4096
+_DROP_BLOCK = 64  # read_drops_changed() compares with the previous read in blocks of this many entries
+_DROP_SHIFTS = [d for a in range(1, 17) for d in (a, -a)]  # and follows shifts of up to 16 entries
 
 
 class DropwatchError(Exception):
@@ -121,7 +125,7 @@ class Loader:
     def __init__(self, *, obj_dir: Path | None = None, meta_key: int | None = None,
                  tracepoint_mode: str = "auto", lib: Libbpf | None = None,
                  sample_rate: int = 0, sample_burst: int | None = None,
-                 flow_entries: int = abi.DW_FLOW_ENTRIES) -> None:
+                 flow_entries: int = abi.DW_FLOW_ENTRIES, drop_entries: int = abi.DW_MAX_DROP_KEYS) -> None:
         if tracepoint_mode not in TRACEPOINT_MODES:
             raise ValueError(f"tracepoint mode {tracepoint_mode!r}: one of {TRACEPOINT_MODES}")
         self.lib = lib or libbpf()
@@ -135,6 +139,9 @@ class Loader:
         if not 1024 <= flow_entries <= 1 << 24:
             raise ValueError(f"flow map entries {flow_entries}: 1024..16777216")
         self.flow_entries = flow_entries
+        if not 1024 <= drop_entries <= 1 << 22:
+            raise ValueError(f"drop map entries {drop_entries}: 1024..4194304")
+        self.drop_entries = drop_entries  # dw_drops capacity (the collector evicts at 75% of it)
         # What the reader is told about the flow map (dw_flow_cfg); follows
         # the active rule generation.
         self.flow_cfg = abi.FlowCfg(mode=abi.FlowMode.OFF, epoch=0, max_age_ns=0)
@@ -157,6 +164,7 @@ class Loader:
         self._state_mmap: mmap.mmap | None = None
         self._lenmask_mmap: mmap.mmap | None = None
         self._lenmask: ctypes.Array[ctypes.c_uint64] | None = None
+        self._drop_raw = (b"", b"")  # read_drops_changed()'s last read: raw keys, raw per-CPU counts
 
     # ------------------------------------------------------------ load
 
@@ -210,8 +218,10 @@ class Loader:
         # One flow map for both: the labeler fills it, the reader reads it.
         reuse = {"dw_flows": self.labeler.maps["dw_flows"]} if self.labeler else None
         self.reader = self._open(READER_OBJ, autoload={"dw_kfree_skb_btf": btf, "dw_kfree_skb_tp": not btf},
-                                 reuse=reuse, max_entries={"dw_flows": self.flow_entries})
+                                 reuse=reuse, max_entries={"dw_flows": self.flow_entries,
+                                                           "dw_drops": self.drop_entries})
         self._write_flow_cfg()
+        self._drop_raw = (b"", b"")
         self.reader_kind = kind
 
     def attach_reader(self) -> str:
@@ -625,26 +635,90 @@ class Loader:
         return out
 
     def read_drop_map(self) -> dict[DropKeyT, int]:
+        """dw_drops alone, decoded straight from the batch buffers
+        (struct.iter_unpack): per-field ctypes access costs ~1 us per key."""
         fd = self._rmap("dw_drops")
+        ncpus = self.ncpus
         keys = (abi.DropKey * _BATCH)()
-        values = (ctypes.c_uint64 * (_BATCH * self.ncpus))()
+        values = (ctypes.c_uint64 * (_BATCH * ncpus))()
+        kview = memoryview(keys).cast("B")
+        vview = memoryview(values).cast("B")
         out: dict[DropKeyT, int] = {}
         in_b: object | None = None
         out_b = abi.DropKey()
         while True:
-            try:
-                n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, _BATCH)
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:  # a bucket larger than our batch: never with _BATCH >> bucket size
-                    raise
-                raise
-            for i in range(n):
-                k = keys[i]
-                out[_drop_key(k)] = self._percpu_sum_u64(values, i)
+            n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, _BATCH)
+            if n:
+                ks = map(_DROP_KEY_ORDER, _DROP_KEY_STRUCT.iter_unpack(kview[:n * _DROP_KEY_STRUCT.size]))
+                vs = vview[:n * 8 * ncpus].cast("Q")
+                if ncpus == 1:
+                    out.update(zip(ks, vs, strict=True))
+                else:
+                    out.update(zip(ks, map(sum, struct.iter_unpack(f"={ncpus}Q", vs)), strict=True))
             if not more:
                 break
             in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
         return out
+
+    def read_drops_changed(self, full: bool = False) -> tuple[dict[DropKeyT, int], int]:
+        """Like read_drops(), but decodes only what may have changed since the
+        previous call on this Loader: returns (entries that may have changed
+        or are new, with their cumulative counts; number of entries in the
+        map). The raw batch output is compared, in blocks of _DROP_BLOCK
+        entries, with the previous call's: a block whose keys and counts are
+        byte-identical to a run of entries then is skipped (the caller has
+        them already). A new key shifts every later entry of the stream, so
+        the comparison follows small shifts. A key missing from the result
+        has the count it had at the previous call, unless it was deleted (the
+        caller sees that in the entry count). full=True decodes every entry
+        (after the caller lost a result)."""
+        fd = self._rmap("dw_drops")
+        ncpus = self.ncpus
+        ksz, vsz = _DROP_KEY_STRUCT.size, 8 * ncpus
+        keys = (abi.DropKey * _BATCH)()
+        values = (ctypes.c_uint64 * (_BATCH * ncpus))()
+        kview = memoryview(keys).cast("B")
+        vview = memoryview(values).cast("B")
+        old_k, old_v = (b"", b"") if full else self._drop_raw
+        old_n = len(old_k) // ksz
+        self._drop_raw = (b"", b"")  # until this read completes
+        new_k: list[bytes] = []
+        new_v: list[bytes] = []
+        out: dict[DropKeyT, int] = {}
+        vfmt = struct.Struct(f"={ncpus}Q")
+        total = 0
+        shift = 0  # entries inserted (+) or removed (-) before this point since the previous read
+        in_b: object | None = None
+        out_b = abi.DropKey()
+        while True:
+            n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, _BATCH)
+            for i in range(0, n, _DROP_BLOCK):
+                m = min(_DROP_BLOCK, n - i)
+                kb = bytes(kview[i * ksz:(i + m) * ksz])
+                vb = bytes(vview[i * vsz:(i + m) * vsz])
+                new_k.append(kb)
+                new_v.append(vb)
+                p = total + i
+                if old_n:
+                    o = p - shift
+                    if not (0 <= o <= old_n - m and old_k[o * ksz:(o + m) * ksz] == kb):
+                        for d in _DROP_SHIFTS:
+                            o = p - shift - d
+                            if 0 <= o <= old_n - m and old_k[o * ksz:(o + m) * ksz] == kb:
+                                shift += d
+                                break
+                        else:
+                            o = -1
+                    if o >= 0 and old_v[o * vsz:(o + m) * vsz] == vb:
+                        continue
+                ks = map(_DROP_KEY_ORDER, _DROP_KEY_STRUCT.iter_unpack(kb))
+                out.update(zip(ks, map(sum, vfmt.iter_unpack(vb)), strict=True))
+            total += n
+            if not more:
+                break
+            in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
+        self._drop_raw = (b"".join(new_k), b"".join(new_v))
+        return out, total
 
     def evict_drop(self, key: DropKeyT) -> tuple[int, int] | None:
         """Remove one drop counter from dw_drops. Returns (final, left):
@@ -671,21 +745,21 @@ class Loader:
         out: dict[tuple[int, int, int], tuple[int, int]] = {}
         keys = (ctypes.c_uint32 * _BATCH)()
         values = (ctypes.c_uint64 * (_BATCH * self.ncpus * stride))()
+        # Decoded from the batch buffers: per CPU (packets, bytes), summed.
+        kview = memoryview(keys).cast("B").cast("I")
+        vsz = 8 * stride * self.ncpus
+        vview = memoryview(values).cast("B")
+        vfmt = struct.Struct(f"={stride * self.ncpus}Q")
         in_b: object | None = None
         out_b = ctypes.c_uint32()
         done = 0
         while done < n_entries:
             want = min(_BATCH, n_entries - done)
             n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, want)
-            for i in range(n):
-                pk = by = 0
-                for cpu in range(self.ncpus):
-                    base = (i * self.ncpus + cpu) * stride
-                    pk += values[base]
-                    by += values[base + 1]
+            for idx, pb in zip(kview[:n], vfmt.iter_unpack(vview[:n * vsz]), strict=True):
+                pk = sum(pb[0::2])
                 if pk:
-                    idx = keys[i]
-                    out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (pk, by)
+                    out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (pk, sum(pb[1::2]))
             done += n
             if not more or n == 0:
                 break
@@ -696,15 +770,11 @@ class Loader:
         pout_b = abi.PopPktKey()
         while True:
             n, more = self.lib.map_lookup_batch(pfd, pin_b, pout_b, pkeys, values, _BATCH)
-            for i in range(n):
-                pk = by = 0
-                for cpu in range(self.ncpus):
-                    base = (i * self.ncpus + cpu) * stride
-                    pk += values[base]
-                    by += values[base + 1]
-                k = pkeys[i]
+            for i, pb in enumerate(vfmt.iter_unpack(vview[:n * vsz])):
+                pk = sum(pb[0::2])
                 if pk:
-                    out[(k.label_id, k.side, k.pop_id)] = (pk, by)
+                    k = pkeys[i]
+                    out[(k.label_id, k.side, k.pop_id)] = (pk, sum(pb[1::2]))
             if not more:
                 break
             pin_b = abi.PopPktKey.from_buffer_copy(bytes(pout_b))
@@ -741,6 +811,10 @@ class Loader:
 
 
 DropKeyT = tuple[int, int, int, int, int, int, int, int, int]
+# struct dw_drop_key as laid out in memory, and the reorder into DropKeyT.
+_DROP_KEY_STRUCT = struct.Struct("=QIIIIHBBB3x")
+_DROP_KEY_ORDER = operator.itemgetter(1, 6, 2, 0, 3, 5, 7, 4, 8)
+assert _DROP_KEY_STRUCT.size == ctypes.sizeof(abi.DropKey)
 
 
 def _drop_key(k: abi.DropKey) -> DropKeyT:

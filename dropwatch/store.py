@@ -901,18 +901,18 @@ class Store:
         new_dims: dict[_DimKey, int] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
-            drop_rows = [
-                (step, start, self._dim_id(conn, key, new_dims), n)
-                for key, n in drop_sums.items()
-                for step, start in buckets
-            ]
-            conn.executemany(_DROP_UPSERT, drop_rows)
-            pkt_rows = [
-                (step, start, self._dim_id(conn, key, new_dims), np_, nb)
-                for key, (np_, nb) in pkt_sums.items()
-                for step, start in buckets
-            ]
-            conn.executemany(_PKT_UPSERT, pkt_rows)
+            # One dim lookup per key, and rows in primary-key order (tier,
+            # bucket, dim id): each tier's bucket is one run of adjacent
+            # b-tree pages instead of three interleaved ones.
+            drop_ids = sorted((self._dim_id(conn, key, new_dims), n) for key, n in drop_sums.items())
+            # (generators: 3 rows per key are never all held at once)
+            conn.executemany(_DROP_UPSERT, (
+                (step, start, dim, n) for step, start in buckets for dim, n in drop_ids
+            ))
+            pkt_ids = sorted((self._dim_id(conn, key, new_dims), v) for key, v in pkt_sums.items())
+            conn.executemany(_PKT_UPSERT, (
+                (step, start, dim, np_, nb) for step, start in buckets for dim, (np_, nb) in pkt_ids
+            ))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback(conn)
@@ -1054,23 +1054,30 @@ class Store:
         where, fparams = _dim_filter_sql(filters, allowed)
         if not pieces:
             return [((), tuple(0 for _ in value_cols))] if not keys else []
-        cols = "".join(f"d.{k}, " for k in keys)
-        vals = ", ".join(f"c.{v}" for v in value_cols)
-        # CROSS JOIN pins the loop order: scan the time range of the count table
-        # (its primary key) and look dims up by id, never the other way round.
+        # Each piece is summed per dim id while it is scanned in primary-key
+        # order (a small temp b-tree of dim ids), and only those sums are
+        # joined with dims and grouped by name: joining and grouping every
+        # count row by strings cost 2-4x more. A filter picks the dim ids
+        # first (one subquery per piece, run once).
+        sums_in = ", ".join(f"SUM(c.{v}) AS {v}" for v in value_cols)
+        dim_filter = "" if where == "1" else f" AND c.dim_id IN (SELECT d.id FROM dims AS d WHERE {where})"
         arm = (
-            f"SELECT {cols}{vals} FROM {table} AS c CROSS JOIN dims AS d ON d.id = c.dim_id "
-            f"WHERE c.tier = ? AND c.bucket_start >= ? AND c.bucket_start < ? AND {where}"
+            f"SELECT c.dim_id AS dim_id, {sums_in} FROM {table} AS c "
+            f"WHERE c.tier = ? AND c.bucket_start >= ? AND c.bucket_start < ?{dim_filter} GROUP BY c.dim_id"
         )
         params: list[object] = []
         for piece in pieces:
             params.extend(piece)
-            params.extend(fparams)
-        outer_cols = "".join(f"{k}, " for k in keys)
-        sums = ", ".join(f"COALESCE(SUM({v}), 0)" for v in value_cols)
-        sql = f"SELECT {outer_cols}{sums} FROM ({' UNION ALL '.join([arm] * len(pieces))})"
+            if dim_filter:
+                params.extend(fparams)
+        cols = "".join(f"d.{k}, " for k in keys)
+        sums = ", ".join(f"COALESCE(SUM(x.{v}), 0)" for v in value_cols)
+        sql = (
+            f"SELECT {cols}{sums} FROM ({' UNION ALL '.join([arm] * len(pieces))}) AS x "
+            "CROSS JOIN dims AS d ON d.id = x.dim_id"
+        )
         if keys:
-            sql += f" GROUP BY {', '.join(keys)}"
+            sql += f" GROUP BY {', '.join(f'd.{k}' for k in keys)}"
         try:
             # One statement, so all pieces come from the same WAL snapshot.
             with self._reader() as conn:

@@ -40,6 +40,12 @@ class FakeLoader:
     def read_drops(self) -> dict[tuple[int, ...], int]:
         return dict(self.drops)
 
+    def read_drops_changed(self, full: bool = False) -> tuple[dict[tuple[int, ...], int], int]:
+        return dict(self.drops), len(self.drops)  # everything "may have changed"
+
+    def read_drop_cache(self) -> dict[tuple[int, ...], int]:
+        return {}
+
     def read_packets(self, max_label_id: int) -> dict[tuple[int, int, int], tuple[int, int]]:
         return dict(self.packets)
 
