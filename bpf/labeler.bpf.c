@@ -27,35 +27,61 @@ const volatile struct dw_meta dw_btf_anchor_meta = {};
 struct dw_labeler_state dw_state = {};
 
 /*
- * IPv4 only: which prefix lengths can match in this /16 block, so a packet
- * probes the hash below for those lengths only (usually one, often none)
- * instead of every length in use. Index ((gen * 2 + dir) << 16) | block.
+ * The longest-prefix-match tables (layout in dropwatch.h). All are arrays:
+ * the verifier inlines an array lookup into an index check and an add, and
+ * user space writes them through mmap. The range arrays' sizes are set by
+ * the loader before load; the program never assumes them (every lookup is
+ * checked).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DW_V4_L1_ENTRIES);
+	__uint(max_entries, DW_LPM_L1_LINES);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u64);
-} dw_v4_lenmask SEC(".maps");
+	__type(value, struct dw_line32);
+} dw_lpm4_l1 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DW_MAX_PREFIXES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct dw_prefix4_key);
-	__type(value, struct dw_cand_list);
-} dw_prefixes4 SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_LPM4_ENTRIES / 16);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_line32);
+} dw_lpm4_rng SEC(".maps");
 
-/* IPv6: one hash table for all prefix lengths: the key carries the length.
- * A packet probes only the lengths in use, longest first (dw_state plens). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DW_MAX_PREFIXES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct dw_prefix_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_LPM_L1_LINES);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_line32);
+} dw_lpm6_l1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_LPM6_ENTRIES / 8);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_line64);
+} dw_lpm6_key SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_LPM6_ENTRIES / 16);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_line32);
+} dw_lpm6_val SEC(".maps");
+
+/* Index gen * DW_MAX_RESULTS + result; few distinct lists, so the ones
+ * traffic hits stay in cache. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_GENS * DW_MAX_RESULTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
 	__type(value, struct dw_cand_list);
-} dw_prefixes SEC(".maps");
+} dw_results SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -275,59 +301,108 @@ static __always_inline void parse_packet(void *data, void *end, struct pkt_info 
 		parse_ipv6(data, end, off, pi);
 }
 
+/* Entry i of an array of 16-word lines; 0 when out of range (the loader
+ * never points past its data, so only a bug reads 0 here). */
+static __always_inline __u32 line32_get(void *map, __u32 i)
+{
+	__u32 line = i >> 4;
+	const struct dw_line32 *l = bpf_map_lookup_elem(map, &line);
+
+	return l ? l->v[i & 15] : 0;
+}
+
+static __always_inline __u64 line64_get(void *map, __u32 i)
+{
+	__u32 line = i >> 3;
+	const struct dw_line64 *l = bpf_map_lookup_elem(map, &line);
+
+	return l ? l->v[i & 7] : 0;
+}
+
 /*
- * Longest-prefix match as exact lookups, longest length first, one per
- * length in use; for IPv4 only the lengths that the address's /16 block can
- * match (dw_v4_lenmask), which is usually one and often none.
+ * IPv4: the direct entry for the top 16 bits, then, for a chunk, a binary
+ * search of its ranges on the low 16 bits. A chunk holds at most 2^16
+ * ranges, so DW_LPM4_STEPS halvings always finish the search.
  */
+static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
+{
+	__u32 a = bpf_ntohl(addr_be);
+	__u32 e = line32_get(&dw_lpm4_l1, ((gen * 2 + dir) << 16) | (a >> 16));
+
+	if (!(e & DW_LPM_CHUNK))
+		return e;
+	__u32 off = (e & ~DW_LPM_CHUNK) + 1;
+	__u32 key = a & 0xffff;
+	__u32 lo = 0, hi = line32_get(&dw_lpm4_rng, off - 1);
+	/* Range 0 starts at 0: the answer until a later start is <= key. */
+	__u32 best = line32_get(&dw_lpm4_rng, off);
+
+	for (int i = 0; i < DW_LPM4_STEPS; i++) {
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = (lo + hi) >> 1;
+		__u32 r = line32_get(&dw_lpm4_rng, off + mid);
+
+		if ((r >> 16) <= key) {
+			lo = mid;
+			best = r;
+		} else {
+			hi = mid;
+		}
+	}
+	return best & 0xffff;
+}
+
+/* One IPv6 chunk: the value of the last range whose u64 start <= key. */
+static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
+{
+	__u32 lo = 0, hi = (__u32)line64_get(&dw_lpm6_key, off);
+
+	off += 1;
+	for (int i = 0; i < DW_LPM6_STEPS; i++) {
+		if (hi - lo <= 1)
+			break;
+		__u32 mid = (lo + hi) >> 1;
+
+		if (line64_get(&dw_lpm6_key, off + mid) <= key)
+			lo = mid;
+		else
+			hi = mid;
+	}
+	return line32_get(&dw_lpm6_val, off + lo);
+}
+
+/*
+ * IPv6: the direct entry for the top 16 bits, a chunk on the top 64 bits,
+ * and, only inside a /64 that holds longer prefixes, a chunk on the low 64
+ * bits (whose ranges already fall back to the best prefix of /64 or less).
+ */
+static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
+{
+	__u64 hi64 = (__u64)bpf_ntohl(addr[0]) << 32 | bpf_ntohl(addr[1]);
+	__u32 e = line32_get(&dw_lpm6_l1, ((gen * 2 + dir) << 16) | (__u32)(hi64 >> 48));
+
+	if (!(e & DW_LPM_CHUNK))
+		return e;
+	e = lpm6_chunk(e & ~DW_LPM_CHUNK, hi64);
+	if (!(e & DW_LPM_CHUNK))
+		return e;
+	return lpm6_chunk(e & ~DW_LPM_CHUNK, (__u64)bpf_ntohl(addr[2]) << 32 | bpf_ntohl(addr[3])) &
+	       ~DW_LPM_CHUNK;
+}
+
+/* The longest matching prefix's result (its candidate list), or NULL. */
 static __always_inline const struct dw_cand_list *
 match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 {
-	const struct dw_plen_list *plens = &dw_state.gen[gen & 1].plens[fd & (DW_FD_COUNT - 1)];
-	struct dw_prefix_key key = {};
-	__u32 *ka = (__u32 *)key.addr;
-	__u32 n = plens->n;
-	__u64 lenmask = ~0ULL;
+	__u32 idx = v6 ? lpm6(gen, fd & 1, addr) : lpm4(gen, fd & 1, addr[0]);
 
-	if (!v6) {
-		const __u8 *a = (const __u8 *)addr;
-		__u32 idx = (((gen & 1) * 2 + (fd & 1)) << 16) | ((__u32)a[0] << 8) | a[1];
-		__u64 *lm = bpf_map_lookup_elem(&dw_v4_lenmask, &idx);
-
-		if (lm)
-			lenmask = *lm;
-		if (!lenmask)
-			return NULL;
-	}
-	struct dw_prefix4_key key4 = { .gen = gen, .fd = fd };
-
-	key.gen = gen;
-	key.fd = fd;
-	for (__u32 i = 0; i < (v6 ? 129 : 33); i++) {
-		if (i >= n)
-			break;
-		const struct dw_plen_entry *e = &plens->e[i];
-
-		if (!v6 && !((lenmask >> (e->prefixlen & 63)) & 1))
-			continue;
-		const struct dw_cand_list *l;
-
-		if (v6) {
-			key.prefixlen = e->prefixlen;
-			ka[0] = addr[0] & e->mask[0];
-			ka[1] = addr[1] & e->mask[1];
-			ka[2] = addr[2] & e->mask[2];
-			ka[3] = addr[3] & e->mask[3];
-			l = bpf_map_lookup_elem(&dw_prefixes, &key);
-		} else {
-			key4.prefixlen = e->prefixlen;
-			key4.addr = addr[0] & e->mask[0];
-			l = bpf_map_lookup_elem(&dw_prefixes4, &key4);
-		}
-		if (l)
-			return l;
-	}
-	return NULL;
+	/* 0: no prefix of this direction covers the address, which for most
+	 * /16 blocks costs the one direct-table read above. */
+	if (!idx)
+		return NULL;
+	idx = (gen & 1) * DW_MAX_RESULTS + (idx & (DW_MAX_RESULTS - 1));
+	return bpf_map_lookup_elem(&dw_results, &idx);
 }
 
 static __always_inline void eval_list(const struct dw_cand_list *l,
@@ -383,7 +458,8 @@ static __always_inline void classify(const struct pkt_info *pi, struct dw_result
 		eval_list(src, pi, r);
 	if (dst)
 		eval_list(dst, pi, r);
-	if (rs->has_pairs && src && dst) {
+	/* Only prefixes that take part in a src+dst rule carry a prefix id. */
+	if (rs->has_pairs && src && dst && src->prefix_id && dst->prefix_id) {
 		struct dw_pair_key pk = {
 			.src_prefix_id = src->prefix_id,
 			.dst_prefix_id = dst->prefix_id,

@@ -27,7 +27,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dropwatch import abi, rules
+from dropwatch import abi, lpm, rules
 from dropwatch.rules import (
     Candidate,
     CompiledRules,
@@ -83,18 +83,25 @@ def _eval_list(cands: list[Candidate], proto: int, dport: int | None, r: dict[st
 
 
 def _match_prefix(out: CompiledRules, fd: int, addr: Any) -> tuple[int, list[Candidate]] | None:
-    """match_prefix(): one exact lookup per length in use, longest first."""
+    """match_prefix(): the direct table, then a chunk's binary search
+    (lpm.lookup walks the compiled arrays as lpm4()/lpm6() do), then the
+    result table; result 0 is no match."""
+    idx = lpm.lookup(out.lpm, fd, int(addr))
+    assert 0 <= idx < len(out.results) <= abi.DW_MAX_RESULTS
+    if idx == 0:
+        return None
+    pid, cands = out.results[idx]
+    # The result is the longest matching prefix's candidate list.
     width = addr.max_prefixlen
-    lens = out.plens.get(fd, [])
-    assert len(lens) <= abi.DW_MAX_PLENS
-    assert lens == sorted(lens, reverse=True)
-    for plen in lens:
+    best = None
+    for plen in out.plens.get(fd, []):
         mask = ((1 << width) - 1) ^ ((1 << (width - plen)) - 1)
-        masked = (int(addr) & mask).to_bytes(width // 8, "big").ljust(16, b"\0")
-        hit = out.prefixes.get((fd, plen, masked))
+        hit = out.prefixes.get((fd, plen, (int(addr) & mask).to_bytes(width // 8, "big").ljust(16, b"\0")))
         if hit is not None:
-            return hit
-    return None
+            best = hit
+            break
+    assert best is not None and best[1] == cands and pid in (0, best[0]), (addr, best, out.results[idx])
+    return pid, cands
 
 
 def bpf_classify(out: CompiledRules, family: int, saddr: str, daddr: str, proto: int,
@@ -113,7 +120,7 @@ def bpf_classify(out: CompiledRules, family: int, saddr: str, daddr: str, proto:
         _eval_list(src[1], proto, dport, r)
     if dst is not None:
         _eval_list(dst[1], proto, dport, r)
-    if out.pairs and src is not None and dst is not None:  # rs->has_pairs
+    if out.pairs and src is not None and dst is not None and src[0] and dst[0]:  # rs->has_pairs, prefix ids
         pair = out.pairs.get((src[0], dst[0]))
         if pair is not None:
             _eval_list(pair, proto, dport, r)
