@@ -44,7 +44,8 @@ from dropwatch.lab import LAB_RULES
 from dropwatch.libbpf import libbpf
 from dropwatch import loader as loader_mod
 from dropwatch.loader import Loader
-from dropwatch.rules import Candidate, CompiledRules, _prio, compile_rules, parse_rules
+from dropwatch import lpm as lpm_mod
+from dropwatch.rules import Candidate, CompiledRules, _prio, compile_rules, parse_rules, result_indexes
 
 XDP_PASS = 2
 BENCH_OBJ_DIR = B.OUT / "labeler_bench"
@@ -215,25 +216,10 @@ CandT = tuple[int, int, int, int, int, int, int, int]  # Candidate's fields, in 
 class Compiled:
     prefixes: dict[tuple[int, int, int], tuple[int, list[CandT]]]  # (fd, plen, addr) -> (pid, cands)
     plens: dict[int, list[int]]
-    v4_lenmask: dict[int, dict[int, int]] = field(default_factory=dict)  # dir -> /16 block -> length bits
-
-
-HAS_LENMASK = "v4_lenmask" in {f.name for f in dataclasses.fields(CompiledRules)}
-
-
-def _lenmask(sets: dict[int, set[int]]) -> dict[int, int]:
-    """rules._v4_lenmask on ints: /16 block -> bit L if a /L prefix can hold an address of it."""
-    masks: dict[int, int] = {}
-    for p, addrs in sets.items():
-        bit = 1 << p
-        for a in addrs:
-            base = a >> 16
-            if p <= 16:
-                for block in range(base, base + (1 << (16 - p))):
-                    masks[block] = masks.get(block, 0) | bit
-            else:
-                masks[base] = masks.get(base, 0) | bit
-    return masks
+    # Filled by compile_fast via dropwatch.rules.result_indexes and
+    # dropwatch.lpm.build, the daemon's own code, on our ints.
+    results: list[tuple[int, list[Candidate]]] = field(default_factory=list)
+    lpm: lpm_mod.LpmTables = field(default_factory=lpm_mod.LpmTables)
 
 
 def compile_fast(spec: Spec) -> Compiled:
@@ -283,17 +269,18 @@ def compile_fast(spec: Spec) -> Compiled:
             if len(cands) > MAX_CANDS:
                 raise ValueError(f"{spec.name}: {len(cands)} candidates for one prefix")
             out.prefixes[(fd, p, a)] = (pid, cands)
-    if spec.family == 4 and HAS_LENMASK:
-        out.v4_lenmask = {0: _lenmask(spec.src), 1: _lenmask(spec.dst)}
+    # No src+dst rules here: no prefix keeps its id. Results dedupe on the
+    # candidate tuples; the tables come from the daemon's own builder.
+    keyed = {k: (pid, [Candidate(*c) for c in cands]) for k, (pid, cands) in out.prefixes.items()}
+    out.results, idx = result_indexes(keyed, set())  # type: ignore[arg-type]
+    out.lpm = lpm_mod.build((fd, p, a, i) for (fd, p, a), i in zip(out.prefixes, idx, strict=True))
     return out
 
 
 def to_compiled_rules(spec: Spec, fast: Compiled, with_prefixes: bool) -> CompiledRules:
     """dropwatch.rules.CompiledRules with our contents (prefixes optional)."""
     c = CompiledRules(plens={k: v for k, v in fast.plens.items() if v}, default_side=EYEBALL,
-                      label_ids=label_ids(spec))
-    if HAS_LENMASK:
-        c.v4_lenmask = fast.v4_lenmask  # type: ignore[attr-defined]
+                      label_ids=label_ids(spec), results=fast.results, lpm=fast.lpm)
     if with_prefixes:
         nb = spec.bits // 8
         c.prefixes = {(fd, p, a.to_bytes(nb, "big").ljust(16, b"\0")): (pid, [Candidate(*x) for x in cands])
@@ -312,8 +299,6 @@ def check_against_compile_rules(spec: Spec, fast: Compiled) -> None:
         a, b = getattr(mine, f.name), getattr(ref, f.name)
         if f.name == "plens":
             a, b = {k: v for k, v in a.items() if v}, {k: v for k, v in b.items() if v}
-        if f.name == "v4_lenmask":
-            a, b = {k: v for k, v in a.items() if v}, {k: v for k, v in b.items() if v}
         if a != b:
             raise SystemExit(f"{spec.name}: the bench's rule compiler disagrees with dropwatch.rules.compile_rules "
                              f"on CompiledRules.{f.name}: update compile_fast() in {__file__}")
@@ -330,10 +315,11 @@ def make_flows(rng: random.Random, spec: Spec, n: int) -> list[tuple[int, int]]:
             flows.add(((rng.choice(sb) << 16) | 0x8000 | rng.getrandbits(15),
                        (rng.choice(db) << 16) | 0x8000 | rng.getrandbits(15)))
         return list(flows)
-    if spec.worst:  # outside every prefix
-        hi = 0x20010DB9 << 96
+    if spec.worst:  # inside a prefix longer than /64: both range searches run, on the largest chunk
+        deep = {w: [(p, a) for p, s in getattr(spec, w).items() if p > 64 for a in s] for w in ("src", "dst")}
         while len(flows) < n:
-            flows.add((hi | rng.getrandbits(96), hi | rng.getrandbits(96)))
+            (sp, sa), (dp, da) = rng.choice(deep["src"]), rng.choice(deep["dst"])
+            flows.add((sa | rng.getrandbits(128 - sp), da | rng.getrandbits(128 - dp)))
         return list(flows)
     dsts = [(p, a) for p, s in spec.dst.items() for a in s]
     srcs = [(p, a) for p, s in spec.src.items() for a in s]
@@ -355,23 +341,21 @@ def make_flows(rng: random.Random, spec: Spec, n: int) -> list[tuple[int, int]]:
 
 
 def expect(spec: Spec, comp: Compiled, flows: list[tuple[int, int]]) -> tuple[dict[int, int], float]:
-    """Reference classification of each flow (UDP to 443): packets per label
-    id and mean hash probes per packet (the labeler's longest-first loop)."""
+    """Reference classification of each flow (UDP to 443) by the longest
+    matching prefix found by plain masking (not the tables): packets per
+    label id, and mean table reads per packet (src + dst: direct-table
+    entries plus binary-search probes, from dropwatch.lpm.lookup's walk)."""
     bits = spec.bits
     fd_src = abi.DW_FD_V4_SRC if spec.family == 4 else abi.DW_FD_V6_SRC
     masks = {p: _mask(bits, p) for p in range(bits + 1)}
     pfx = comp.prefixes
     per_label: dict[int, int] = {}
-    probes = 0
-    lm = comp.v4_lenmask if spec.family == 4 else {}
+    reads = [0]
     for s, d in flows:
         label, lprio = 0, 1 << 32
         for fd, addr in ((fd_src, s), (fd_src + 1, d)):
-            bits_ok = lm[fd & 1].get(addr >> 16, 0) if lm else -1
+            lpm_mod.lookup(comp.lpm, fd, addr, reads)
             for p in comp.plens.get(fd, []):
-                if not (bits_ok >> p) & 1:
-                    continue
-                probes += 1
                 hit = pfx.get((fd, p, addr & masks[p]))
                 if hit:
                     for c in hit[1]:
@@ -383,47 +367,17 @@ def expect(spec: Spec, comp: Compiled, flows: list[tuple[int, int]]) -> tuple[di
                             label, lprio = c[0], c[5]
                     break
         per_label[label] = per_label.get(label, 0) + 1
-    return per_label, probes / max(1, len(flows))
+    return per_label, reads[0] / max(1, len(flows))
 
 
 # ---------------------------------------------------------------- loading
 
 def load_rules(ld: Loader, spec: Spec, comp: Compiled) -> float:
-    """Write the compiled rules into the labeler's maps; returns seconds.
-
-    Small sets go through Loader.apply_rules unchanged. Large ones too, except
-    the prefix entries themselves: Loader.apply_rules writes and reads back
-    one entry per syscall (minutes at 10^6), so they are batch-written with
-    the loader's own encoders (Loader._prefix_key, loader._cand_list) after
-    apply_rules has written everything else (state, length lists, masks,
-    generation flip) for a copy of the rules without prefixes."""
+    """Write the compiled rules with Loader.apply_rules, unchanged, at every
+    size: the tables go into the kernel through mmap (one copy per array)
+    and are read back the same way; returns seconds."""
     t0 = time.monotonic()
-    fast = hasattr(Loader, "_prefix_key") and hasattr(loader_mod, "_cand_list") and len(comp.prefixes) > 20_000
-    if not fast:
-        ld.apply_rules(to_compiled_rules(spec, comp, with_prefixes=True))
-        return time.monotonic() - t0
-    ld.apply_rules(to_compiled_rules(spec, comp, with_prefixes=False))
-    gen = ld.active_gen
-    nbytes = spec.bits // 8
-    off = abi.CandList.prefix_id.offset
-    cache: dict[tuple[CandT, ...], bytes] = {}
-    batches: dict[str, tuple[list[bytes], list[bytes]]] = {}
-    sample = max(1, len(comp.prefixes) // 50)
-    for i, ((fd, p, a), (pid, cands)) in enumerate(comp.prefixes.items()):
-        name, key = Loader._prefix_key(gen, fd, p, a.to_bytes(nbytes, "big").ljust(16, b"\0"))
-        ct = tuple(cands)
-        tmpl = cache.get(ct)
-        if tmpl is None:
-            tmpl = cache[ct] = bytes(loader_mod._cand_list([Candidate(*c) for c in cands], 0))
-        val = tmpl[:off] + struct.pack("<I", pid) + tmpl[off + 4:]
-        if i % sample == 0 and bytes(loader_mod._cand_list([Candidate(*c) for c in cands], pid)) != val:
-            raise SystemExit("bench's prefix-entry encoding differs from dropwatch.loader's: update load_rules()")
-        ks, vs = batches.setdefault(name, ([], []))
-        ks.append(bytes(key))
-        vs.append(val)
-    for name, (ks, vs) in batches.items():
-        B.update_batch(ld.lib, ld.labeler.maps[name], b"".join(ks), b"".join(vs), len(ks[0]),  # type: ignore[union-attr]
-                       len(vs[0]))
+    ld.apply_rules(to_compiled_rules(spec, comp, with_prefixes=True))
     return time.monotonic() - t0
 
 
@@ -519,7 +473,8 @@ class Front:
 
     def __init__(self, lib: Any) -> None:
         self.lib = lib
-        self.ld = Loader(obj_dir=BENCH_OBJ_DIR, lib=lib)
+        # Range arrays large enough for the 10^6-prefix sets.
+        self.ld = Loader(obj_dir=BENCH_OBJ_DIR, lib=lib, lpm4_entries=1 << 23, lpm6_entries=1 << 22)
         self.ld.load()
         assert self.ld.labeler is not None
         self.maps = self.ld.labeler.maps

@@ -98,6 +98,12 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * matching prefix's result, so there is no per-length probing and the worst
  * case is bounded by the search depth, not by the prefix lengths in use.
  *
+ * Bitmap (dw_lpm_bmp): one bit per (gen, family, direction, top 16 bits),
+ * set iff the direct entry is not 0: 8 KB per direction, so it stays in the
+ * L1 cache, and a side whose /16 holds no prefix (most sources) costs no
+ * read of the 256 KB direct table. Line ((gen * 2 + v6) * 2 + dir) * 128 +
+ * top16 / 512, word (top16 / 64) % 8, bit top16 % 64.
+ *
  * Direct table (dw_lpm4_l1, dw_lpm6_l1): one u32 per (gen, direction, top
  * 16 address bits), index ((gen * 2 + dir) << 16) | top16:
  *   0                     no prefix covers this /16: the side is skipped
@@ -108,9 +114,11 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * it. Offsets are absolute: the loader puts each gen in its own half.
  *
  * IPv4 ranges (dw_lpm4_rng): (start of the range in the low 16 bits << 16)
- * | result. IPv6 keys (dw_lpm6_key) are the top 64 address bits; the value
- * (dw_lpm6_val) is a result, or, for a /64 that holds prefixes longer than
- * /64, DW_LPM_CHUNK | off of a second chunk keyed by the low 64 bits.
+ * | result. IPv6 ranges (dw_lpm6_rng) are 16 bytes, so a range's key and
+ * value share a cache line: u64 key (the top 64 address bits), u64 value:
+ * a result, or, for a /64 that holds prefixes longer than /64,
+ * DW_LPM_CHUNK | off of a second chunk keyed by the low 64 bits. A v6
+ * chunk header is the entry (n, 0).
  *
  * Arrays of 64-byte lines, not of single words: an array map rounds each
  * value up to 8 bytes, and a line keeps neighbouring ranges in one cache
@@ -119,7 +127,8 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM_CHUNK	0x80000000u
 #define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* u32 entries, 16 per line */
 #define DW_LPM4_ENTRIES	(1 << 22)	/* u32 ranges + headers, both gens (default size) */
-#define DW_LPM6_ENTRIES	(1 << 21)	/* u64 keys / u32 values, both gens (default size) */
+#define DW_LPM6_ENTRIES	(1 << 21)	/* 16-byte ranges + headers, both gens (default size) */
+#define DW_LPM_BMP_LINES (DW_GENS * 2 * 2 * 128)	/* 65536 bits per (gen, family, dir) */
 #define DW_MAX_RESULTS	65536		/* per gen; result 0 = no prefix */
 /* Search depth: a v4 chunk covers 2^16 addresses, so n <= 2^16; the loader
  * refuses a v6 chunk of more than 2^DW_LPM6_STEPS ranges. */

@@ -59,19 +59,19 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DW_LPM6_ENTRIES / 8);
+	__uint(max_entries, DW_LPM6_ENTRIES / 4);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
 	__type(value, struct dw_line64);
-} dw_lpm6_key SEC(".maps");
+} dw_lpm6_rng SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DW_LPM6_ENTRIES / 16);
+	__uint(max_entries, DW_LPM_BMP_LINES);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, struct dw_line32);
-} dw_lpm6_val SEC(".maps");
+	__type(value, struct dw_line64);
+} dw_lpm_bmp SEC(".maps");
 
 /* Index gen * DW_MAX_RESULTS + result; few distinct lists, so the ones
  * traffic hits stay in cache. */
@@ -311,12 +311,13 @@ static __always_inline __u32 line32_get(void *map, __u32 i)
 	return l ? l->v[i & 15] : 0;
 }
 
-static __always_inline __u64 line64_get(void *map, __u32 i)
+/* Does any prefix of this (gen, family, direction) cover the /16? */
+static __always_inline int lpm_bmp_has(__u32 gen, __u32 v6, __u32 dir, __u32 top16)
 {
-	__u32 line = i >> 3;
-	const struct dw_line64 *l = bpf_map_lookup_elem(map, &line);
+	__u32 line = (((gen * 2 + v6) * 2 + dir) << 7) | (top16 >> 9);
+	const struct dw_line64 *l = bpf_map_lookup_elem(&dw_lpm_bmp, &line);
 
-	return l ? l->v[i & 7] : 0;
+	return l && ((l->v[(top16 >> 6) & 7] >> (top16 & 63)) & 1);
 }
 
 /*
@@ -327,49 +328,83 @@ static __always_inline __u64 line64_get(void *map, __u32 i)
 static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
 {
 	__u32 a = bpf_ntohl(addr_be);
+
+	if (!lpm_bmp_has(gen, 0, dir, a >> 16))
+		return 0;
 	__u32 e = line32_get(&dw_lpm4_l1, ((gen * 2 + dir) << 16) | (a >> 16));
 
 	if (!(e & DW_LPM_CHUNK))
 		return e;
 	__u32 off = (e & ~DW_LPM_CHUNK) + 1;
 	__u32 key = a & 0xffff;
-	__u32 lo = 0, hi = line32_get(&dw_lpm4_rng, off - 1);
+	__u32 base = 0, len = line32_get(&dw_lpm4_rng, off - 1);
 	/* Range 0 starts at 0: the answer until a later start is <= key. */
 	__u32 best = line32_get(&dw_lpm4_rng, off);
 
+	/*
+	 * The answer is in [base, base + len). Branch-free halving: with
+	 * random addresses each comparison is a coin toss, and a mispredicted
+	 * branch costs more than the load. The trip count depends on n only.
+	 */
 	for (int i = 0; i < DW_LPM4_STEPS; i++) {
-		if (hi - lo <= 1)
+		if (len <= 1)
 			break;
-		__u32 mid = (lo + hi) >> 1;
-		__u32 r = line32_get(&dw_lpm4_rng, off + mid);
+		__u32 half = len >> 1;
+		__u32 r = line32_get(&dw_lpm4_rng, off + base + half);
+		/* 1 iff the range starts above key: both are below 2^16, so the
+		 * difference wraps into bit 31 exactly then. */
+		__u32 above = (key - (r >> 16)) >> 31;
 
-		if ((r >> 16) <= key) {
-			lo = mid;
-			best = r;
-		} else {
-			hi = mid;
-		}
+		/* Hide that above is 0 or 1, or clang turns the masks below back
+		 * into branches (BPF has no conditional move). */
+		barrier_var(above);
+		base += half & (above - 1);
+		best ^= (best ^ r) & (above - 1);
+		len -= half;
 	}
 	return best & 0xffff;
 }
 
-/* One IPv6 chunk: the value of the last range whose u64 start <= key. */
+/* One IPv6 chunk: the value of the last range whose u64 start <= key.
+ * Entry i is the pair (key, value) at u64 2i of the 4-entry lines. */
 static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 {
-	__u32 lo = 0, hi = (__u32)line64_get(&dw_lpm6_key, off);
+	__u32 line = off >> 2;
+	const struct dw_line64 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+
+	if (!l)
+		return 0;
+	__u32 base = 0, len = (__u32)l->v[(off & 3) * 2];
+	__u64 best = 0;
 
 	off += 1;
+	line = off >> 2;
+	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+	if (!l)
+		return 0;
+	best = l->v[(off & 3) * 2 + 1];	/* range 0 starts at 0 */
+	/* Branch-free halving, as in lpm4(). */
 	for (int i = 0; i < DW_LPM6_STEPS; i++) {
-		if (hi - lo <= 1)
+		if (len <= 1)
 			break;
-		__u32 mid = (lo + hi) >> 1;
+		__u32 half = len >> 1;
+		__u32 j = off + base + half;
 
-		if (line64_get(&dw_lpm6_key, off + mid) <= key)
-			lo = mid;
-		else
-			hi = mid;
+		line = j >> 2;
+		l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+		if (!l)
+			return 0;
+		__u64 start = l->v[(j & 3) * 2];
+		/* Bit 63: the borrow of key - start, i.e. key < start (Hacker's
+		 * Delight 2-12), without a compare. */
+		__u64 above = ((~key & start) | ((~key | start) & (key - start))) >> 63;
+
+		barrier_var(above);
+		base += half & ((__u32)above - 1);
+		best ^= (best ^ l->v[(j & 3) * 2 + 1]) & (above - 1);
+		len -= half;
 	}
-	return line32_get(&dw_lpm6_val, off + lo);
+	return (__u32)best;
 }
 
 /*
@@ -380,7 +415,11 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
 {
 	__u64 hi64 = (__u64)bpf_ntohl(addr[0]) << 32 | bpf_ntohl(addr[1]);
-	__u32 e = line32_get(&dw_lpm6_l1, ((gen * 2 + dir) << 16) | (__u32)(hi64 >> 48));
+	__u32 top16 = hi64 >> 48;
+
+	if (!lpm_bmp_has(gen, 1, dir, top16))
+		return 0;
+	__u32 e = line32_get(&dw_lpm6_l1, ((gen * 2 + dir) << 16) | top16);
 
 	if (!(e & DW_LPM_CHUNK))
 		return e;
@@ -398,7 +437,7 @@ match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 	__u32 idx = v6 ? lpm6(gen, fd & 1, addr) : lpm4(gen, fd & 1, addr[0]);
 
 	/* 0: no prefix of this direction covers the address, which for most
-	 * /16 blocks costs the one direct-table read above. */
+	 * /16 blocks costs only the bitmap read above. */
 	if (!idx)
 		return NULL;
 	idx = (gen & 1) * DW_MAX_RESULTS + (idx & (DW_MAX_RESULTS - 1));

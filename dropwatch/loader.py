@@ -214,7 +214,7 @@ class Loader:
         """Load both objects (nothing is attached yet)."""
         self.labeler = self._open(LABELER_OBJ, max_entries={
             "dw_flows": self.flow_entries, "dw_lpm4_rng": self.lpm4_entries // 16,
-            "dw_lpm6_key": self.lpm6_entries // 8, "dw_lpm6_val": self.lpm6_entries // 16})
+            "dw_lpm6_rng": self.lpm6_entries // 4})
         self._labeler_prog_fd = self.lib.program_fd(self.lib.find_program(self.labeler.obj, "dw_labeler"))
         self._init_rule_maps()
 
@@ -517,21 +517,22 @@ class Loader:
         offsets become absolute entry indexes into its half."""
         t = c.lpm
         half4, half6 = self.lpm4_entries // 2, self.lpm6_entries // 2
-        if len(t.v4_rng) > half4 or len(t.v6_key) > half6:
-            raise RulesError(f"the rules need {len(t.v4_rng)} IPv4 and {len(t.v6_key)} IPv6 range entries; the "
+        if len(t.v4_rng) > half4 or t.v6_entries() > half6:
+            raise RulesError(f"the rules need {len(t.v4_rng)} IPv4 and {t.v6_entries()} IPv6 range entries; the "
                              f"labeler holds {half4} and {half6} per generation")
         base4, base6 = gen * half4, gen * half6
         l1_bytes = 4 * 2 * 65536
-        v6_val = t.v6_val
-        if base6:
-            v6_val = array("I", (x + base6 if x & CHUNK else x for x in v6_val))
+        v6_rng = t.v6_rng
+        if base6:  # values (odd u64s) that point to a chunk
+            v6_rng = array("Q", v6_rng)
+            v6_rng[1::2] = array("Q", (x + base6 if x & CHUNK else x for x in v6_rng[1::2]))
         results = b"".join(bytes(_cand_list(cands, pid)) for pid, cands in c.results)
         return [
             ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4).tobytes()),
             ("dw_lpm4_rng", base4 * 4, t.v4_rng.tobytes()),
             ("dw_lpm6_l1", gen * l1_bytes, _relocate(t.v6_l1, base6).tobytes()),
-            ("dw_lpm6_key", base6 * 8, t.v6_key.tobytes()),
-            ("dw_lpm6_val", base6 * 4, v6_val.tobytes()),
+            ("dw_lpm6_rng", base6 * 16, v6_rng.tobytes()),
+            ("dw_lpm_bmp", gen * len(t.bmp) * 8, t.bmp.tobytes()),
             ("dw_results", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.CandList), results),
         ]
 
@@ -581,7 +582,7 @@ class Loader:
         heads = [res[k::rsize] for k in range(abi.CandList.n.offset + 1)]
         out["dw_results"] = sum(1 for t in zip(*heads, strict=True) if any(t))
         for name, half, width in (("dw_lpm4_rng", self.lpm4_entries // 2, 4),
-                                  ("dw_lpm6_key", self.lpm6_entries // 2, 8)):
+                                  ("dw_lpm6_rng", self.lpm6_entries // 2, 16)):
             mm = self._lpm_mmaps[name]
             for gen in range(abi.DW_GENS):
                 region = mm[gen * half * width:(gen + 1) * half * width]
@@ -731,7 +732,7 @@ class Loader:
 DropKeyT = tuple[int, int, int, int, int, int, int, int, int]
 
 
-LPM_MAPS = ("dw_lpm4_l1", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_key", "dw_lpm6_val", "dw_results")
+LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_results")
 
 
 def _relocate(l1: array, base: int) -> array:

@@ -40,12 +40,16 @@ class LpmTables:
     v4_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))  # [dir << 16 | top16]
     v4_rng: array = field(default_factory=lambda: array("I"))
     v6_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))
-    v6_key: array = field(default_factory=lambda: array("Q"))
-    v6_val: array = field(default_factory=lambda: array("I"))
+    v6_rng: array = field(default_factory=lambda: array("Q"))  # (key, value) pairs
+    # Bit per /16 with a non-zero direct entry: word ((v6 * 2 + dir) << 10) | top16 >> 6.
+    bmp: array = field(default_factory=lambda: array("Q", bytes(8 * 4 * 1024)))
 
     def nbytes(self) -> int:
         """Memory the set needs in one generation (direct tables included)."""
-        return sum(a.itemsize * len(a) for a in (self.v4_l1, self.v4_rng, self.v6_l1, self.v6_key, self.v6_val))
+        return sum(a.itemsize * len(a) for a in (self.v4_l1, self.v4_rng, self.v6_l1, self.v6_rng, self.bmp))
+
+    def v6_entries(self) -> int:
+        return len(self.v6_rng) // 2
 
 
 Interval = tuple[int, int, int]  # (first, last, result), nested or disjoint
@@ -113,11 +117,10 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
 def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
     if len(rs) > MAX_V6_CHUNK:
         raise LpmCapacityError(f"{len(rs)} IPv6 ranges under one /16; at most {MAX_V6_CHUNK}")
-    off = len(t.v6_key)
-    t.v6_key.append(len(rs))
-    t.v6_val.append(0)
-    t.v6_key.extend(start for start, _ in rs)
-    t.v6_val.extend(res for _, res in rs)
+    off = t.v6_entries()
+    t.v6_rng.extend((len(rs), 0))
+    for start, res in rs:
+        t.v6_rng.extend((start, res))
     return CHUNK | off
 
 
@@ -172,35 +175,56 @@ def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
     for fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST):
         if by_fd.get(fd):
             _build_v6(t, fd & 1, by_fd[fd])
+    for v6, l1 in ((0, t.v4_l1), (1, t.v6_l1)):
+        for i, e in enumerate(l1):
+            if e:
+                t.bmp[(v6 << 11) | (i >> 6)] |= 1 << (i & 63)
     return t
 
 
 # ---------------------------------------------------------------- the BPF walk, in Python
 
-def _search(n: int, start_of: object, key: int, steps: int) -> int:
-    """The BPF binary search: index of the last range whose start <= key."""
-    lo, hi = 0, n
+def _search(n: int, start_of: object, key: int, steps: int, reads: list[int] | None) -> int:
+    """The BPF search: index of the last range whose start <= key. The
+    answer is in [base, base + len); each step halves len (branch-free in
+    BPF, so the number of steps depends on n only)."""
+    base, length = 0, n
     for _ in range(steps):
-        if hi - lo <= 1:
+        if length <= 1:
             break
-        mid = (lo + hi) >> 1
-        if start_of(mid) <= key:  # type: ignore[operator]
-            lo = mid
-        else:
-            hi = mid
-    return lo
+        half = length >> 1
+        if reads is not None:
+            reads[0] += 1
+        if start_of(base + half) <= key:  # type: ignore[operator]
+            base += half
+        length -= half
+    return base
 
 
-def lookup(t: LpmTables, fd: int, addr: int) -> int:
-    """lpm4()/lpm6() in labeler.bpf.c: the result index for an address (0: none)."""
+def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> int:
+    """lpm4()/lpm6() in labeler.bpf.c: the result index for an address (0:
+    none). ``reads[0]`` counts table reads: the bitmap, direct entries,
+    chunk headers and search probes (not the final range, which the search
+    already read)."""
     dir_ = fd & 1
-    if fd in (abi.DW_FD_V4_SRC, abi.DW_FD_V4_DST):
+    v6 = fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST)
+    top16 = addr >> (112 if v6 else 16)
+    i = (((v6 << 1) | dir_) << 16) | top16
+    if reads is not None:
+        reads[0] += 1
+    if not (t.bmp[i >> 6] >> (i & 63)) & 1:
+        return 0
+    if reads is not None:
+        reads[0] += 1
+    if not v6:
         e = t.v4_l1[(dir_ << 16) | (addr >> 16)]
         if not e & CHUNK:
             return e
         off = (e & ~CHUNK) + 1
         rng = t.v4_rng
-        i = _search(rng[off - 1], lambda m: rng[off + m] >> 16, addr & 0xFFFF, abi.DW_LPM4_STEPS)
+        if reads is not None:
+            reads[0] += 1
+        i = _search(rng[off - 1], lambda m: rng[off + m] >> 16, addr & 0xFFFF, abi.DW_LPM4_STEPS, reads)
         return rng[off + i] & 0xFFFF
     hi64 = addr >> 64
     e = t.v6_l1[(dir_ << 16) | (hi64 >> 48)]
@@ -208,9 +232,11 @@ def lookup(t: LpmTables, fd: int, addr: int) -> int:
         return e
     for key in (hi64, addr & ((1 << 64) - 1)):
         off = e & ~CHUNK
-        n = t.v6_key[off]
-        i = _search(n, lambda m, off=off: t.v6_key[off + 1 + m], key, abi.DW_LPM6_STEPS)
-        e = t.v6_val[off + 1 + i]
+        n = t.v6_rng[2 * off]
+        if reads is not None:
+            reads[0] += 1
+        i = _search(n, lambda m, off=off: t.v6_rng[2 * (off + 1 + m)], key, abi.DW_LPM6_STEPS, reads)
+        e = t.v6_rng[2 * (off + 1 + i) + 1]
         if not e & CHUNK:
             return e
     raise AssertionError("a low-64 chunk points to another chunk")

@@ -407,7 +407,7 @@ def test_fuzz_labeler(labeler: Loader, capsys: pytest.CaptureFixture[str]) -> No
     # The oracle's rules compile as they are (no candidate overflow).
     compiled = compile_rules(RS, IDS)
     assert labeler.rule_map_entries() == {"dw_results": len(compiled.results) - 1, "dw_pairs": len(compiled.pairs),
-                                          "dw_lpm_ranges": len(compiled.lpm.v4_rng) + len(compiled.lpm.v6_key)}
+                                          "dw_lpm_ranges": len(compiled.lpm.v4_rng) + compiled.lpm.v6_entries()}
     stats: Counter[str] = Counter()
     counted: Counter[tuple[int, int, str]] = Counter()
     max_id = max(IDS.values())

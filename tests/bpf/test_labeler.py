@@ -466,7 +466,7 @@ def _distinct_prefixes(rs: RuleSet) -> tuple[int, int]:
 
 def map_entries(c: CompiledRules) -> dict[str, int]:
     """What Loader.rule_map_entries() must read with only ``c`` loaded."""
-    return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + len(c.lpm.v6_key),
+    return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + c.lpm.v6_entries(),
             "dw_pairs": len(c.pairs)}
 
 

@@ -97,14 +97,14 @@ def test_probes_tell_a_from_b() -> None:
     assert reference(RULES_A) != reference(RULES_B)
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     assert len(b.prefixes) > 20 and len(b.pairs) > 3 and a.pairs
-    assert len(b.lpm.v4_rng) and len(b.lpm.v6_key) and len(a.lpm.v6_key)
+    assert len(b.lpm.v4_rng) and b.lpm.v6_entries() and a.lpm.v6_entries()
 
 
 # ---------------------------------------------------------------- reading the maps back
 
 def map_entries(c: CompiledRules) -> dict[str, int]:
     """What Loader.rule_map_entries() reads (both gens) with only ``c`` loaded."""
-    return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + len(c.lpm.v6_key),
+    return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + c.lpm.v6_entries(),
             "dw_pairs": len(c.pairs)}
 
 
@@ -130,8 +130,9 @@ def _labeler_state(ld: Loader) -> abi.LabelerState:
 
 
 def _l1_nonzero(ld: Loader, gen: int) -> int:
-    """Non-zero direct-table entries of one generation (IPv4 and IPv6, both
-    directions), through a mapping of our own (not the loader's)."""
+    """Non-zero direct-table entries and bitmap bytes of one generation (IPv4
+    and IPv6, both directions), through a mapping of our own (not the
+    loader's)."""
     lb = ld.labeler
     assert lb is not None
     n = 0
@@ -143,6 +144,12 @@ def _l1_nonzero(ld: Loader, gen: int) -> int:
             words.release()
         finally:
             mm.close()
+    mm = mmap.mmap(lb.maps["dw_lpm_bmp"], abi.DW_LPM_BMP_LINES * 64, mmap.MAP_SHARED, mmap.PROT_READ)
+    try:
+        half = len(mm) // abi.DW_GENS
+        n += sum(1 for b in mm[gen * half:(gen + 1) * half] if b)
+    finally:
+        mm.close()
     return n
 
 
