@@ -183,6 +183,28 @@ def worst_spec(rng: random.Random, family: int, per_len: int) -> Spec:
     return sp
 
 
+def deep_spec(rng: random.Random, blocks: int = 4) -> Spec:
+    """The longest search the IPv4 tables allow: per side, ``blocks`` /16s
+    each holding every other /32 (32,768 prefixes, so 65,536 ranges: 16
+    halvings per lookup, over a 256 KB chunk)."""
+    dst: dict[int, set[int]] = {}
+    src: dict[int, set[int]] = {}
+    chain_blocks: dict[str, list[int]] = {}
+    for name, sets in (("dst", dst), ("src", src)):
+        bl = rng.sample(range(1 << 15, 1 << 16), blocks)
+        chain_blocks[name] = bl
+        sets[32] = {(b << 16) | i for b in bl for i in range(0, 1 << 16, 2)}
+    sp = Spec("v4 worst 2^16-range chunks", 4, len(dst[32]), dst, src, 4, 4, [], worst=True)
+    sp.chain_blocks = chain_blocks  # type: ignore[attr-defined]
+    return sp
+
+
+def table_bytes(comp: Compiled) -> int:
+    """What one generation of the set occupies in the labeler's tables:
+    bitmaps, direct tables, ranges, and the results in use."""
+    return comp.lpm.nbytes() + (len(comp.results) - 1) * ctypes.sizeof(abi.CandList)
+
+
 def rules_dict(spec: Spec) -> dict[str, Any]:
     """The spec as a rules file (only used to check against compile_rules)."""
     import ipaddress
@@ -595,6 +617,8 @@ def main() -> None:
                 specs.append(curve_spec(rng, fam, n))
             if not args.no_worst:
                 specs.append(worst_spec(rng, fam, 3000 if fam == 4 else 1200))
+                if fam == 4:
+                    specs.append(deep_spec(rng))
         for spec in specs:
             t0 = time.monotonic()
             comp = compile_fast(spec)
@@ -647,11 +671,14 @@ def main() -> None:
                            "front_labeler_ns": r["lab"], "labeler_minus_empty_ns": delta, "ns_per_pkt": ns,
                            "ratio": ns / empty[shape], "probes_per_pkt": probes if nfl else None,
                            "labeled_share": labeled if nfl else None, "load_s": load_s, "prep_s": prep_s,
+                           "table_bytes": table_bytes(comp),
+                           "bytes_per_prefix": table_bytes(comp) / max(1, spec.n_prefixes()),
                            "repeat": bench.repeat}
                     results["rows"].append(row)
                     rows.append([spec.name, f"{spec.n_prefixes():,}", f"{len(data)}{' vlan' if shape[2] else ''}",
                                  f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta), f"{ns / empty[shape]:.2f}",
-                                 B.fmt(probes if nfl else None), f"{labeled:.0%}" if nfl else "-"])
+                                 B.fmt(probes if nfl else None), f"{labeled:.0%}" if nfl else "-",
+                                 f"{table_bytes(comp) / max(1, spec.n_prefixes()):.1f}"])
                     if want_parts:
                         p = {"parse": r["parse"] - r["base"], "classify": r["classify"] - r["parse"],
                              "count+stat": r["count"] - r["classify"], "record write": r["lab"] - r["count"]}
@@ -718,10 +745,12 @@ def main() -> None:
     print(B.table([[f"v{s[0]}", f"{len(frames[s][0])}{' vlan' if s[2] else ''}", B.fmt(empty[s])] for s in shapes],
                   ["empty XDP", "frame", "ns/pkt"]))
     print()
-    print(B.table(rows, ["ruleset", "prefixes", "frame", "flows", "ns/pkt", "-empty", "ratio", "probes/pkt",
-                         "labeled"]))
-    print("\nns/pkt = empty + (front->labeler - front->empty); ratio = ns/pkt / empty; probes/pkt = hash lookups "
-          "per packet (src + dst), from the reference walk over the flows; worst-case sets: repeat "
+    print(B.table(rows, ["ruleset", "prefixes", "frame", "flows", "ns/pkt", "-empty", "ratio", "reads/pkt",
+                         "labeled", "B/prefix"]))
+    print("\nns/pkt = empty + (front->labeler - front->empty); ratio = ns/pkt / empty; reads/pkt = table reads per "
+          "packet (src + dst: bitmap, direct entry, chunk header, search probes; dropwatch.lpm.lookup's walk over "
+          "the flows), result lists not counted; B/prefix = one generation's tables (bitmaps, 2 x 256 KB direct "
+          "tables per family, ranges, results in use) / prefixes; worst-case sets: repeat "
           f"{max(100_000, args.repeat // (10 if args.quick else 5)):,}")
     if parts_rows:
         print()
