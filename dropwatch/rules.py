@@ -619,24 +619,41 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
     return out
 
 
+def effective(cands: list[Candidate]) -> list[Candidate]:
+    """The candidates eval_list() can still pick, in order: a candidate is
+    dropped when, for every field it sets (label, side), a candidate without
+    proto/port conditions (which always passes) sets that field at a lower
+    prio. eval_list() keeps the lowest prio per field, so the outcome is the
+    same for every packet, and many more prefixes share one result (a prefix
+    nested in another rule's prefix keeps its own rule's candidate only)."""
+    def free(c: Candidate) -> bool:
+        return not c.proto and not c.flags & abi.DW_CAND_NEEDS_PORT
+
+    best_label = min((c.prio for c in cands if c.label_id and free(c)), default=None)
+    best_side = min((c.prio for c in cands if c.side and free(c)), default=None)
+    return [c for c in cands
+            if (c.label_id and (best_label is None or c.prio <= best_label))
+            or (c.side and (best_side is None or c.prio <= best_side))]
+
+
 def result_indexes(prefixes: Mapping[tuple[int, int, bytes], tuple[int, list[Candidate]]],
                    pair_ids: set[int]) -> tuple[list[tuple[int, list[Candidate]]], list[int]]:
-    """Distinct (prefix_id, candidates) results, index 0 = no match, and each
-    prefix's result index (in ``prefixes``' order). Prefixes outside every
-    src+dst rule drop their prefix id, so they share results; a prefix with
-    neither candidates nor a pair gets 0, like no match."""
+    """Distinct (prefix_id, effective candidates) results, index 0 = no
+    match, and each prefix's result index (in ``prefixes``' order). Prefixes
+    outside every src+dst rule drop their prefix id, so they share results;
+    a prefix with neither candidates nor a pair gets 0, like no match."""
     results: list[tuple[int, list[Candidate]]] = [(0, [])]
     seen: dict[tuple[int, tuple[Candidate, ...]], int] = {}
     idx: list[int] = []
     for pid, cands in prefixes.values():
-        key = (pid if pid in pair_ids else 0, tuple(cands))
+        key = (pid if pid in pair_ids else 0, tuple(effective(cands)))
         if key == (0, ()):  # only in src+dst rules that pair with nothing: same as no match
             idx.append(0)
             continue
         i = seen.get(key)
         if i is None:
             i = seen[key] = len(results)
-            results.append((key[0], cands))
+            results.append((key[0], list(key[1])))
         idx.append(i)
     return results, idx
 
