@@ -442,7 +442,8 @@ class CompiledRules:
     # (src_prefix_id, dst_prefix_id) -> candidates
     pairs: dict[tuple[int, int], list[Candidate]] = field(default_factory=dict)
     wildcard: list[Candidate] = field(default_factory=list)
-    plens: dict[int, list[int]] = field(default_factory=dict)  # fd -> lengths, longest first
+    # fd -> prefix lengths in use, longest first (for reporting and tests)
+    plens: dict[int, list[int]] = field(default_factory=dict)
     default_side: int = 0
     # What the labeler's longest-prefix match returns: results[i] is
     # (prefix_id, candidates) of result index i (results[0]: no match). A

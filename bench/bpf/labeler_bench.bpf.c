@@ -263,7 +263,7 @@ struct {
 	__type(value, struct alt_group);
 } alt_tbl8_src SEC(".maps"), alt_tbl8_dst SEC(".maps");
 
-/* prefix id -> candidate list (the same lists dw_prefixes holds) */
+/* prefix id -> the prefix's full candidate list (CompiledRules.prefixes) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, ALT_MAX_PIDS);
