@@ -202,7 +202,9 @@ def deep_spec(rng: random.Random, blocks: int = 4) -> Spec:
 def table_bytes(comp: Compiled) -> int:
     """What one generation of the set occupies in the labeler's tables:
     bitmaps, direct tables, ranges, and the results in use."""
-    return comp.lpm.nbytes() + (len(comp.results) - 1) * ctypes.sizeof(abi.CandList)
+    lists = sum(1 for _, cands in comp.results if len(cands) > 1)
+    return comp.lpm.nbytes() + (len(comp.results) - 1) * ctypes.sizeof(abi.LpmRes) + \
+        lists * ctypes.sizeof(abi.CandList)
 
 
 def rules_dict(spec: Spec) -> dict[str, Any]:

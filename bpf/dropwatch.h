@@ -158,14 +158,23 @@ struct dw_cand {
 	__u8 pad;
 };
 
-/* A result (dw_results): the candidates of the longest matching prefix,
- * shared by every prefix with the same list, except that a prefix taking
- * part in a src+dst rule keeps its own prefix_id, the dw_pairs key. */
+/* A result: the candidates of the longest matching prefix that can still
+ * win, shared by every prefix with the same list, except that a prefix
+ * taking part in a src+dst rule keeps its own prefix_id, the dw_pairs key.
+ * The labeler reads struct dw_lpm_res (24 bytes, so the results traffic
+ * touches share cache lines); a list of 2 or more candidates is in
+ * dw_results, a struct dw_cand_list, at the same index. */
 struct dw_cand_list {
 	__u32 prefix_id;	/* key for dw_pairs; 0 = takes part in no pair */
 	__u8 n;
 	__u8 pad[3];
 	struct dw_cand c[DW_MAX_CANDS];
+};
+
+struct dw_lpm_res {
+	__u32 prefix_id;	/* key for dw_pairs; 0 = takes part in no pair */
+	__u32 n;		/* candidates; n > 1: all of them in dw_results */
+	struct dw_cand c0;	/* the candidate, when n == 1 */
 };
 
 struct dw_pair_key {

@@ -73,8 +73,16 @@ struct {
 	__type(value, struct dw_line64);
 } dw_lpm_bmp SEC(".maps");
 
-/* Index gen * DW_MAX_RESULTS + result; few distinct lists, so the ones
- * traffic hits stay in cache. */
+/* Index gen * DW_MAX_RESULTS + result: what a lookup yields. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_GENS * DW_MAX_RESULTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_lpm_res);
+} dw_lpm_res SEC(".maps");
+
+/* Same index: the candidates of results with more than one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, DW_GENS * DW_MAX_RESULTS);
@@ -430,8 +438,9 @@ static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
 	       ~DW_LPM_CHUNK;
 }
 
-/* The longest matching prefix's result (its candidate list), or NULL. */
-static __always_inline const struct dw_cand_list *
+/* The longest matching prefix's result, as an index into dw_lpm_res /
+ * dw_results; 0 when no prefix matched. */
+static __always_inline __u32
 match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 {
 	__u32 idx = v6 ? lpm6(gen, fd & 1, addr) : lpm4(gen, fd & 1, addr[0]);
@@ -439,9 +448,27 @@ match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 	/* 0: no prefix of this direction covers the address, which for most
 	 * /16 blocks costs only the bitmap read above. */
 	if (!idx)
-		return NULL;
-	idx = (gen & 1) * DW_MAX_RESULTS + (idx & (DW_MAX_RESULTS - 1));
-	return bpf_map_lookup_elem(&dw_results, &idx);
+		return 0;
+	return (gen & 1) * DW_MAX_RESULTS + (idx & (DW_MAX_RESULTS - 1));
+}
+
+static __always_inline void eval_cand(const struct dw_cand *c,
+				      const struct pkt_info *pi, struct dw_result *r)
+{
+	if (c->proto && c->proto != pi->proto)
+		return;
+	if (c->flags & DW_CAND_NEEDS_PORT) {
+		if (!pi->has_port || pi->dport < c->dport_lo || pi->dport > c->dport_hi)
+			return;
+	}
+	if (c->label_id && c->prio < r->label_prio) {
+		r->label_id = c->label_id;
+		r->label_prio = c->prio;
+	}
+	if (c->side && c->prio < r->side_prio) {
+		r->side = c->side;
+		r->side_prio = c->prio;
+	}
 }
 
 static __always_inline void eval_list(const struct dw_cand_list *l,
@@ -452,23 +479,29 @@ static __always_inline void eval_list(const struct dw_cand_list *l,
 	for (int i = 0; i < DW_MAX_CANDS; i++) {
 		if (i >= n)
 			break;
-		const struct dw_cand *c = &l->c[i];
-
-		if (c->proto && c->proto != pi->proto)
-			continue;
-		if (c->flags & DW_CAND_NEEDS_PORT) {
-			if (!pi->has_port || pi->dport < c->dport_lo || pi->dport > c->dport_hi)
-				continue;
-		}
-		if (c->label_id && c->prio < r->label_prio) {
-			r->label_id = c->label_id;
-			r->label_prio = c->prio;
-		}
-		if (c->side && c->prio < r->side_prio) {
-			r->side = c->side;
-			r->side_prio = c->prio;
-		}
+		eval_cand(&l->c[i], pi, r);
 	}
+}
+
+/* Evaluate one lookup's result; returns it (for its prefix id) or NULL. */
+static __always_inline const struct dw_lpm_res *
+eval_result(__u32 idx, const struct pkt_info *pi, struct dw_result *r)
+{
+	if (!idx)
+		return NULL;
+	const struct dw_lpm_res *e = bpf_map_lookup_elem(&dw_lpm_res, &idx);
+
+	if (!e)
+		return NULL;
+	if (e->n == 1) {
+		eval_cand(&e->c0, pi, r);
+	} else if (e->n > 1) {
+		const struct dw_cand_list *l = bpf_map_lookup_elem(&dw_results, &idx);
+
+		if (l)
+			eval_list(l, pi, r);
+	}
+	return e;
 }
 
 /*
@@ -483,20 +516,19 @@ static __always_inline void classify(const struct pkt_info *pi, struct dw_result
 	r->side = rs->default_side;
 	eval_list(&rs->wildcard, pi, r);
 
-	const struct dw_cand_list *src, *dst;
+	__u32 si, di;
 
 	if (pi->family == 6) {
-		src = match_prefix(gen, DW_FD_V6_SRC, pi->saddr, 1);
-		dst = match_prefix(gen, DW_FD_V6_DST, pi->daddr, 1);
+		si = match_prefix(gen, DW_FD_V6_SRC, pi->saddr, 1);
+		di = match_prefix(gen, DW_FD_V6_DST, pi->daddr, 1);
 	} else {
-		src = match_prefix(gen, DW_FD_V4_SRC, pi->saddr, 0);
-		dst = match_prefix(gen, DW_FD_V4_DST, pi->daddr, 0);
+		si = match_prefix(gen, DW_FD_V4_SRC, pi->saddr, 0);
+		di = match_prefix(gen, DW_FD_V4_DST, pi->daddr, 0);
 	}
 
-	if (src)
-		eval_list(src, pi, r);
-	if (dst)
-		eval_list(dst, pi, r);
+	const struct dw_lpm_res *src = eval_result(si, pi, r);
+	const struct dw_lpm_res *dst = eval_result(di, pi, r);
+
 	/* Only prefixes that take part in a src+dst rule carry a prefix id. */
 	if (rs->has_pairs && src && dst && src->prefix_id && dst->prefix_id) {
 		struct dw_pair_key pk = {

@@ -133,6 +133,10 @@ class CandList(ctypes.Structure):
     _fields_ = [("prefix_id", u32), ("n", u8), ("pad", u8 * 3), ("c", Cand * DW_MAX_CANDS)]
 
 
+class LpmRes(ctypes.Structure):
+    _fields_ = [("prefix_id", u32), ("n", u32), ("c0", Cand)]
+
+
 class PairKey(ctypes.Structure):
     _fields_ = [("src_prefix_id", u32), ("dst_prefix_id", u32), ("gen", u32)]
 
@@ -213,6 +217,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_line64": Line64,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
+    "dw_lpm_res": LpmRes,
     "dw_pair_key": PairKey,
     "dw_ruleset": Ruleset,
     "dw_gen_state": GenState,

@@ -526,14 +526,15 @@ class Loader:
         if base6:  # values (odd u64s) that point to a chunk
             v6_rng = array("Q", v6_rng)
             v6_rng[1::2] = array("Q", (x + base6 if x & CHUNK else x for x in v6_rng[1::2]))
-        results = b"".join(bytes(_cand_list(cands, pid)) for pid, cands in c.results)
+        res, lists = _results(c.results)
         return [
             ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4).tobytes()),
             ("dw_lpm4_rng", base4 * 4, t.v4_rng.tobytes()),
             ("dw_lpm6_l1", gen * l1_bytes, _relocate(t.v6_l1, base6).tobytes()),
             ("dw_lpm6_rng", base6 * 16, v6_rng.tobytes()),
             ("dw_lpm_bmp", gen * len(t.bmp) * 8, t.bmp.tobytes()),
-            ("dw_results", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.CandList), results),
+            ("dw_lpm_res", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmRes), res),
+            ("dw_results", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.CandList), lists),
         ]
 
     def _store(self, name: str, off: int, data: bytes) -> None:
@@ -576,10 +577,10 @@ class Loader:
         memory (for tests and /healthz): results in use, range entries in
         use (up to the last non-zero one), and pair entries."""
         out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_pairs": 0}
-        rsize = ctypes.sizeof(abi.CandList)
-        res = self._lpm_mmaps["dw_results"]
-        # A result in use has a prefix id or candidates: bytes 0..4 (prefix_id, n).
-        heads = [res[k::rsize] for k in range(abi.CandList.n.offset + 1)]
+        rsize = ctypes.sizeof(abi.LpmRes)
+        res = self._lpm_mmaps["dw_lpm_res"]
+        # A result in use has a prefix id or candidates: bytes 0..7 (prefix_id, n).
+        heads = [res[k::rsize] for k in range(abi.LpmRes.n.offset + 4)]
         out["dw_results"] = sum(1 for t in zip(*heads, strict=True) if any(t))
         for name, half, width in (("dw_lpm4_rng", self.lpm4_entries // 2, 4),
                                   ("dw_lpm6_rng", self.lpm6_entries // 2, 16)):
@@ -732,7 +733,23 @@ class Loader:
 DropKeyT = tuple[int, int, int, int, int, int, int, int, int]
 
 
-LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_results")
+LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res", "dw_results")
+
+
+def _results(results: list[tuple[int, list[object]]]) -> tuple[bytes, bytes]:
+    """dw_lpm_res and dw_results contents from index 0: one candidate
+    inline, two or more as a list at the same index."""
+    res, lists = [], []
+    empty = bytes(ctypes.sizeof(abi.CandList))
+    for pid, cands in results:
+        r = abi.LpmRes(prefix_id=pid, n=len(cands))
+        if len(cands) == 1:
+            r.c0 = _cand_list(cands, 0).c[0]
+        res.append(bytes(r))
+        lists.append(bytes(_cand_list(cands, pid)) if len(cands) > 1 else empty)
+    while lists and lists[-1] == empty:  # nothing to write past the last list
+        lists.pop()
+    return b"".join(res), b"".join(lists)
 
 
 def _relocate(l1: array, base: int) -> array:

@@ -63,6 +63,8 @@ RULES_B = parse_rules({"default_side": "origin", "rules": [
      "dst": ["10.20.0.0/16", "10.10.1.0/24", "10.30.0.0/16"]},
     {"label": "peer", "src": ["198.51.100.0/25", "198.51.100.128/25"], "dst": ["10.30.0.0/16", "10.20.0.0/16"]},
     {"side": "eyeball", "dport": [53], "proto": "udp"},
+    # A result of several candidates (dw_results, not only dw_lpm_res).
+    {"label": "custA", "proto": "tcp", "dport": [80, 8080], "dst": ["10.10.1.0/24"]},
 ]})
 PROBES = [P.build(4, l4, src=s, dst=d, dport=p) for l4, s, d, p in (
     ("udp", "203.0.113.5", "10.10.1.7", 443), ("udp", "203.0.113.5", "10.10.2.7", 443),
