@@ -44,7 +44,8 @@ from dropwatch.lab import LAB_RULES
 from dropwatch.libbpf import libbpf
 from dropwatch import loader as loader_mod
 from dropwatch.loader import Loader
-from dropwatch.rules import Candidate, CompiledRules, _prio, compile_rules, parse_rules
+from dropwatch import lpm as lpm_mod
+from dropwatch.rules import Candidate, CompiledRules, _prio, compile_rules, parse_rules, result_indexes
 
 XDP_PASS = 2
 BENCH_OBJ_DIR = B.OUT / "labeler_bench"
@@ -182,6 +183,30 @@ def worst_spec(rng: random.Random, family: int, per_len: int) -> Spec:
     return sp
 
 
+def deep_spec(rng: random.Random, blocks: int = 4) -> Spec:
+    """The longest search the IPv4 tables allow: per side, ``blocks`` /16s
+    each holding every other /32 (32,768 prefixes, so 65,536 ranges: 16
+    halvings per lookup, over a 256 KB chunk)."""
+    dst: dict[int, set[int]] = {}
+    src: dict[int, set[int]] = {}
+    chain_blocks: dict[str, list[int]] = {}
+    for name, sets in (("dst", dst), ("src", src)):
+        bl = rng.sample(range(1 << 15, 1 << 16), blocks)
+        chain_blocks[name] = bl
+        sets[32] = {(b << 16) | i for b in bl for i in range(0, 1 << 16, 2)}
+    sp = Spec("v4 worst 2^16-range chunks", 4, len(dst[32]), dst, src, 4, 4, [], worst=True)
+    sp.chain_blocks = chain_blocks  # type: ignore[attr-defined]
+    return sp
+
+
+def table_bytes(comp: Compiled) -> int:
+    """What one generation of the set occupies in the labeler's tables:
+    bitmaps, direct tables, ranges, and the results in use."""
+    lists = sum(1 for _, cands in comp.results if len(cands) > 1)
+    return comp.lpm.nbytes() + (len(comp.results) - 1) * ctypes.sizeof(abi.LpmRes) + \
+        lists * ctypes.sizeof(abi.CandList)
+
+
 def rules_dict(spec: Spec) -> dict[str, Any]:
     """The spec as a rules file (only used to check against compile_rules)."""
     import ipaddress
@@ -215,25 +240,10 @@ CandT = tuple[int, int, int, int, int, int, int, int]  # Candidate's fields, in 
 class Compiled:
     prefixes: dict[tuple[int, int, int], tuple[int, list[CandT]]]  # (fd, plen, addr) -> (pid, cands)
     plens: dict[int, list[int]]
-    v4_lenmask: dict[int, dict[int, int]] = field(default_factory=dict)  # dir -> /16 block -> length bits
-
-
-HAS_LENMASK = "v4_lenmask" in {f.name for f in dataclasses.fields(CompiledRules)}
-
-
-def _lenmask(sets: dict[int, set[int]]) -> dict[int, int]:
-    """rules._v4_lenmask on ints: /16 block -> bit L if a /L prefix can hold an address of it."""
-    masks: dict[int, int] = {}
-    for p, addrs in sets.items():
-        bit = 1 << p
-        for a in addrs:
-            base = a >> 16
-            if p <= 16:
-                for block in range(base, base + (1 << (16 - p))):
-                    masks[block] = masks.get(block, 0) | bit
-            else:
-                masks[base] = masks.get(base, 0) | bit
-    return masks
+    # Filled by compile_fast via dropwatch.rules.result_indexes and
+    # dropwatch.lpm.build, the daemon's own code, on our ints.
+    results: list[tuple[int, list[Candidate]]] = field(default_factory=list)
+    lpm: lpm_mod.LpmTables = field(default_factory=lpm_mod.LpmTables)
 
 
 def compile_fast(spec: Spec) -> Compiled:
@@ -283,17 +293,18 @@ def compile_fast(spec: Spec) -> Compiled:
             if len(cands) > MAX_CANDS:
                 raise ValueError(f"{spec.name}: {len(cands)} candidates for one prefix")
             out.prefixes[(fd, p, a)] = (pid, cands)
-    if spec.family == 4 and HAS_LENMASK:
-        out.v4_lenmask = {0: _lenmask(spec.src), 1: _lenmask(spec.dst)}
+    # No src+dst rules here: no prefix keeps its id. Results dedupe on the
+    # candidate tuples; the tables come from the daemon's own builder.
+    keyed = {k: (pid, [Candidate(*c) for c in cands]) for k, (pid, cands) in out.prefixes.items()}
+    out.results, idx = result_indexes(keyed, set())  # type: ignore[arg-type]
+    out.lpm = lpm_mod.build((fd, p, a, i) for (fd, p, a), i in zip(out.prefixes, idx, strict=True))
     return out
 
 
 def to_compiled_rules(spec: Spec, fast: Compiled, with_prefixes: bool) -> CompiledRules:
     """dropwatch.rules.CompiledRules with our contents (prefixes optional)."""
     c = CompiledRules(plens={k: v for k, v in fast.plens.items() if v}, default_side=EYEBALL,
-                      label_ids=label_ids(spec))
-    if HAS_LENMASK:
-        c.v4_lenmask = fast.v4_lenmask  # type: ignore[attr-defined]
+                      label_ids=label_ids(spec), results=fast.results, lpm=fast.lpm)
     if with_prefixes:
         nb = spec.bits // 8
         c.prefixes = {(fd, p, a.to_bytes(nb, "big").ljust(16, b"\0")): (pid, [Candidate(*x) for x in cands])
@@ -312,8 +323,6 @@ def check_against_compile_rules(spec: Spec, fast: Compiled) -> None:
         a, b = getattr(mine, f.name), getattr(ref, f.name)
         if f.name == "plens":
             a, b = {k: v for k, v in a.items() if v}, {k: v for k, v in b.items() if v}
-        if f.name == "v4_lenmask":
-            a, b = {k: v for k, v in a.items() if v}, {k: v for k, v in b.items() if v}
         if a != b:
             raise SystemExit(f"{spec.name}: the bench's rule compiler disagrees with dropwatch.rules.compile_rules "
                              f"on CompiledRules.{f.name}: update compile_fast() in {__file__}")
@@ -330,10 +339,11 @@ def make_flows(rng: random.Random, spec: Spec, n: int) -> list[tuple[int, int]]:
             flows.add(((rng.choice(sb) << 16) | 0x8000 | rng.getrandbits(15),
                        (rng.choice(db) << 16) | 0x8000 | rng.getrandbits(15)))
         return list(flows)
-    if spec.worst:  # outside every prefix
-        hi = 0x20010DB9 << 96
+    if spec.worst:  # inside a prefix longer than /64: both range searches run, on the largest chunk
+        deep = {w: [(p, a) for p, s in getattr(spec, w).items() if p > 64 for a in s] for w in ("src", "dst")}
         while len(flows) < n:
-            flows.add((hi | rng.getrandbits(96), hi | rng.getrandbits(96)))
+            (sp, sa), (dp, da) = rng.choice(deep["src"]), rng.choice(deep["dst"])
+            flows.add((sa | rng.getrandbits(128 - sp), da | rng.getrandbits(128 - dp)))
         return list(flows)
     dsts = [(p, a) for p, s in spec.dst.items() for a in s]
     srcs = [(p, a) for p, s in spec.src.items() for a in s]
@@ -355,23 +365,21 @@ def make_flows(rng: random.Random, spec: Spec, n: int) -> list[tuple[int, int]]:
 
 
 def expect(spec: Spec, comp: Compiled, flows: list[tuple[int, int]]) -> tuple[dict[int, int], float]:
-    """Reference classification of each flow (UDP to 443): packets per label
-    id and mean hash probes per packet (the labeler's longest-first loop)."""
+    """Reference classification of each flow (UDP to 443) by the longest
+    matching prefix found by plain masking (not the tables): packets per
+    label id, and mean table reads per packet (src + dst: direct-table
+    entries plus binary-search probes, from dropwatch.lpm.lookup's walk)."""
     bits = spec.bits
     fd_src = abi.DW_FD_V4_SRC if spec.family == 4 else abi.DW_FD_V6_SRC
     masks = {p: _mask(bits, p) for p in range(bits + 1)}
     pfx = comp.prefixes
     per_label: dict[int, int] = {}
-    probes = 0
-    lm = comp.v4_lenmask if spec.family == 4 else {}
+    reads = [0]
     for s, d in flows:
         label, lprio = 0, 1 << 32
         for fd, addr in ((fd_src, s), (fd_src + 1, d)):
-            bits_ok = lm[fd & 1].get(addr >> 16, 0) if lm else -1
+            lpm_mod.lookup(comp.lpm, fd, addr, reads)
             for p in comp.plens.get(fd, []):
-                if not (bits_ok >> p) & 1:
-                    continue
-                probes += 1
                 hit = pfx.get((fd, p, addr & masks[p]))
                 if hit:
                     for c in hit[1]:
@@ -383,47 +391,18 @@ def expect(spec: Spec, comp: Compiled, flows: list[tuple[int, int]]) -> tuple[di
                             label, lprio = c[0], c[5]
                     break
         per_label[label] = per_label.get(label, 0) + 1
-    return per_label, probes / max(1, len(flows))
+    return per_label, reads[0] / max(1, len(flows))
 
 
 # ---------------------------------------------------------------- loading
 
 def load_rules(ld: Loader, spec: Spec, comp: Compiled) -> float:
-    """Write the compiled rules into the labeler's maps; returns seconds.
-
-    Small sets go through Loader.apply_rules unchanged. Large ones too, except
-    the prefix entries themselves: Loader.apply_rules writes and reads back
-    one entry per syscall (minutes at 10^6), so they are batch-written with
-    the loader's own encoders (Loader._prefix_key, loader._cand_list) after
-    apply_rules has written everything else (state, length lists, masks,
-    generation flip) for a copy of the rules without prefixes."""
+    """Write the compiled rules with Loader.apply_rules, unchanged, at every
+    size: the tables go into the kernel through mmap (one copy per array)
+    and are read back the same way; returns apply_rules' seconds."""
+    c = to_compiled_rules(spec, comp, with_prefixes=True)
     t0 = time.monotonic()
-    fast = hasattr(Loader, "_prefix_key") and hasattr(loader_mod, "_cand_list") and len(comp.prefixes) > 20_000
-    if not fast:
-        ld.apply_rules(to_compiled_rules(spec, comp, with_prefixes=True))
-        return time.monotonic() - t0
-    ld.apply_rules(to_compiled_rules(spec, comp, with_prefixes=False))
-    gen = ld.active_gen
-    nbytes = spec.bits // 8
-    off = abi.CandList.prefix_id.offset
-    cache: dict[tuple[CandT, ...], bytes] = {}
-    batches: dict[str, tuple[list[bytes], list[bytes]]] = {}
-    sample = max(1, len(comp.prefixes) // 50)
-    for i, ((fd, p, a), (pid, cands)) in enumerate(comp.prefixes.items()):
-        name, key = Loader._prefix_key(gen, fd, p, a.to_bytes(nbytes, "big").ljust(16, b"\0"))
-        ct = tuple(cands)
-        tmpl = cache.get(ct)
-        if tmpl is None:
-            tmpl = cache[ct] = bytes(loader_mod._cand_list([Candidate(*c) for c in cands], 0))
-        val = tmpl[:off] + struct.pack("<I", pid) + tmpl[off + 4:]
-        if i % sample == 0 and bytes(loader_mod._cand_list([Candidate(*c) for c in cands], pid)) != val:
-            raise SystemExit("bench's prefix-entry encoding differs from dropwatch.loader's: update load_rules()")
-        ks, vs = batches.setdefault(name, ([], []))
-        ks.append(bytes(key))
-        vs.append(val)
-    for name, (ks, vs) in batches.items():
-        B.update_batch(ld.lib, ld.labeler.maps[name], b"".join(ks), b"".join(vs), len(ks[0]),  # type: ignore[union-attr]
-                       len(vs[0]))
+    ld.apply_rules(c)
     return time.monotonic() - t0
 
 
@@ -519,7 +498,8 @@ class Front:
 
     def __init__(self, lib: Any) -> None:
         self.lib = lib
-        self.ld = Loader(obj_dir=BENCH_OBJ_DIR, lib=lib)
+        # Range arrays large enough for the 10^6-prefix sets.
+        self.ld = Loader(obj_dir=BENCH_OBJ_DIR, lib=lib, lpm4_entries=1 << 23, lpm6_entries=6 << 20)
         self.ld.load()
         assert self.ld.labeler is not None
         self.maps = self.ld.labeler.maps
@@ -640,6 +620,8 @@ def main() -> None:
                 specs.append(curve_spec(rng, fam, n))
             if not args.no_worst:
                 specs.append(worst_spec(rng, fam, 3000 if fam == 4 else 1200))
+                if fam == 4:
+                    specs.append(deep_spec(rng))
         for spec in specs:
             t0 = time.monotonic()
             comp = compile_fast(spec)
@@ -692,11 +674,14 @@ def main() -> None:
                            "front_labeler_ns": r["lab"], "labeler_minus_empty_ns": delta, "ns_per_pkt": ns,
                            "ratio": ns / empty[shape], "probes_per_pkt": probes if nfl else None,
                            "labeled_share": labeled if nfl else None, "load_s": load_s, "prep_s": prep_s,
+                           "table_bytes": table_bytes(comp),
+                           "bytes_per_prefix": table_bytes(comp) / max(1, spec.n_prefixes()),
                            "repeat": bench.repeat}
                     results["rows"].append(row)
                     rows.append([spec.name, f"{spec.n_prefixes():,}", f"{len(data)}{' vlan' if shape[2] else ''}",
                                  f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta), f"{ns / empty[shape]:.2f}",
-                                 B.fmt(probes if nfl else None), f"{labeled:.0%}" if nfl else "-"])
+                                 B.fmt(probes if nfl else None), f"{labeled:.0%}" if nfl else "-",
+                                 f"{table_bytes(comp) / max(1, spec.n_prefixes()):.1f}"])
                     if want_parts:
                         p = {"parse": r["parse"] - r["base"], "classify": r["classify"] - r["parse"],
                              "count+stat": r["count"] - r["classify"], "record write": r["lab"] - r["count"]}
@@ -763,10 +748,12 @@ def main() -> None:
     print(B.table([[f"v{s[0]}", f"{len(frames[s][0])}{' vlan' if s[2] else ''}", B.fmt(empty[s])] for s in shapes],
                   ["empty XDP", "frame", "ns/pkt"]))
     print()
-    print(B.table(rows, ["ruleset", "prefixes", "frame", "flows", "ns/pkt", "-empty", "ratio", "probes/pkt",
-                         "labeled"]))
-    print("\nns/pkt = empty + (front->labeler - front->empty); ratio = ns/pkt / empty; probes/pkt = hash lookups "
-          "per packet (src + dst), from the reference walk over the flows; worst-case sets: repeat "
+    print(B.table(rows, ["ruleset", "prefixes", "frame", "flows", "ns/pkt", "-empty", "ratio", "reads/pkt",
+                         "labeled", "B/prefix"]))
+    print("\nns/pkt = empty + (front->labeler - front->empty); ratio = ns/pkt / empty; reads/pkt = table reads per "
+          "packet (src + dst: bitmap, direct entry, chunk header, search probes; dropwatch.lpm.lookup's walk over "
+          "the flows), result lists not counted; B/prefix = one generation's tables (bitmaps, 2 x 256 KB direct "
+          "tables per family, ranges, results in use) / prefixes; worst-case sets: repeat "
           f"{max(100_000, args.repeat // (10 if args.quick else 5)):,}")
     if parts_rows:
         print()

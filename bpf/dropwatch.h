@@ -85,32 +85,62 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_FD_COUNT	4
 
 #define DW_MAX_CANDS	8	/* rules that can apply to one prefix */
-#define DW_MAX_PLENS	129	/* prefix lengths 0..128 */
 #define DW_MAX_LABELS	16384	/* label ids 1..16383; 0 = unlabeled */
-#define DW_MAX_PREFIXES	(1 << 20)	/* entries in dw_prefixes4 + dw_prefixes, both gens */
+#define DW_MAX_PREFIXES	(1 << 20)	/* distinct prefixes, both gens */
 #define DW_MAX_PAIRS	(1 << 16)
 #define DW_MAX_DROP_KEYS 65536
-/* IPv4 length filter: per (gen, direction, /16 block), bit L set iff a
- * prefix of length L could contain an address of that block. */
-#define DW_V4_BLOCKS	65536
-#define DW_V4_L1_ENTRIES (DW_GENS * 2 * DW_V4_BLOCKS)
 
-struct dw_prefix_key {
-	__u32 prefixlen;
-	__u8 gen;
-	__u8 fd;		/* DW_FD_* */
-	__u8 pad[2];
-	__u8 addr[16];		/* network order, masked to prefixlen */
+/*
+ * Longest-prefix match, DXR-style (Zec, Rizzo, Mikuc 2012), compiled by user
+ * space (dropwatch/lpm.py) so that a lookup reads one entry of a direct
+ * table and, only where longer prefixes exist, binary-searches one sorted
+ * chunk of ranges. Every range already carries the index of the longest
+ * matching prefix's result, so there is no per-length probing and the worst
+ * case is bounded by the search depth, not by the prefix lengths in use.
+ *
+ * Bitmap (dw_lpm_bmp): one bit per (gen, family, direction, top 16 bits),
+ * set iff the direct entry is not 0: 8 KB per direction, so it stays in the
+ * L1 cache, and a side whose /16 holds no prefix (most sources) costs no
+ * read of the 256 KB direct table. Line ((gen * 2 + v6) * 2 + dir) * 128 +
+ * top16 / 512, word (top16 / 64) % 8, bit top16 % 64.
+ *
+ * Direct table (dw_lpm4_l1, dw_lpm6_l1): one u32 per (gen, direction, top
+ * 16 address bits), index ((gen * 2 + dir) << 16) | top16:
+ *   0                     no prefix covers this /16: the side is skipped
+ *   1..DW_MAX_RESULTS-1   the answer: index into this gen's dw_results
+ *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array
+ * A chunk is a header entry holding n, then n ranges sorted by start; the
+ * first starts at 0. An address takes the last range starting at or below
+ * it. Offsets are absolute: the loader puts each gen in its own half.
+ *
+ * IPv4 ranges (dw_lpm4_rng): (start of the range in the low 16 bits << 16)
+ * | result. IPv6 ranges (dw_lpm6_rng) are 16 bytes, so a range's key and
+ * value share a cache line: u64 key (the top 64 address bits), u64 value:
+ * a result, or, for a /64 that holds prefixes longer than /64,
+ * DW_LPM_CHUNK | off of a second chunk keyed by the low 64 bits. A v6
+ * chunk header is the entry (n, 0).
+ *
+ * Arrays of 64-byte lines, not of single words: an array map rounds each
+ * value up to 8 bytes, and a line keeps neighbouring ranges in one cache
+ * line.
+ */
+#define DW_LPM_CHUNK	0x80000000u
+#define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* u32 entries, 16 per line */
+#define DW_LPM4_ENTRIES	(1 << 22)	/* u32 ranges + headers, both gens (default size) */
+#define DW_LPM6_ENTRIES	(1 << 21)	/* 16-byte ranges + headers, both gens (default size) */
+#define DW_LPM_BMP_LINES (DW_GENS * 2 * 2 * 128)	/* 65536 bits per (gen, family, dir) */
+#define DW_MAX_RESULTS	65536		/* per gen; result 0 = no prefix */
+/* Search depth: a v4 chunk covers 2^16 addresses, so n <= 2^16; the loader
+ * refuses a v6 chunk of more than 2^DW_LPM6_STEPS ranges. */
+#define DW_LPM4_STEPS	16
+#define DW_LPM6_STEPS	24
+
+struct dw_line32 {
+	__u32 v[16];
 };
 
-/* IPv4 prefixes have their own table: an 8-byte key hashes several times
- * faster than dw_prefix_key, on the path of every IPv4 packet. */
-struct dw_prefix4_key {
-	__u8 prefixlen;
-	__u8 gen;
-	__u8 fd;		/* DW_FD_V4_SRC or DW_FD_V4_DST */
-	__u8 pad;
-	__u32 addr;		/* network order, masked to prefixlen */
+struct dw_line64 {
+	__u64 v[8];
 };
 
 /* A candidate rule: the packet must match proto (0 = any) and, with
@@ -128,23 +158,23 @@ struct dw_cand {
 	__u8 pad;
 };
 
+/* A result: the candidates of the longest matching prefix that can still
+ * win, shared by every prefix with the same list, except that a prefix
+ * taking part in a src+dst rule keeps its own prefix_id, the dw_pairs key.
+ * The labeler reads struct dw_lpm_res (24 bytes, so the results traffic
+ * touches share cache lines); a list of 2 or more candidates is in
+ * dw_results, a struct dw_cand_list, at the same index. */
 struct dw_cand_list {
-	__u32 prefix_id;	/* key for dw_pairs; 0 = none */
+	__u32 prefix_id;	/* key for dw_pairs; 0 = takes part in no pair */
 	__u8 n;
 	__u8 pad[3];
 	struct dw_cand c[DW_MAX_CANDS];
 };
 
-/* Masks are precomputed by user space so the per-length loop body has no
- * branches: branchy mask code multiplies verifier states per iteration. */
-struct dw_plen_entry {
-	__u32 prefixlen;
-	__u32 mask[4];		/* network order; IPv4 uses mask[0] */
-};
-
-struct dw_plen_list {
-	__u32 n;		/* entries in use, longest prefix first */
-	struct dw_plen_entry e[DW_MAX_PLENS];
+struct dw_lpm_res {
+	__u32 prefix_id;	/* key for dw_pairs; 0 = takes part in no pair */
+	__u32 n;		/* candidates; n > 1: all of them in dw_results */
+	struct dw_cand c0;	/* the candidate, when n == 1 */
 };
 
 struct dw_pair_key {
@@ -262,7 +292,6 @@ struct dw_ruleset {
 
 struct dw_gen_state {
 	struct dw_ruleset rs;
-	struct dw_plen_list plens[DW_FD_COUNT];
 };
 
 /*

@@ -27,35 +27,69 @@ const volatile struct dw_meta dw_btf_anchor_meta = {};
 struct dw_labeler_state dw_state = {};
 
 /*
- * IPv4 only: which prefix lengths can match in this /16 block, so a packet
- * probes the hash below for those lengths only (usually one, often none)
- * instead of every length in use. Index ((gen * 2 + dir) << 16) | block.
+ * The longest-prefix-match tables (layout in dropwatch.h). All are arrays:
+ * the verifier inlines an array lookup into an index check and an add, and
+ * user space writes them through mmap. The range arrays' sizes are set by
+ * the loader before load; the program never assumes them (every lookup is
+ * checked).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DW_V4_L1_ENTRIES);
+	__uint(max_entries, DW_LPM_L1_LINES);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, __u64);
-} dw_v4_lenmask SEC(".maps");
+	__type(value, struct dw_line32);
+} dw_lpm4_l1 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DW_MAX_PREFIXES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct dw_prefix4_key);
-	__type(value, struct dw_cand_list);
-} dw_prefixes4 SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_LPM4_ENTRIES / 16);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_line32);
+} dw_lpm4_rng SEC(".maps");
 
-/* IPv6: one hash table for all prefix lengths: the key carries the length.
- * A packet probes only the lengths in use, longest first (dw_state plens). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, DW_MAX_PREFIXES);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct dw_prefix_key);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_LPM_L1_LINES);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_line32);
+} dw_lpm6_l1 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_LPM6_ENTRIES / 4);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_line64);
+} dw_lpm6_rng SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_LPM_BMP_LINES);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_line64);
+} dw_lpm_bmp SEC(".maps");
+
+/* Index gen * DW_MAX_RESULTS + result: what a lookup yields. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_GENS * DW_MAX_RESULTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_lpm_res);
+} dw_lpm_res SEC(".maps");
+
+/* Same index: the candidates of results with more than one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_GENS * DW_MAX_RESULTS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
 	__type(value, struct dw_cand_list);
-} dw_prefixes SEC(".maps");
+} dw_results SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -492,59 +526,166 @@ __attribute__((noinline)) int dw_parse_frame(struct xdp_md *ctx, struct pkt_info
 	return pi->family;
 }
 
+/* Entry i of an array of 16-word lines; 0 when out of range (the loader
+ * never points past its data, so only a bug reads 0 here). */
+static __always_inline __u32 line32_get(void *map, __u32 i)
+{
+	__u32 line = i >> 4;
+	const struct dw_line32 *l = bpf_map_lookup_elem(map, &line);
+
+	return l ? l->v[i & 15] : 0;
+}
+
+/* Does any prefix of this (gen, family, direction) cover the /16? */
+static __always_inline int lpm_bmp_has(__u32 gen, __u32 v6, __u32 dir, __u32 top16)
+{
+	__u32 line = (((gen * 2 + v6) * 2 + dir) << 7) | (top16 >> 9);
+	const struct dw_line64 *l = bpf_map_lookup_elem(&dw_lpm_bmp, &line);
+
+	return l && ((l->v[(top16 >> 6) & 7] >> (top16 & 63)) & 1);
+}
+
 /*
- * Longest-prefix match as exact lookups, longest length first, one per
- * length in use; for IPv4 only the lengths that the address's /16 block can
- * match (dw_v4_lenmask), which is usually one and often none.
+ * IPv4: the direct entry for the top 16 bits, then, for a chunk, a binary
+ * search of its ranges on the low 16 bits. A chunk holds at most 2^16
+ * ranges, so DW_LPM4_STEPS halvings always finish the search.
  */
-static __always_inline const struct dw_cand_list *
+static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
+{
+	__u32 a = bpf_ntohl(addr_be);
+
+	if (!lpm_bmp_has(gen, 0, dir, a >> 16))
+		return 0;
+	__u32 e = line32_get(&dw_lpm4_l1, ((gen * 2 + dir) << 16) | (a >> 16));
+
+	if (!(e & DW_LPM_CHUNK))
+		return e;
+	__u32 off = (e & ~DW_LPM_CHUNK) + 1;
+	__u32 key = a & 0xffff;
+	__u32 base = 0, len = line32_get(&dw_lpm4_rng, off - 1);
+	/* Range 0 starts at 0: the answer until a later start is <= key. */
+	__u32 best = line32_get(&dw_lpm4_rng, off);
+
+	/*
+	 * The answer is in [base, base + len). Branch-free halving: with
+	 * random addresses each comparison is a coin toss, and a mispredicted
+	 * branch costs more than the load. The trip count depends on n only.
+	 */
+	for (int i = 0; i < DW_LPM4_STEPS; i++) {
+		if (len <= 1)
+			break;
+		__u32 half = len >> 1;
+		__u32 r = line32_get(&dw_lpm4_rng, off + base + half);
+		/* 1 iff the range starts above key: both are below 2^16, so the
+		 * difference wraps into bit 31 exactly then. */
+		__u32 above = (key - (r >> 16)) >> 31;
+
+		/* Hide that above is 0 or 1, or clang turns the masks below back
+		 * into branches (BPF has no conditional move). */
+		barrier_var(above);
+		base += half & (above - 1);
+		best ^= (best ^ r) & (above - 1);
+		len -= half;
+	}
+	return best & 0xffff;
+}
+
+/* One IPv6 chunk: the value of the last range whose u64 start <= key.
+ * Entry i is the pair (key, value) at u64 2i of the 4-entry lines. */
+static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
+{
+	__u32 line = off >> 2;
+	const struct dw_line64 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+
+	if (!l)
+		return 0;
+	__u32 base = 0, len = (__u32)l->v[(off & 3) * 2];
+	__u64 best = 0;
+
+	off += 1;
+	line = off >> 2;
+	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+	if (!l)
+		return 0;
+	best = l->v[(off & 3) * 2 + 1];	/* range 0 starts at 0 */
+	/* Branch-free halving, as in lpm4(). */
+	for (int i = 0; i < DW_LPM6_STEPS; i++) {
+		if (len <= 1)
+			break;
+		__u32 half = len >> 1;
+		__u32 j = off + base + half;
+
+		line = j >> 2;
+		l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+		if (!l)
+			return 0;
+		__u64 start = l->v[(j & 3) * 2];
+		/* Bit 63: the borrow of key - start, i.e. key < start (Hacker's
+		 * Delight 2-12), without a compare. */
+		__u64 above = ((~key & start) | ((~key | start) & (key - start))) >> 63;
+
+		barrier_var(above);
+		base += half & ((__u32)above - 1);
+		best ^= (best ^ l->v[(j & 3) * 2 + 1]) & (above - 1);
+		len -= half;
+	}
+	return (__u32)best;
+}
+
+/*
+ * IPv6: the direct entry for the top 16 bits, a chunk on the top 64 bits,
+ * and, only inside a /64 that holds longer prefixes, a chunk on the low 64
+ * bits (whose ranges already fall back to the best prefix of /64 or less).
+ */
+static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
+{
+	__u64 hi64 = (__u64)bpf_ntohl(addr[0]) << 32 | bpf_ntohl(addr[1]);
+	__u32 top16 = hi64 >> 48;
+
+	if (!lpm_bmp_has(gen, 1, dir, top16))
+		return 0;
+	__u32 e = line32_get(&dw_lpm6_l1, ((gen * 2 + dir) << 16) | top16);
+
+	if (!(e & DW_LPM_CHUNK))
+		return e;
+	e = lpm6_chunk(e & ~DW_LPM_CHUNK, hi64);
+	if (!(e & DW_LPM_CHUNK))
+		return e;
+	return lpm6_chunk(e & ~DW_LPM_CHUNK, (__u64)bpf_ntohl(addr[2]) << 32 | bpf_ntohl(addr[3])) &
+	       ~DW_LPM_CHUNK;
+}
+
+/* The longest matching prefix's result, as an index into dw_lpm_res /
+ * dw_results; 0 when no prefix matched. */
+static __always_inline __u32
 match_prefix(__u32 gen, __u32 fd, const __u32 *addr, const int v6)
 {
-	const struct dw_plen_list *plens = &dw_state.gen[gen & 1].plens[fd & (DW_FD_COUNT - 1)];
-	struct dw_prefix_key key = {};
-	__u32 *ka = (__u32 *)key.addr;
-	__u32 n = plens->n;
-	__u64 lenmask = ~0ULL;
+	__u32 idx = v6 ? lpm6(gen, fd & 1, addr) : lpm4(gen, fd & 1, addr[0]);
 
-	if (!v6) {
-		const __u8 *a = (const __u8 *)addr;
-		__u32 idx = (((gen & 1) * 2 + (fd & 1)) << 16) | ((__u32)a[0] << 8) | a[1];
-		__u64 *lm = bpf_map_lookup_elem(&dw_v4_lenmask, &idx);
+	/* 0: no prefix of this direction covers the address, which for most
+	 * /16 blocks costs only the bitmap read above. */
+	if (!idx)
+		return 0;
+	return (gen & 1) * DW_MAX_RESULTS + (idx & (DW_MAX_RESULTS - 1));
+}
 
-		if (lm)
-			lenmask = *lm;
-		if (!lenmask)
-			return NULL;
+static __always_inline void eval_cand(const struct dw_cand *c,
+				      const struct pkt_info *pi, struct dw_result *r)
+{
+	if (c->proto && c->proto != pi->proto)
+		return;
+	if (c->flags & DW_CAND_NEEDS_PORT) {
+		if (!pi->has_port || pi->dport < c->dport_lo || pi->dport > c->dport_hi)
+			return;
 	}
-	struct dw_prefix4_key key4 = { .gen = gen, .fd = fd };
-
-	key.gen = gen;
-	key.fd = fd;
-	for (__u32 i = 0; i < (v6 ? 129 : 33); i++) {
-		if (i >= n)
-			break;
-		const struct dw_plen_entry *e = &plens->e[i];
-
-		if (!v6 && !((lenmask >> (e->prefixlen & 63)) & 1))
-			continue;
-		const struct dw_cand_list *l;
-
-		if (v6) {
-			key.prefixlen = e->prefixlen;
-			ka[0] = addr[0] & e->mask[0];
-			ka[1] = addr[1] & e->mask[1];
-			ka[2] = addr[2] & e->mask[2];
-			ka[3] = addr[3] & e->mask[3];
-			l = bpf_map_lookup_elem(&dw_prefixes, &key);
-		} else {
-			key4.prefixlen = e->prefixlen;
-			key4.addr = addr[0] & e->mask[0];
-			l = bpf_map_lookup_elem(&dw_prefixes4, &key4);
-		}
-		if (l)
-			return l;
+	if (c->label_id && c->prio < r->label_prio) {
+		r->label_id = c->label_id;
+		r->label_prio = c->prio;
 	}
-	return NULL;
+	if (c->side && c->prio < r->side_prio) {
+		r->side = c->side;
+		r->side_prio = c->prio;
+	}
 }
 
 static __always_inline void eval_list(const struct dw_cand_list *l,
@@ -555,23 +696,29 @@ static __always_inline void eval_list(const struct dw_cand_list *l,
 	for (int i = 0; i < DW_MAX_CANDS; i++) {
 		if (i >= n)
 			break;
-		const struct dw_cand *c = &l->c[i];
-
-		if (c->proto && c->proto != pi->proto)
-			continue;
-		if (c->flags & DW_CAND_NEEDS_PORT) {
-			if (!pi->has_port || pi->dport < c->dport_lo || pi->dport > c->dport_hi)
-				continue;
-		}
-		if (c->label_id && c->prio < r->label_prio) {
-			r->label_id = c->label_id;
-			r->label_prio = c->prio;
-		}
-		if (c->side && c->prio < r->side_prio) {
-			r->side = c->side;
-			r->side_prio = c->prio;
-		}
+		eval_cand(&l->c[i], pi, r);
 	}
+}
+
+/* Evaluate one lookup's result; returns it (for its prefix id) or NULL. */
+static __always_inline const struct dw_lpm_res *
+eval_result(__u32 idx, const struct pkt_info *pi, struct dw_result *r)
+{
+	if (!idx)
+		return NULL;
+	const struct dw_lpm_res *e = bpf_map_lookup_elem(&dw_lpm_res, &idx);
+
+	if (!e)
+		return NULL;
+	if (e->n == 1) {
+		eval_cand(&e->c0, pi, r);
+	} else if (e->n > 1) {
+		const struct dw_cand_list *l = bpf_map_lookup_elem(&dw_results, &idx);
+
+		if (l)
+			eval_list(l, pi, r);
+	}
+	return e;
 }
 
 /*
@@ -587,21 +734,21 @@ static __always_inline void classify(const struct pkt_info *pi, struct dw_result
 	r->side = rs->default_side;
 	eval_list(&rs->wildcard, pi, r);
 
-	const struct dw_cand_list *src, *dst;
+	__u32 si, di;
 
 	if (pi->family == 6) {
-		src = match_prefix(gen, DW_FD_V6_SRC, pi->saddr, 1);
-		dst = match_prefix(gen, DW_FD_V6_DST, pi->daddr, 1);
+		si = match_prefix(gen, DW_FD_V6_SRC, pi->saddr, 1);
+		di = match_prefix(gen, DW_FD_V6_DST, pi->daddr, 1);
 	} else {
-		src = match_prefix(gen, DW_FD_V4_SRC, pi->saddr, 0);
-		dst = match_prefix(gen, DW_FD_V4_DST, pi->daddr, 0);
+		si = match_prefix(gen, DW_FD_V4_SRC, pi->saddr, 0);
+		di = match_prefix(gen, DW_FD_V4_DST, pi->daddr, 0);
 	}
 
-	if (src)
-		eval_list(src, pi, r);
-	if (dst)
-		eval_list(dst, pi, r);
-	if (rs->has_pairs && src && dst) {
+	const struct dw_lpm_res *src = eval_result(si, pi, r);
+	const struct dw_lpm_res *dst = eval_result(di, pi, r);
+
+	/* Only prefixes that take part in a src+dst rule carry a prefix id. */
+	if (rs->has_pairs && src && dst && src->prefix_id && dst->prefix_id) {
 		struct dw_pair_key pk = {
 			.src_prefix_id = src->prefix_id,
 			.dst_prefix_id = dst->prefix_id,

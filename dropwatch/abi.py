@@ -19,13 +19,18 @@ DW_FD_V4_SRC, DW_FD_V4_DST, DW_FD_V6_SRC, DW_FD_V6_DST = 0, 1, 2, 3
 DW_FD_COUNT = 4
 DW_MAX_CANDS = 8
 DW_CAND_NEEDS_PORT = 0x01
-DW_MAX_PLENS = 129
 DW_MAX_LABELS = 16384
 DW_MAX_PREFIXES = 1 << 20
 DW_MAX_PAIRS = 1 << 16
 DW_MAX_DROP_KEYS = 65536
-DW_V4_BLOCKS = 65536
-DW_V4_L1_ENTRIES = DW_GENS * 2 * DW_V4_BLOCKS
+DW_LPM_CHUNK = 0x80000000
+DW_LPM_L1_LINES = DW_GENS * 2 * 65536 // 16
+DW_LPM4_ENTRIES = 1 << 22
+DW_LPM6_ENTRIES = 1 << 21
+DW_LPM_BMP_LINES = DW_GENS * 2 * 2 * 128
+DW_MAX_RESULTS = 65536
+DW_LPM4_STEPS = 16
+DW_LPM6_STEPS = 24
 DW_SIDE_COUNT = 4
 DW_POP_NONE = 0
 DW_POP_UNKNOWN = 0xFFFF
@@ -109,12 +114,12 @@ class Meta(ctypes.Structure):
     ]
 
 
-class PrefixKey(ctypes.Structure):
-    _fields_ = [("prefixlen", u32), ("gen", u8), ("fd", u8), ("pad", u8 * 2), ("addr", u8 * 16)]
+class Line32(ctypes.Structure):
+    _fields_ = [("v", u32 * 16)]
 
 
-class Prefix4Key(ctypes.Structure):
-    _fields_ = [("prefixlen", u8), ("gen", u8), ("fd", u8), ("pad", u8), ("addr", u32)]
+class Line64(ctypes.Structure):
+    _fields_ = [("v", u64 * 8)]
 
 
 class Cand(ctypes.Structure):
@@ -128,12 +133,8 @@ class CandList(ctypes.Structure):
     _fields_ = [("prefix_id", u32), ("n", u8), ("pad", u8 * 3), ("c", Cand * DW_MAX_CANDS)]
 
 
-class PlenEntry(ctypes.Structure):
-    _fields_ = [("prefixlen", u32), ("mask", u32 * 4)]
-
-
-class PlenList(ctypes.Structure):
-    _fields_ = [("n", u32), ("e", PlenEntry * DW_MAX_PLENS)]
+class LpmRes(ctypes.Structure):
+    _fields_ = [("prefix_id", u32), ("n", u32), ("c0", Cand)]
 
 
 class PairKey(ctypes.Structure):
@@ -176,7 +177,7 @@ class Ruleset(ctypes.Structure):
 
 
 class GenState(ctypes.Structure):
-    _fields_ = [("rs", Ruleset), ("plens", PlenList * DW_FD_COUNT)]
+    _fields_ = [("rs", Ruleset)]
 
 
 class LabelerState(ctypes.Structure):
@@ -218,12 +219,11 @@ class Bucket(ctypes.Structure):
 # C struct name -> mirror, for the ABI test.
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_meta": Meta,
-    "dw_prefix_key": PrefixKey,
-    "dw_prefix4_key": Prefix4Key,
+    "dw_line32": Line32,
+    "dw_line64": Line64,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
-    "dw_plen_entry": PlenEntry,
-    "dw_plen_list": PlenList,
+    "dw_lpm_res": LpmRes,
     "dw_pair_key": PairKey,
     "dw_ruleset": Ruleset,
     "dw_gen_state": GenState,

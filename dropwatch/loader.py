@@ -19,7 +19,8 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +28,8 @@ from . import abi
 from .btf import Btf
 from .libbpf import BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, libbpf
 from .netns import entered
-from .rules import CompiledRules
+from .lpm import CHUNK
+from .rules import CompiledRules, RulesError
 
 log = logging.getLogger("dropwatch.loader")
 
@@ -125,7 +127,8 @@ class Loader:
     def __init__(self, *, obj_dir: Path | None = None, meta_key: int | None = None,
                  tracepoint_mode: str = "auto", lib: Libbpf | None = None,
                  sample_rate: int = 0, sample_burst: int | None = None,
-                 flow_entries: int = abi.DW_FLOW_ENTRIES, drop_entries: int = abi.DW_MAX_DROP_KEYS) -> None:
+                 flow_entries: int = abi.DW_FLOW_ENTRIES, drop_entries: int = abi.DW_MAX_DROP_KEYS,
+                 lpm4_entries: int = abi.DW_LPM4_ENTRIES, lpm6_entries: int = abi.DW_LPM6_ENTRIES) -> None:
         if tracepoint_mode not in TRACEPOINT_MODES:
             raise ValueError(f"tracepoint mode {tracepoint_mode!r}: one of {TRACEPOINT_MODES}")
         self.lib = lib or libbpf()
@@ -142,6 +145,13 @@ class Loader:
         if not 1024 <= drop_entries <= 1 << 22:
             raise ValueError(f"drop map entries {drop_entries}: 1024..4194304")
         self.drop_entries = drop_entries  # dw_drops capacity (the collector evicts at 75% of it)
+        # Range-array sizes (entries, both generations): the default holds
+        # the largest rule set compile_rules accepts in most shapes; a
+        # bigger set is refused at apply time, a bench may ask for more.
+        for n in (lpm4_entries, lpm6_entries):
+            if not 1024 <= n <= 1 << 28 or n % 32:
+                raise ValueError(f"range array entries {n}: 1024..2^28, a multiple of 32")
+        self.lpm4_entries, self.lpm6_entries = lpm4_entries, lpm6_entries
         # What the reader is told about the flow map (dw_flow_cfg); follows
         # the active rule generation.
         self.flow_cfg = abi.FlowCfg(mode=abi.FlowMode.OFF, epoch=0, max_age_ns=0)
@@ -156,15 +166,17 @@ class Loader:
         self.xdp: dict[tuple[str | None, str], XdpAttachment] = {}
         self.tailcalls: dict[tuple[str, int], int] = {}  # (pinned prog array, slot) -> map fd
         self.active_gen = 0
-        # Per generation: (prefix map name, key bytes) and pair key bytes written.
+        # Per generation: (map name, key bytes) of PoP and pair entries written.
         self._gen_keys: dict[int, tuple[list[tuple[str, bytes]], list[bytes]]] = {0: ([], []), 1: ([], [])}
         self._rules_lock = threading.Lock()
         self.rules_loaded = False
         self._state_obj: abi.LabelerState | None = None
         self._state_mmap: mmap.mmap | None = None
-        self._lenmask_mmap: mmap.mmap | None = None
-        self._lenmask: ctypes.Array[ctypes.c_uint64] | None = None
         self._drop_raw = (b"", b"")  # read_drops_changed()'s last read: raw keys, raw per-CPU counts
+        # The longest-prefix-match arrays, mmap'ed: name -> mapping.
+        self._lpm_mmaps: dict[str, mmap.mmap] = {}
+        # Per generation: (map name, byte offset, length) regions written.
+        self._gen_regions: dict[int, list[tuple[str, int, int]]] = {0: [], 1: []}
 
     # ------------------------------------------------------------ load
 
@@ -209,7 +221,9 @@ class Loader:
 
     def load(self) -> None:
         """Load both objects (nothing is attached yet)."""
-        self.labeler = self._open(LABELER_OBJ, max_entries={"dw_flows": self.flow_entries})
+        self.labeler = self._open(LABELER_OBJ, max_entries={
+            "dw_flows": self.flow_entries, "dw_lpm4_rng": self.lpm4_entries // 16,
+            "dw_lpm6_rng": self.lpm6_entries // 4})
         self._labeler_prog_fd = self.lib.program_fd(self.lib.find_program(self.labeler.obj, "dw_labeler"))
         self._init_rule_maps()
 
@@ -368,11 +382,11 @@ class Loader:
             self._reader_link = None
             log.info("detached drop reader")
         self._state_obj = None
-        self._lenmask = None
-        for mm in (self._state_mmap, self._lenmask_mmap):
+        for mm in [self._state_mmap, *self._lpm_mmaps.values()]:
             if mm is not None:
                 mm.close()
-        self._state_mmap = self._lenmask_mmap = None
+        self._state_mmap = None
+        self._lpm_mmaps = {}
         for bo in (self.reader, self.labeler):
             if bo is not None:
                 self.lib.close_object(bo.obj)
@@ -425,10 +439,11 @@ class Loader:
         self._state_mmap = mmap.mmap(self.lib.map_fd(m), -(-size // mmap.PAGESIZE) * mmap.PAGESIZE,
                                      mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._state_obj = abi.LabelerState.from_buffer(self._state_mmap)
-        lm_fd = self.labeler.maps["dw_v4_lenmask"]
-        self._lenmask_mmap = mmap.mmap(lm_fd, abi.DW_V4_L1_ENTRIES * 8, mmap.MAP_SHARED,
-                                       mmap.PROT_READ | mmap.PROT_WRITE)
-        self._lenmask = (ctypes.c_uint64 * abi.DW_V4_L1_ENTRIES).from_buffer(self._lenmask_mmap)
+        for name in LPM_MAPS:
+            m = self.lib.find_map(self.labeler.obj, name)
+            size = self.lib.map_max_entries(m) * self.lib.map_value_size(m)
+            self._lpm_mmaps[name] = mmap.mmap(self.labeler.maps[name], size, mmap.MAP_SHARED,
+                                              mmap.PROT_READ | mmap.PROT_WRITE)
 
     def apply_rules(self, compiled: CompiledRules) -> None:
         """Fill the inactive generation, verify it, flip, then clear the old one.
@@ -467,17 +482,6 @@ class Loader:
                 log.warning("rules applied; clearing the previous generation failed (retried on the next "
                             "reload): %s", exc)
 
-    @staticmethod
-    def _prefix_key(gen: int, fd_id: int, plen: int, addr: bytes) -> tuple[str, ctypes.Structure]:
-        """(map name, key) of one prefix: IPv4 and IPv6 live in separate maps."""
-        if fd_id in (abi.DW_FD_V4_SRC, abi.DW_FD_V4_DST):
-            # Network-order bytes stored as they are: the program compares raw words.
-            k4 = abi.Prefix4Key(prefixlen=plen, gen=gen, fd=fd_id, addr=int.from_bytes(addr[:4], "little"))
-            return "dw_prefixes4", k4
-        k = abi.PrefixKey(prefixlen=plen, gen=gen, fd=fd_id)
-        ctypes.memmove(k.addr, addr, 16)
-        return "dw_prefixes", k
-
     def _write_flow_cfg(self) -> None:
         if self.reader is not None:
             self.lib.map_update(self.reader.maps["dw_flow_cfg"], ctypes.c_uint32(0), self.flow_cfg)
@@ -497,25 +501,11 @@ class Loader:
             kp = self._pop_key(gen, family, plen, addr)
             self.lib.map_update(self._lmap("dw_pops"), kp, ctypes.c_uint32(pop_id), BPF_NOEXIST)
             pkeys.append(("dw_pops", bytes(kp)))
-        for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
-            name, k = self._prefix_key(gen, fd_id, plen, addr)
-            self.lib.map_update(self._lmap(name), k, _cand_list(cands, pid), BPF_NOEXIST)
-            pkeys.append((name, bytes(k)))
         for (sid, did), cands in c.pairs.items():
             k2 = abi.PairKey(src_prefix_id=sid, dst_prefix_id=did, gen=gen)
             self.lib.map_update(pair_fd, k2, _cand_list(cands, 0), BPF_NOEXIST)
             qkeys.append(bytes(k2))
         gs = abi.GenState()
-        for fd_id in range(abi.DW_FD_COUNT):
-            pl = gs.plens[fd_id]
-            lens = c.plens.get(fd_id, [])
-            pl.n = len(lens)
-            for i, plen in enumerate(lens):
-                pl.e[i].prefixlen = plen
-                for w in range(4):
-                    bits = max(0, min(32, plen - 32 * w))
-                    mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF if bits else 0
-                    pl.e[i].mask[w] = int.from_bytes(mask.to_bytes(4, "big"), "little")
         gs.rs.has_pairs = 1 if c.pairs else 0
         gs.rs.default_side = c.default_side
         gs.rs.epoch = epoch
@@ -528,11 +518,41 @@ class Loader:
         gs.rs.wildcard = _cand_list(c.wildcard, 0)
         # Not yet active: no packet reads this generation until the flip.
         ctypes.memmove(ctypes.addressof(self._state.gen[gen]), ctypes.addressof(gs), ctypes.sizeof(gs))
-        assert self._lenmask is not None
-        for direction in (0, 1):
-            base = (gen * 2 + direction) << 16
-            for block, mask in c.v4_lenmask.get(direction, {}).items():
-                self._lenmask[base | block] = mask
+        regions = self._lpm_regions(gen, c)
+        self._gen_regions[gen] = [(name, off, len(data)) for name, off, data in regions]
+        for name, off, data in regions:
+            self._store(name, off, data)
+
+    def _lpm_regions(self, gen: int, c: CompiledRules) -> list[tuple[str, int, bytes]]:
+        """(map, byte offset, bytes) of generation ``gen``'s longest-prefix-
+        match tables: each gen owns one half of every array, and chunk
+        offsets become absolute entry indexes into its half."""
+        t = c.lpm
+        half4, half6 = self.lpm4_entries // 2, self.lpm6_entries // 2
+        if len(t.v4_rng) > half4 or t.v6_entries() > half6:
+            raise RulesError(f"the rules need {len(t.v4_rng)} IPv4 and {t.v6_entries()} IPv6 range entries; the "
+                             f"labeler holds {half4} and {half6} per generation")
+        base4, base6 = gen * half4, gen * half6
+        l1_bytes = 4 * 2 * 65536
+        v6_rng = t.v6_rng
+        if base6:  # values (odd u64s) that point to a chunk
+            v6_rng = array("Q", v6_rng)
+            v6_rng[1::2] = array("Q", (x + base6 if x & CHUNK else x for x in v6_rng[1::2]))
+        res, lists = _results(c.results)
+        return [
+            ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4).tobytes()),
+            ("dw_lpm4_rng", base4 * 4, t.v4_rng.tobytes()),
+            ("dw_lpm6_l1", gen * l1_bytes, _relocate(t.v6_l1, base6).tobytes()),
+            ("dw_lpm6_rng", base6 * 16, v6_rng.tobytes()),
+            ("dw_lpm_bmp", gen * len(t.bmp) * 8, t.bmp.tobytes()),
+            ("dw_lpm_res", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmRes), res),
+            ("dw_results", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.CandList), lists),
+        ]
+
+    def _store(self, name: str, off: int, data: bytes) -> None:
+        """One region into the program's memory (through mmap: 10^6 prefixes
+        load in one copy, not 10^6 syscalls)."""
+        self._lpm_mmaps[name][off:off + len(data)] = data
 
     def _verify_gen(self, gen: int, c: CompiledRules) -> None:
         """Read back what we wrote: a map must never be half-updated."""
@@ -542,10 +562,9 @@ class Loader:
             kp = self._pop_key(gen, family, plen, addr)
             if not self.lib.map_lookup(self._lmap("dw_pops"), kp, pv) or pv.value != pop_id:
                 raise DropwatchError(f"rule map verification failed for PoP prefix len {plen}")
-        for (fd_id, plen, addr), (pid, cands) in c.prefixes.items():
-            name, k = self._prefix_key(gen, fd_id, plen, addr)
-            if not self.lib.map_lookup(self._lmap(name), k, v) or bytes(v) != bytes(_cand_list(cands, pid)):
-                raise DropwatchError(f"rule map verification failed for prefix len {plen}")
+        for name, off, data in self._lpm_regions(gen, c):
+            if self._lpm_mmaps[name][off:off + len(data)] != data:
+                raise DropwatchError(f"rule map verification failed for {name}")
         pair_fd = self._lmap("dw_pairs")
         for (sid, did), cands in c.pairs.items():
             pk = abi.PairKey(src_prefix_id=sid, dst_prefix_id=did, gen=gen)
@@ -556,31 +575,38 @@ class Loader:
         pair_fd = self._lmap("dw_pairs")
         pkeys, qkeys = self._gen_keys.get(gen, ([], []))
         for name, raw in pkeys:
-            ktype = {"dw_prefixes4": abi.Prefix4Key, "dw_pops": abi.PopKey}.get(name, abi.PrefixKey)
-            self.lib.map_delete(self._lmap(name), ktype.from_buffer_copy(raw))
+            self.lib.map_delete(self._lmap(name), abi.PopKey.from_buffer_copy(raw))
         for raw in qkeys:
             self.lib.map_delete(pair_fd, abi.PairKey.from_buffer_copy(raw))
         self._gen_keys[gen] = ([], [])
         ctypes.memset(ctypes.addressof(self._state.gen[gen]), 0, ctypes.sizeof(abi.GenState))
-        if self._lenmask is not None:
-            ctypes.memset(ctypes.addressof(self._lenmask) + (gen * 2 << 16) * 8, 0, 2 * abi.DW_V4_BLOCKS * 8)
+        for name, off, n in self._gen_regions.get(gen, []):
+            self._lpm_mmaps[name][off:off + n] = bytes(n)
+        self._gen_regions[gen] = []
 
     def rule_map_entries(self) -> dict[str, int]:
-        """Entries per rule map, both generations (for tests and /healthz)."""
-        out = {"dw_prefixes": 0, "dw_pairs": 0}
-        for name, ktype, report in (("dw_prefixes4", abi.Prefix4Key, "dw_prefixes"),
-                                    ("dw_prefixes", abi.PrefixKey, "dw_prefixes"),
-                                    ("dw_pairs", abi.PairKey, "dw_pairs")):
-            fd = self._lmap(name)
-            n = 0
-            k = ktype()
-            nk = ktype()
-            cur = None
-            while self.lib.map_next_key(fd, cur, nk):
-                n += 1
-                ctypes.memmove(ctypes.byref(k), ctypes.byref(nk), ctypes.sizeof(k))
-                cur = k
-            out[report] += n
+        """What the rule maps hold, both generations, read from the kernel's
+        memory (for tests and /healthz): results in use, range entries in
+        use (up to the last non-zero one), and pair entries."""
+        out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_pairs": 0}
+        rsize = ctypes.sizeof(abi.LpmRes)
+        res = self._lpm_mmaps["dw_lpm_res"]
+        # A result in use has a prefix id or candidates: bytes 0..7 (prefix_id, n).
+        heads = [res[k::rsize] for k in range(abi.LpmRes.n.offset + 4)]
+        out["dw_results"] = sum(1 for t in zip(*heads, strict=True) if any(t))
+        for name, half, width in (("dw_lpm4_rng", self.lpm4_entries // 2, 4),
+                                  ("dw_lpm6_rng", self.lpm6_entries // 2, 16)):
+            mm = self._lpm_mmaps[name]
+            for gen in range(abi.DW_GENS):
+                region = mm[gen * half * width:(gen + 1) * half * width]
+                out["dw_lpm_ranges"] += -(-len(region.rstrip(b"\0")) // width)
+        fd = self._lmap("dw_pairs")
+        k, nk = abi.PairKey(), abi.PairKey()
+        cur = None
+        while self.lib.map_next_key(fd, cur, nk):
+            out["dw_pairs"] += 1
+            ctypes.memmove(ctypes.byref(k), ctypes.byref(nk), ctypes.sizeof(k))
+            cur = k
         return out
 
     # ------------------------------------------------------------ counters
@@ -835,6 +861,32 @@ def flow_key(saddr: str, daddr: str, proto: int, sport: int | None = None,
         k.dport = socket.htons(dport)
         k.flags = abi.DW_FLOW_HAS_PORTS
     return k
+
+
+LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res", "dw_results")
+
+
+def _results(results: Sequence[tuple[int, Sequence[object]]]) -> tuple[bytes, bytes]:
+    """dw_lpm_res and dw_results contents from index 0: one candidate
+    inline, two or more as a list at the same index."""
+    res, lists = [], []
+    empty = bytes(ctypes.sizeof(abi.CandList))
+    for pid, cands in results:
+        r = abi.LpmRes(prefix_id=pid, n=len(cands))
+        if len(cands) == 1:
+            r.c0 = _cand_list(cands, 0).c[0]
+        res.append(bytes(r))
+        lists.append(bytes(_cand_list(cands, pid)) if len(cands) > 1 else empty)
+    while lists and lists[-1] == empty:  # nothing to write past the last list
+        lists.pop()
+    return b"".join(res), b"".join(lists)
+
+
+def _relocate(l1: array, base: int) -> array:
+    """Chunk offsets in a direct table, made absolute."""
+    if not base:
+        return l1
+    return array("I", (x + base if x & CHUNK else x for x in l1))
 
 
 def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:

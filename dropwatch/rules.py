@@ -30,7 +30,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import abi
+from . import abi, lpm
 
 LABEL_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 UNLABELED = "unlabeled"
@@ -442,11 +442,15 @@ class CompiledRules:
     # (src_prefix_id, dst_prefix_id) -> candidates
     pairs: dict[tuple[int, int], list[Candidate]] = field(default_factory=dict)
     wildcard: list[Candidate] = field(default_factory=list)
-    plens: dict[int, list[int]] = field(default_factory=dict)  # fd -> lengths, longest first
+    # fd -> prefix lengths in use, longest first (for reporting and tests)
+    plens: dict[int, list[int]] = field(default_factory=dict)
     default_side: int = 0
-    # IPv4 length filter, per direction (0 src, 1 dst): /16 block -> bitmask
-    # of prefix lengths that can contain an address of that block.
-    v4_lenmask: dict[int, dict[int, int]] = field(default_factory=dict)
+    # What the labeler's longest-prefix match returns: results[i] is
+    # (prefix_id, candidates) of result index i (results[0]: no match). A
+    # prefix_id is kept only where dw_pairs needs it, so most prefixes
+    # share a result.
+    results: list[tuple[int, list[Candidate]]] = field(default_factory=lambda: [(0, [])])
+    lpm: lpm.LpmTables = field(default_factory=lpm.LpmTables)
     label_ids: dict[str, int] = field(default_factory=dict)
     # Landing PoPs: (family, prefixlen, 16-byte masked address) -> pop id
     pop_prefixes: dict[tuple[int, int, bytes], int] = field(default_factory=dict)
@@ -579,9 +583,6 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
             out.prefixes[(fd, n.prefixlen, _addr16(n))] = (pid, _finish(
                 cands, f"prefix {n}", source, rs.rules, "src" if fd in (abi.DW_FD_V4_SRC, abi.DW_FD_V6_SRC) else "dst"))
 
-    for direction, fd in ((0, abi.DW_FD_V4_SRC), (1, abi.DW_FD_V4_DST)):
-        out.v4_lenmask[direction] = _v4_lenmask(nets.get(fd, set()))
-
     # Rules with both src and dst: the lookup yields the longest src match s*
     # and dst match d*; the rule applies iff one of its src prefixes covers s*
     # and one of its dst prefixes covers d*. Enumerate those (s*, d*) pairs.
@@ -615,21 +616,61 @@ def compile_rules(rs: RuleSet, label_ids: Mapping[str, int], source: str = "<rul
                         pair_cands[(si, di)].extend(_cands_for(rule, idx, s.prefixlen + d.prefixlen, label_ids))
     for k, v in pair_cands.items():
         out.pairs[k] = _finish(v, f"src/dst pair {k}", source, rs.rules, "src")
+    _compile_lpm(out, source)
     return out
 
 
-def _v4_lenmask(nets: set[Network]) -> dict[int, int]:
-    """/16 block -> bit L set iff some prefix of length L can contain an
-    address in the block (it covers the block, or lies inside it)."""
-    masks: dict[int, int] = {}
-    for n in nets:
-        base = int(n.network_address) >> 16
-        if n.prefixlen <= 16:
-            for block in range(base, base + (1 << (16 - n.prefixlen))):
-                masks[block] = masks.get(block, 0) | (1 << n.prefixlen)
-        else:
-            masks[base] = masks.get(base, 0) | (1 << n.prefixlen)
-    return masks
+def effective(cands: list[Candidate]) -> list[Candidate]:
+    """The candidates eval_list() can still pick, in order: a candidate is
+    dropped when, for every field it sets (label, side), a candidate without
+    proto/port conditions (which always passes) sets that field at a lower
+    prio. eval_list() keeps the lowest prio per field, so the outcome is the
+    same for every packet, and many more prefixes share one result (a prefix
+    nested in another rule's prefix keeps its own rule's candidate only)."""
+    def free(c: Candidate) -> bool:
+        return not c.proto and not c.flags & abi.DW_CAND_NEEDS_PORT
+
+    best_label = min((c.prio for c in cands if c.label_id and free(c)), default=None)
+    best_side = min((c.prio for c in cands if c.side and free(c)), default=None)
+    return [c for c in cands
+            if (c.label_id and (best_label is None or c.prio <= best_label))
+            or (c.side and (best_side is None or c.prio <= best_side))]
+
+
+def result_indexes(prefixes: Mapping[tuple[int, int, bytes], tuple[int, list[Candidate]]],
+                   pair_ids: set[int]) -> tuple[list[tuple[int, list[Candidate]]], list[int]]:
+    """Distinct (prefix_id, effective candidates) results, index 0 = no
+    match, and each prefix's result index (in ``prefixes``' order). Prefixes
+    outside every src+dst rule drop their prefix id, so they share results;
+    a prefix with neither candidates nor a pair gets 0, like no match."""
+    results: list[tuple[int, list[Candidate]]] = [(0, [])]
+    seen: dict[tuple[int, tuple[Candidate, ...]], int] = {}
+    idx: list[int] = []
+    for pid, cands in prefixes.values():
+        key = (pid if pid in pair_ids else 0, tuple(effective(cands)))
+        if key == (0, ()):  # only in src+dst rules that pair with nothing: same as no match
+            idx.append(0)
+            continue
+        i = seen.get(key)
+        if i is None:
+            i = seen[key] = len(results)
+            results.append((key[0], list(key[1])))
+        idx.append(i)
+    return results, idx
+
+
+def _compile_lpm(out: CompiledRules, source: str) -> None:
+    pair_ids = {i for k in out.pairs for i in k}
+    out.results, idx = result_indexes(out.prefixes, pair_ids)
+    if len(out.results) > abi.DW_MAX_RESULTS - 1:
+        raise RulesError(f"{len(out.results) - 1} distinct prefix results (candidate lists, and prefixes in src+dst "
+                         f"rules); at most {abi.DW_MAX_RESULTS - 2}", source=source)
+    width = {abi.DW_FD_V4_SRC: 4, abi.DW_FD_V4_DST: 4, abi.DW_FD_V6_SRC: 16, abi.DW_FD_V6_DST: 16}
+    try:
+        out.lpm = lpm.build((fd, plen, int.from_bytes(addr[:width[fd]], "big"), i)
+                            for (fd, plen, addr), i in zip(out.prefixes, idx, strict=True))
+    except lpm.LpmCapacityError as exc:
+        raise RulesError(str(exc), source=source) from None
 
 
 def classify_reference(rs: RuleSet, label_ids: Mapping[str, int], family: int, saddr: str | None,

@@ -169,11 +169,9 @@ static __always_inline void sink(__u64 v)
 SEC("xdp")
 int part_parse(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct pkt_info pi = {};
 
-	parse_packet(data, end, &pi);
+	dw_parse_frame(ctx, &pi);
 	sink(pi.family + pi.saddr[0] + pi.daddr[3] + pi.dport + pi.truncated);
 	return XDP_PASS;
 }
@@ -181,12 +179,10 @@ int part_parse(struct xdp_md *ctx)
 SEC("xdp")
 int part_classify(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct pkt_info pi = {};
 	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
 
-	parse_packet(data, end, &pi);
+	dw_parse_frame(ctx, &pi);
 	if (pi.family)
 		classify(&pi, &r);
 	sink(r.label_id + r.side);
@@ -202,14 +198,14 @@ int part_count(struct xdp_md *ctx)
 	struct pkt_info pi = {};
 	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
 
-	parse_packet(data, end, &pi);
+	dw_parse_frame(ctx, &pi);
 	if (pi.truncated)
 		stat_inc(DW_STAT_XDP_PARSE_STOP);
 	if (pi.family)
 		classify(&pi, &r);
 	if (r.label_id >= DW_MAX_LABELS)
 		r.label_id = 0;
-	count_packet(r.label_id, r.side, end - data);
+	count_packet(r.label_id, r.side, DW_POP_NONE, end - data);
 	return XDP_PASS;
 }
 
@@ -263,7 +259,7 @@ struct {
 	__type(value, struct alt_group);
 } alt_tbl8_src SEC(".maps"), alt_tbl8_dst SEC(".maps");
 
-/* prefix id -> candidate list (the same lists dw_prefixes holds) */
+/* prefix id -> the prefix's full candidate list (CompiledRules.prefixes) */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, ALT_MAX_PIDS);
@@ -332,7 +328,7 @@ static __always_inline int alt_labeler(struct xdp_md *ctx, const int dir)
 	struct pkt_info pi = {};
 	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
 
-	parse_packet(data, end, &pi);
+	dw_parse_frame(ctx, &pi);
 	if (pi.truncated)
 		stat_inc(DW_STAT_XDP_PARSE_STOP);
 	if (pi.family)

@@ -561,7 +561,8 @@ def check_frame(ld: Loader, case: Case, foreign: bytes, stats: Counter[str],
 def test_fuzz_labeler(labeler: Loader, capsys: pytest.CaptureFixture[str]) -> None:
     # The oracle's rules compile as they are (no candidate overflow).
     compiled = compile_rules(RS, IDS, pop_ids=POP_IDS)
-    assert labeler.rule_map_entries() == {"dw_prefixes": len(compiled.prefixes), "dw_pairs": len(compiled.pairs)}
+    assert labeler.rule_map_entries() == {"dw_results": len(compiled.results) - 1, "dw_pairs": len(compiled.pairs),
+                                          "dw_lpm_ranges": len(compiled.lpm.v4_rng) + compiled.lpm.v6_entries()}
     stats: Counter[str] = Counter()
     counted: Counter[tuple[int, int, int, str]] = Counter()
     max_id = max(IDS.values())

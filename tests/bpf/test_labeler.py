@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from dropwatch import abi
 from dropwatch.loader import Loader
 from dropwatch.loader import test_run_xdp as xdp_test_run  # not "test_*": pytest would collect it
-from dropwatch.rules import RulesError, RuleSet, classify_reference, compile_rules, parse_rules
+from dropwatch.rules import CompiledRules, RulesError, RuleSet, classify_reference, compile_rules, parse_rules
 
 pytestmark = pytest.mark.bpf
 
@@ -464,6 +464,12 @@ def _distinct_prefixes(rs: RuleSet) -> tuple[int, int]:
     return len(pfx), len(pairs)
 
 
+def map_entries(c: CompiledRules) -> dict[str, int]:
+    """What Loader.rule_map_entries() must read with only ``c`` loaded."""
+    return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + c.lpm.v6_entries(),
+            "dw_pairs": len(c.pairs)}
+
+
 def test_rule_reload_switches_generations(loader_factory: Any) -> None:
     ids = {"custA": 5, "custB": 6, "quic": 9}
     rs_a = parse_rules({"default_side": "eyeball", "rules": [
@@ -485,11 +491,15 @@ def test_rule_reload_switches_generations(loader_factory: Any) -> None:
 
     history = []
     for rs in (rs_a, rs_b, rs_a, rs_empty, rs_b, rs_b):
-        ld.apply_rules(compile_rules(rs, ids))
+        compiled = compile_rules(rs, ids)
+        ld.apply_rules(compiled)
         results = tuple(check(ld, p.frame, p.expect(), rs=rs, ids=ids, what=p.desc) for p in probes)
         history.append(results)
         n_pfx, n_pairs = _distinct_prefixes(rs)
-        assert ld.rule_map_entries() == {"dw_prefixes": n_pfx, "dw_pairs": n_pairs}
+        assert len(compiled.prefixes) == n_pfx
+        # Both generations counted: the old one was emptied after the flip.
+        assert ld.rule_map_entries() == map_entries(compiled)
+        assert ld.rule_map_entries()["dw_pairs"] == n_pairs
     # The probes see a different answer per rule set (the reload took effect).
     assert history[0] != history[1] and history[0] == history[2] and history[1] == history[4] == history[5]
     assert all(r == (0, abi.Side.UNKNOWN) for r in history[3])
@@ -584,7 +594,7 @@ def test_property_matches_reference(hyp_loader: Loader, rule_list: list[dict[str
     except RulesError:
         reject()  # more than DW_MAX_CANDS candidates on one prefix: refused, fine
     hyp_loader.apply_rules(compiled)
-    assert hyp_loader.rule_map_entries() == {"dw_prefixes": len(compiled.prefixes), "dw_pairs": len(compiled.pairs)}
+    assert hyp_loader.rule_map_entries() == map_entries(compiled)
     for pkt in probe_grid(rnd):
         check(hyp_loader, pkt.frame, pkt.expect(), rs=rs, ids=HYP_IDS, what=f"{pkt.desc} rules={rule_list}")
 

@@ -3,13 +3,15 @@ enforced before anything is written.
 
 Ruleset A is applied; then ruleset B is applied with a fault injected at
 every single map write it makes (Loader.lib.map_update raising, the way a
-full or out-of-memory map would), with its read-back verification failing,
-and with one of its writes silently corrupted. After each failed reload the
-test reads the maps back: the active generation is still A's, holds exactly
-A's entries, the inactive generation is empty (no half-written entries),
-Loader.rule_map_entries() equals A's prefix/pair count, and the labeler
-(BPF_PROG_TEST_RUN) classifies probe packets per A. Then B applies cleanly,
-so a failed reload never wedges the loader.
+full or out-of-memory map would, and each region store into the mmap'ed
+longest-prefix-match arrays raising), with its read-back verification
+failing, and with one of its writes silently corrupted. After each failed
+reload the test reads the maps back: the active generation is still A's,
+holds exactly A's entries, the inactive generation is empty (no
+half-written entries), Loader.rule_map_entries() equals A's result, range
+and pair counts, and the labeler (BPF_PROG_TEST_RUN) classifies probe
+packets per A. Then B applies cleanly, so a failed reload never wedges the
+loader.
 
 Capacity: a ruleset with more prefixes, pairs or overlapping rules than the
 maps hold is refused by compile_rules with a RulesError naming the limit,
@@ -34,6 +36,7 @@ import pytest
 import packets as P
 from dropwatch import abi
 from dropwatch import rules as rules_mod
+from dropwatch import loader as loader_mod
 from dropwatch.loader import DropwatchError, Loader
 from dropwatch.loader import test_run_xdp as xdp_test_run  # not "test_*": pytest would collect it
 from dropwatch.rules import CompiledRules, RulesError, RuleSet, classify_reference, compile_rules, parse_rules
@@ -61,6 +64,8 @@ RULES_B = parse_rules({"default_side": "origin", "rules": [
      "dst": ["10.20.0.0/16", "10.10.1.0/24", "10.30.0.0/16"]},
     {"label": "peer", "src": ["198.51.100.0/25", "198.51.100.128/25"], "dst": ["10.30.0.0/16", "10.20.0.0/16"]},
     {"side": "eyeball", "dport": [53], "proto": "udp"},
+    # A result of several candidates (dw_results, not only dw_lpm_res).
+    {"label": "custA", "proto": "tcp", "dport": [80, 8080], "dst": ["10.10.1.0/24"]},
 ]})
 PROBES = [P.build(4, l4, src=s, dst=d, dport=p) for l4, s, d, p in (
     ("udp", "203.0.113.5", "10.10.1.7", 443), ("udp", "203.0.113.5", "10.10.2.7", 443),
@@ -95,11 +100,15 @@ def test_probes_tell_a_from_b() -> None:
     assert reference(RULES_A) != reference(RULES_B)
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     assert len(b.prefixes) > 20 and len(b.pairs) > 3 and a.pairs
+    assert len(b.lpm.v4_rng) and b.lpm.v6_entries() and a.lpm.v6_entries()
 
 
 # ---------------------------------------------------------------- reading the maps back
 
-PREFIX_MAPS = (("dw_prefixes4", abi.Prefix4Key), ("dw_prefixes", abi.PrefixKey))
+def map_entries(c: CompiledRules) -> dict[str, int]:
+    """What Loader.rule_map_entries() reads (both gens) with only ``c`` loaded."""
+    return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + c.lpm.v6_entries(),
+            "dw_pairs": len(c.pairs)}
 
 
 def _iter_keys(ld: Loader, name: str, ktype: type[ctypes.Structure]) -> Iterator[ctypes.Structure]:
@@ -123,32 +132,34 @@ def _labeler_state(ld: Loader) -> abi.LabelerState:
     return abi.LabelerState.from_buffer_copy(bytes(buf)[:ctypes.sizeof(abi.LabelerState)])
 
 
-def _lenmask_nonzero(ld: Loader, gen: int) -> int:
-    """Non-zero IPv4 length masks of one generation (both directions)."""
+def _l1_nonzero(ld: Loader, gen: int) -> int:
+    """Non-zero direct-table entries and bitmap bytes of one generation (IPv4
+    and IPv6, both directions), through a mapping of our own (not the
+    loader's)."""
     lb = ld.labeler
     assert lb is not None
-    fd = lb.maps["dw_v4_lenmask"]
-    mm = mmap.mmap(fd, abi.DW_V4_L1_ENTRIES * 8, mmap.MAP_SHARED, mmap.PROT_READ)
+    n = 0
+    for name in ("dw_lpm4_l1", "dw_lpm6_l1"):
+        mm = mmap.mmap(lb.maps[name], abi.DW_LPM_L1_LINES * 64, mmap.MAP_SHARED, mmap.PROT_READ)
+        try:
+            words = memoryview(mm)[gen * 2 * 65536 * 4:(gen + 1) * 2 * 65536 * 4].cast("I")
+            n += sum(1 for w in words if w)
+            words.release()
+        finally:
+            mm.close()
+    mm = mmap.mmap(lb.maps["dw_lpm_bmp"], abi.DW_LPM_BMP_LINES * 64, mmap.MAP_SHARED, mmap.PROT_READ)
     try:
-        words = memoryview(mm)[gen * 2 * abi.DW_V4_BLOCKS * 8:(gen + 1) * 2 * abi.DW_V4_BLOCKS * 8].cast("Q")
-        n = sum(1 for w in words if w)
-        words.release()
-        return n
+        half = len(mm) // abi.DW_GENS
+        n += sum(1 for b in mm[gen * half:(gen + 1) * half] if b)
     finally:
         mm.close()
+    return n
 
 
 def map_state(ld: Loader) -> dict[str, Any]:
-    """Everything the rule maps hold, read from the kernel."""
+    """The state and pair entries, read from the kernel."""
     maps = ld.labeler.maps  # type: ignore[union-attr]
-    prefixes: dict[tuple[str, bytes], bytes] = {}
-    gens: set[int] = set()
     v = abi.CandList()
-    for name, ktype in PREFIX_MAPS:
-        for k in _iter_keys(ld, name, ktype):
-            assert ld.lib.map_lookup(maps[name], k, v)
-            prefixes[(name, bytes(k))] = bytes(v)
-            gens.add(k.gen)  # type: ignore[attr-defined]
     pairs: dict[bytes, bytes] = {}
     pgens: set[int] = set()
     for k in _iter_keys(ld, "dw_pairs", abi.PairKey):
@@ -156,8 +167,7 @@ def map_state(ld: Loader) -> dict[str, Any]:
         pairs[bytes(k)] = bytes(v)
         pgens.add(k.gen)  # type: ignore[attr-defined]
     state = _labeler_state(ld)
-    return {"active_gen": state.active_gen, "state": state, "prefixes": prefixes, "prefix_gens": gens,
-            "pairs": pairs, "pair_gens": pgens}
+    return {"active_gen": state.active_gen, "state": state, "pairs": pairs, "pair_gens": pgens}
 
 
 def assert_only(ld: Loader, compiled: CompiledRules, rs: RuleSet, what: str) -> None:
@@ -166,17 +176,15 @@ def assert_only(ld: Loader, compiled: CompiledRules, rs: RuleSet, what: str) -> 
     st = map_state(ld)
     gen = st["active_gen"]
     assert gen == ld.active_gen, what
-    assert ld.rule_map_entries() == {"dw_prefixes": len(compiled.prefixes), "dw_pairs": len(compiled.pairs)}, what
-    assert len(st["prefixes"]) == len(compiled.prefixes) and len(st["pairs"]) == len(compiled.pairs), what
-    assert st["prefix_gens"] <= {gen}, f"{what}: prefix entries of generation {st['prefix_gens'] - {gen}} left"
+    # Results and ranges are counted over both generations: equal to the
+    # active one's means the other holds nothing.
+    assert ld.rule_map_entries() == map_entries(compiled), what
+    assert len(st["pairs"]) == len(compiled.pairs), what
     assert st["pair_gens"] <= {gen}, f"{what}: pair entries of generation {st['pair_gens'] - {gen}} left"
     other = 1 - gen
     assert bytes(st["state"].gen[other]) == bytes(abi.GenState()), f"{what}: inactive generation state not empty"
-    assert _lenmask_nonzero(ld, other) == 0, f"{what}: inactive IPv4 length masks not empty"
+    assert _l1_nonzero(ld, other) == 0, f"{what}: inactive direct tables not empty"
     active = st["state"].gen[gen]
-    for fd in range(abi.DW_FD_COUNT):
-        pl = active.plens[fd]
-        assert [pl.e[j].prefixlen for j in range(pl.n)] == compiled.plens.get(fd, []), what
     assert active.rs.default_side == compiled.default_side, what
     # Every entry is the one compile_rules asked for (the loader's own read-back).
     Loader._verify_gen(ld, gen, compiled)
@@ -233,38 +241,65 @@ def failing(real: Callable[..., Any], at: int) -> Callable[..., Any]:
     return call
 
 
+def _failing_store(real: Callable[..., Any], at: int) -> Callable[..., Any]:
+    """Loader._store, raising at call #at after writing half of that region
+    (a partial write, the worst case)."""
+    calls = [0]
+
+    def store(self: Loader, name: str, off: int, data: bytes) -> None:
+        n = calls[0]
+        calls[0] += 1
+        if n == at:
+            real(self, name, off, data[:len(data) // 2])
+            raise Injected(errno.EFAULT, f"injected failure of store #{at} ({name})")
+        real(self, name, off, data)
+
+    return store
+
+
 def test_fault_at_every_write_keeps_a(ld: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every map write of a reload happens before the flip (the plens,
-    rulesets and IPv4 length masks are plain stores into mapped memory):
-    a failure at any of them leaves A active and nothing of B behind."""
+    """Every write of a reload happens before the flip (the ruleset state and
+    the longest-prefix-match arrays are stores into mapped memory, PoP and
+    pair entries map updates): a failure at any of them leaves A active and
+    nothing of B behind."""
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     ld.apply_rules(a)
     writes = record_calls(ld, monkeypatch, b)  # a clean B: learn its write sequence
-    n_pfx = sum(writes.count(name) for name, _ in PREFIX_MAPS)
-    assert n_pfx == len(b.prefixes) and writes.count("dw_pairs") == len(b.pairs), writes
+    assert writes.count("dw_pairs") == len(b.pairs), writes
+    stores: list[str] = []
+    real_store = Loader._store
+    with monkeypatch.context() as m:
+        m.setattr(Loader, "_store", lambda self, name, off, data: (stores.append(name), real_store(self, name, off,
+                                                                                               data))[1])
+        ld.apply_rules(b)
+    assert sorted(stores) == sorted(loader_mod.LPM_MAPS), stores
     tried = 0
-    for at in range(len(writes)):
+    for at in range(len(writes) + len(stores)):
         ld.apply_rules(a)
         assert_only(ld, a, RULES_A, "A applied")
-        real = ld.lib.map_update
         with monkeypatch.context() as m:
-            m.setattr(ld.lib, "map_update", failing(real, at))
+            if at < len(writes):
+                m.setattr(ld.lib, "map_update", failing(ld.lib.map_update, at))
+                what = writes[at]
+            else:
+                m.setattr(Loader, "_store", _failing_store(real_store, at - len(writes)))
+                what = stores[at - len(writes)]
             with pytest.raises(Injected):
                 ld.apply_rules(b)
-        assert_only(ld, a, RULES_A, f"after a fault at write #{at} ({writes[at]}) of B")
+        assert_only(ld, a, RULES_A, f"after a fault at write #{at} ({what}) of B")
         tried += 1
     # The loader is not wedged: B applies cleanly afterwards.
     ld.apply_rules(b)
     assert_only(ld, b, RULES_B, "B after all the faults")
-    assert tried == len(writes) > len(b.prefixes)
-    print(f"\n{tried} faults injected (one per map write of B); A intact after each")
+    assert tried == len(writes) + len(stores) > len(b.pairs)
+    print(f"\n{tried} faults injected (one per map write and region store of B); A intact after each")
 
 
 def test_fault_after_the_flip_is_not_reported_as_failure(ld: Loader, monkeypatch: pytest.MonkeyPatch) -> None:
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     ld.apply_rules(a)
     deletes = record_calls(ld, monkeypatch, b, "map_delete")  # B replacing A: deletes A's entries
-    assert len(deletes) == len(a.prefixes) + len(a.pairs), deletes
+    assert len(deletes) == len(a.pairs), deletes
     bad = []
     for at in range(len(deletes)):
         ld.apply_rules(a)
@@ -316,21 +351,28 @@ def corrupting_update(real: Callable[..., None], target_fds: set[int], nth: int)
     return update
 
 
-@pytest.mark.parametrize("target", [
-    "prefixes",
-    "dw_pairs",
-])
+@pytest.mark.parametrize("target", ["dw_pairs", *loader_mod.LPM_MAPS])
 def test_corrupted_write_is_caught_by_read_back(ld: Loader, monkeypatch: pytest.MonkeyPatch, target: str) -> None:
     """README: new rules are "written to the inactive half, read back, and
     made active". A write that lands wrong must be refused, A kept."""
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     ld.apply_rules(a)
     maps = ld.labeler.maps  # type: ignore[union-attr]
-    fds = {maps[n] for n, _ in PREFIX_MAPS} if target == "prefixes" else {maps[target]}
-    real = ld.lib.map_update
+    real_store = Loader._store
+
+    def bad_store(self: Loader, name: str, off: int, data: bytes) -> None:
+        if name == target:  # one bit flipped in the middle of the region
+            raw = bytearray(data)
+            raw[len(raw) // 2] ^= 0x01
+            data = bytes(raw)
+        real_store(self, name, off, data)
+
     try:
         with monkeypatch.context() as m:
-            m.setattr(ld.lib, "map_update", corrupting_update(real, fds, 3 if target == "prefixes" else 1))
+            if target == "dw_pairs":
+                m.setattr(ld.lib, "map_update", corrupting_update(ld.lib.map_update, {maps[target]}, 1))
+            else:
+                m.setattr(Loader, "_store", bad_store)
             with pytest.raises(DropwatchError, match="verification"):
                 ld.apply_rules(b)
         assert_only(ld, a, RULES_A, f"after a corrupted {target} write")
@@ -343,17 +385,17 @@ def test_interrupt_mid_write_keeps_a(ld: Loader, monkeypatch: pytest.MonkeyPatch
     writes also leaves A alone (apply_rules catches BaseException)."""
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     ld.apply_rules(a)
-    real = ld.lib.map_update
+    real = Loader._store
     calls = [0]
 
-    def update(fd: int, key: object, value: object, flags: int = 0) -> None:
+    def store(self: Loader, name: str, off: int, data: bytes) -> None:
         calls[0] += 1
-        if calls[0] == 17:
+        if calls[0] == 3:
             raise KeyboardInterrupt
-        real(fd, key, value, flags)
+        real(self, name, off, data)
 
     with monkeypatch.context() as m:
-        m.setattr(ld.lib, "map_update", update)
+        m.setattr(Loader, "_store", store)
         with pytest.raises(KeyboardInterrupt):
             ld.apply_rules(b)
     assert_only(ld, a, RULES_A, "after an interrupt")
@@ -379,7 +421,7 @@ def test_prefix_capacity_refused_before_the_kernel(ld: Loader, monkeypatch: pyte
     assert_only(ld, a, RULES_A, "after a refused over-capacity ruleset")
     # At the limit, everything lands in the kernel (nothing silently truncated).
     ld.apply_rules(fitting)
-    assert ld.rule_map_entries() == {"dw_prefixes": 16, "dw_pairs": 0}
+    assert ld.rule_map_entries() == map_entries(fitting)
     for i in (0, 15):
         pkt = P.build(4, "udp", src="1.1.1.1", dst=f"10.0.{i}.9")
         _, meta, _, _ = xdp_test_run(ld, pkt.frame)
@@ -405,14 +447,34 @@ def test_candidate_capacity_refused_naming_the_rule() -> None:
 
 
 def test_compile_limits_match_the_kernel_maps(ld: Loader) -> None:
-    """Both generations at their limit fit the kernel maps at the same time
-    (all prefixes of one family in one map: the worst case)."""
+    """Both generations at their limit fit the kernel maps at the same time:
+    results and pairs always; IPv4 ranges for the largest prefix count
+    compile_rules accepts (each prefix adds at most 2 range starts, each
+    /16 chunk a header and a first range, per direction)."""
     lb = ld.labeler
     assert lb is not None
     size = {name: ld.lib.map_max_entries(ld.lib.find_map(lb.obj, name))
-            for name in ("dw_prefixes4", "dw_prefixes", "dw_pairs")}
-    assert abi.DW_GENS * rules_mod.MAX_PREFIX_ENTRIES <= min(size["dw_prefixes4"], size["dw_prefixes"])
+            for name in ("dw_results", "dw_pairs", "dw_lpm4_rng")}
+    assert size["dw_results"] == abi.DW_GENS * abi.DW_MAX_RESULTS
     assert abi.DW_GENS * rules_mod.MAX_PAIR_ENTRIES <= size["dw_pairs"]
+    assert size["dw_lpm4_rng"] * 16 == ld.lpm4_entries
+    assert 2 * rules_mod.MAX_PREFIX_ENTRIES + 2 * 2 * 65536 <= ld.lpm4_entries // abi.DW_GENS
+
+
+def test_range_capacity_refused_before_the_flip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A set that needs more range entries than the labeler holds is refused
+    by apply_rules with a RulesError, before anything is written."""
+    with pytest.MonkeyPatch.context() as mp, Loader(meta_key=META_KEY, lpm4_entries=1024) as small:
+        mp.setattr("dropwatch.loader.GEN_GRACE_S", 0.0)
+        small.load()
+        a = compile_rules(RULES_A, IDS)
+        small.apply_rules(a)
+        # 200 /24s in distinct /16s: a 4-entry chunk each, 800 > 512 per gen.
+        big = compile_rules(parse_rules({"rules": [{"label": "custB", "dst": [f"10.{i}.1.0/24"
+                                                                                for i in range(200)]}]}), IDS)
+        with pytest.raises(RulesError, match="range entries"):
+            small.apply_rules(big)
+        assert_only(small, a, RULES_A, "after an over-capacity set")
 
 
 def test_full_drop_map_is_counted(tmp_path: Path) -> None:

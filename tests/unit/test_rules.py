@@ -27,7 +27,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from dropwatch import abi, rules
+from dropwatch import abi, lpm, rules
 from dropwatch.rules import (
     Candidate,
     CompiledRules,
@@ -83,18 +83,26 @@ def _eval_list(cands: list[Candidate], proto: int, dport: int | None, r: dict[st
 
 
 def _match_prefix(out: CompiledRules, fd: int, addr: Any) -> tuple[int, list[Candidate]] | None:
-    """match_prefix(): one exact lookup per length in use, longest first."""
+    """match_prefix(): the bitmap, the direct table, then a chunk's binary
+    search (lpm.lookup walks the compiled arrays as lpm4()/lpm6() do), then
+    the result table; result 0 is no match. The result must be the longest
+    matching prefix's candidates, reduced to those eval_list() can pick."""
+    idx = lpm.lookup(out.lpm, fd, int(addr))
+    assert 0 <= idx < len(out.results) <= abi.DW_MAX_RESULTS
+    if idx == 0:
+        return None
+    pid, cands = out.results[idx]
+    # The result is the longest matching prefix's candidate list.
     width = addr.max_prefixlen
-    lens = out.plens.get(fd, [])
-    assert len(lens) <= abi.DW_MAX_PLENS
-    assert lens == sorted(lens, reverse=True)
-    for plen in lens:
+    best = None
+    for plen in out.plens.get(fd, []):
         mask = ((1 << width) - 1) ^ ((1 << (width - plen)) - 1)
-        masked = (int(addr) & mask).to_bytes(width // 8, "big").ljust(16, b"\0")
-        hit = out.prefixes.get((fd, plen, masked))
+        hit = out.prefixes.get((fd, plen, (int(addr) & mask).to_bytes(width // 8, "big").ljust(16, b"\0")))
         if hit is not None:
-            return hit
-    return None
+            best = hit
+            break
+    assert best is not None and rules.effective(best[1]) == cands and pid in (0, best[0]), (addr, best, idx)
+    return pid, cands
 
 
 def bpf_classify(out: CompiledRules, family: int, saddr: str, daddr: str, proto: int,
@@ -113,7 +121,7 @@ def bpf_classify(out: CompiledRules, family: int, saddr: str, daddr: str, proto:
         _eval_list(src[1], proto, dport, r)
     if dst is not None:
         _eval_list(dst[1], proto, dport, r)
-    if out.pairs and src is not None and dst is not None:  # rs->has_pairs
+    if out.pairs and src is not None and dst is not None and src[0] and dst[0]:  # rs->has_pairs, prefix ids
         pair = out.pairs.get((src[0], dst[0]))
         if pair is not None:
             _eval_list(pair, proto, dport, r)
@@ -932,3 +940,22 @@ def test_four_prefix_lengths_longest_first() -> None:
     assert out.plens[V4_DST] == [32, 24, 16, 8]
     assert out.plens[V6_SRC] == [32] and out.plens[V6_DST] == [64]
     assert V4_SRC not in out.plens
+
+
+def test_results_keep_only_candidates_that_can_win() -> None:
+    """A prefix nested in another rule's prefix inherits that rule's
+    candidate, but its result drops it when a condition-free candidate of
+    the longer prefix always beats it; conditional candidates that can still
+    win stay. Many nested prefixes then share a handful of results."""
+    rs = rs_of({"label": "outer", "dst": ["10.0.0.0/8"]},
+               {"label": "quic", "proto": "udp", "dport": [443], "dst": ["10.0.0.0/8"]},
+               {"label": "inner", "dst": [f"10.0.{i}.0/24" for i in range(50)]})
+    ids = {"outer": 1, "quic": 2, "inner": 3}
+    out = compile_rules(rs, ids)
+    inner = cand_list(out, V4_DST, "10.0.7.0/24")
+    assert {c.label_id for c in inner} == {1, 2, 3}
+    assert {c.label_id for c in rules.effective(inner)} == {3}  # /24 beats both /8 rules, conditions or not
+    assert len(out.results) == 1 + 2  # the /8's list, and one shared by all 50 /24s
+    assert classify(rs, ids, "1.1.1.1", "10.0.7.1", UDP, 443) == (3, 0)
+    assert classify(rs, ids, "1.1.1.1", "10.1.0.1", UDP, 443) == (2, 0)
+    assert classify(rs, ids, "1.1.1.1", "10.1.0.1", TCP, 443) == (1, 0)

@@ -1,0 +1,89 @@
+"""dropwatch.lpm against a brute-force longest-prefix match: random prefix
+sets (IPv4 /0-/32, IPv6 /0-/128 with many lengths above /64), probed at
+prefix edges and at random; the walk never exceeds the search depth the
+BPF loops allow. lookup() is the labeler's walk in Python (its BPF twin is
+checked against the same reference in tests/bpf/test_labeler.py)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from dropwatch import abi, lpm
+
+pytestmark = pytest.mark.unit
+
+
+def _mask(width: int, plen: int) -> int:
+    return ((1 << width) - 1) ^ ((1 << (width - plen)) - 1)
+
+
+def _brute(pfx: dict[tuple[int, int], int], width: int, addr: int) -> int:
+    for plen in range(width, -1, -1):
+        r = pfx.get((plen, addr & _mask(width, plen)))
+        if r is not None:
+            return r
+    return 0
+
+
+def _random_set(rng: random.Random, width: int, n: int, lens: list[int]) -> dict[tuple[int, int], int]:
+    out: dict[tuple[int, int], int] = {}
+    base = rng.getrandbits(width)
+    for _ in range(n):
+        plen = rng.choice(lens)
+        # Cluster around one address so prefixes nest and touch.
+        a = (base ^ rng.getrandbits(min(width, plen + 2))) if rng.random() < 0.7 else rng.getrandbits(width)
+        out[(plen, a & _mask(width, plen))] = rng.randrange(1, 50)
+    return out
+
+
+def _probes(rng: random.Random, pfx: dict[tuple[int, int], int], width: int) -> list[int]:
+    out = [0, (1 << width) - 1]
+    for plen, a in pfx:
+        end = a | ((1 << (width - plen)) - 1)
+        out += [a, end, (a - 1) % (1 << width), (end + 1) % (1 << width)]
+    out += [rng.getrandbits(width) for _ in range(200)]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_v4_matches_brute_force(seed: int) -> None:
+    rng = random.Random(seed)
+    pfx = _random_set(rng, 32, rng.randrange(1, 120), list(range(0, 33)))
+    fd = rng.choice([abi.DW_FD_V4_SRC, abi.DW_FD_V4_DST])
+    t = lpm.build((fd, plen, a, r) for (plen, a), r in pfx.items())
+    for addr in _probes(rng, pfx, 32):
+        reads = [0]
+        assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 32, addr), hex(addr)
+        assert reads[0] <= 3 + abi.DW_LPM4_STEPS
+        assert lpm.lookup(t, fd ^ 1, addr) == 0  # the other direction holds nothing
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_v6_matches_brute_force(seed: int) -> None:
+    rng = random.Random(seed)
+    lens = [0, 8, 16, 17, 32, 48, 63, 64, 65, 80, 96, 127, 128]
+    pfx = _random_set(rng, 128, rng.randrange(1, 120), lens)
+    fd = rng.choice([abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST])
+    t = lpm.build((fd, plen, a, r) for (plen, a), r in pfx.items())
+    for addr in _probes(rng, pfx, 128):
+        reads = [0]
+        assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 128, addr), hex(addr)
+        assert reads[0] <= 2 + 2 * (1 + abi.DW_LPM6_STEPS)
+
+
+def test_full_chunk_takes_the_maximum_depth() -> None:
+    """Every other /32 of one /16: 65,536 ranges, 16 halvings, no more."""
+    t = lpm.build((abi.DW_FD_V4_DST, 32, (10 << 24) | i, 1) for i in range(0, 1 << 16, 2))
+    for low in (0, 1, 2, 0x7FFF, 0xFFFE, 0xFFFF):
+        reads = [0]
+        assert lpm.lookup(t, abi.DW_FD_V4_DST, (10 << 24) | low, reads) == (0 if low & 1 else 1)
+        assert reads[0] == 3 + abi.DW_LPM4_STEPS
+
+
+def test_ranges_merge_equal_neighbours() -> None:
+    # /25 + /25 with the /24's result: one range, so the /16 is a leaf.
+    t = lpm.build([(abi.DW_FD_V4_DST, 24, 0x0A000100, 7), (abi.DW_FD_V4_DST, 25, 0x0A000100, 7),
+                   (abi.DW_FD_V4_DST, 25, 0x0A000180, 7), (abi.DW_FD_V4_DST, 16, 0x0A000000, 7)])
+    assert t.v4_l1[(1 << 16) | 0x0A00] == 7 and len(t.v4_rng) == 0
