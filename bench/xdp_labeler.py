@@ -396,11 +396,16 @@ def expect(spec: Spec, comp: Compiled, flows: list[tuple[int, int]]) -> tuple[di
 
 # ---------------------------------------------------------------- loading
 
+# The rules' flow_fallback mode for every set (--flow-mode).
+FLOW_MODE = "encap"
+
+
 def load_rules(ld: Loader, spec: Spec, comp: Compiled) -> float:
     """Write the compiled rules with Loader.apply_rules, unchanged, at every
     size: the tables go into the kernel through mmap (one copy per array)
     and are read back the same way; returns apply_rules' seconds."""
     c = to_compiled_rules(spec, comp, with_prefixes=True)
+    c.flow_mode = int(abi.FlowMode[FLOW_MODE.upper()])
     t0 = time.monotonic()
     ld.apply_rules(c)
     return time.monotonic() - t0
@@ -569,8 +574,13 @@ def main() -> None:
     ap.add_argument("--sizes", default="10,1000,100000,1000000", help="dst prefix counts of the curve")
     ap.add_argument("--no-worst", action="store_true", help="skip the worst-case rule sets")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--flow-mode", choices=["off", "encap", "all"], default="encap",
+                    help="the rules' flow_fallback mode (default encap, the daemon's default; all: every "
+                         "packet also updates the flow-fallback map)")
     ap.add_argument("--json", type=Path, default=B.OUT / "xdp_labeler.json")
     args = ap.parse_args()
+    global FLOW_MODE
+    FLOW_MODE = args.flow_mode
     B.need_root()
     runs = args.runs or 3
     if args.repeat < 1_000_000 or runs < 3:
@@ -584,7 +594,8 @@ def main() -> None:
     bench = Bench(args.repeat, runs)
     lib = bench.lib
     rng = random.Random(args.seed)
-    results: dict[str, Any] = {"repeat": args.repeat, "runs": runs, "flows": args.flows, "cpu": cpu, "rows": []}
+    results: dict[str, Any] = {"repeat": args.repeat, "runs": runs, "flows": args.flows, "cpu": cpu, "rows": [],
+                               "flow_mode": args.flow_mode}
 
     ident = same_code(PROD_OBJ, BENCH_OBJ_DIR / "labeler.bpf.o", "dw_labeler")
     print(f"BPF_PROG_TEST_RUN, repeat {args.repeat:,}, median of {runs} runs, pinned to CPU {cpu}, "

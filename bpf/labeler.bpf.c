@@ -508,22 +508,36 @@ static __always_inline void parse_tunnel(void *data, void *end, struct pkt_info 
 }
 
 /*
- * The whole parse, outer and inner headers. A global (not inlined)
- * function: the verifier checks it once, on its own, instead of once per
- * path into it, which keeps the tunnel paths from multiplying the
- * classifier's states past the verifier's limits. Returns pi->family.
+ * The tunnel half of the parse, as a global (not inlined) function: the
+ * verifier checks it once, on its own, instead of once per path into it,
+ * which keeps the tunnel paths from multiplying the classifier's states
+ * past the verifier's limits. Called only for packets that can be tunnels.
  */
-__attribute__((noinline)) int dw_parse_frame(struct xdp_md *ctx, struct pkt_info *pi)
+__attribute__((noinline)) int dw_parse_tunnel(struct xdp_md *ctx, struct pkt_info *pi)
 {
 	if (!pi)
 		return 0;
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 
-	parse_packet(data, end, pi);
-	if (pi->l4_ok && !pi->truncated)
-		parse_tunnel(data, end, pi);
+	parse_tunnel(data, end, pi);
 	return pi->family;
+}
+
+/* The whole parse, outer and (for a tunnel) inner headers. The outer parse
+ * stays inline: it is every packet's, and inline its fields stay in
+ * registers on their way to classify(). */
+static __always_inline void dw_parse_frame(struct xdp_md *ctx, struct pkt_info *pi)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+
+	parse_packet(data, end, pi);
+	if (!pi->l4_ok || pi->truncated)
+		return;
+	if (pi->proto == DW_IPPROTO_IPIP || pi->proto == DW_IPPROTO_IPV6 || pi->proto == DW_IPPROTO_GRE ||
+	    (pi->proto == IPPROTO_UDP && dw_state.gen[dw_state.active_gen & 1].rs.n_udp_encaps))
+		dw_parse_tunnel(ctx, pi);
 }
 
 /* Entry i of an array of 16-word lines; 0 when out of range (the loader
