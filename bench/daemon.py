@@ -205,7 +205,8 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
                          "load1": os.getloadavg()[0]})
 
         one("first")
-        seen = sum(1 for k in col._prev_drops if k[0] in set(id_list))
+        id_set = set(id_list)
+        seen = sum(1 for k in col._counted if k[0] in id_set)
         res["keys_seen_by_collector"] = seen
         for _ in range(reps):
             for i in range(n_keys):
