@@ -17,7 +17,9 @@ never dropped, and /metrics keeps counting meanwhile.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import os
 import socket
 import threading
@@ -53,6 +55,9 @@ MAX_PENDING_ROWS = 200_000
 # new (label, reason, location, interface) keys find room.
 EVICT_AT_FRACTION = 0.75
 EVICT_IDLE_POLLS = 60
+_POSITIVE = (0).__lt__
+# A drop row's /metrics key: label, side, reason, pop, source.
+_TOTALS_KEY = operator.itemgetter(0, 1, 2, 5, 6)
 
 
 @dataclass
@@ -99,6 +104,7 @@ class Collector:
         self._last_growth: dict[DropKeyT, int] = {}
         self._rows: dict[DropKeyT, DropRow] = {}
         self._prev_cache: dict[DropKeyT, int] = {}
+        self._corrupt_keys: set[DropKeyT] = set()  # keys whose drops count as corrupt records
         self._resync = True
         self._next_evict_scan = 0
         self.evict_at = int(getattr(loader, "drop_entries", abi.DW_MAX_DROP_KEYS) * EVICT_AT_FRACTION)
@@ -204,7 +210,7 @@ class Collector:
         changed, n_entries = self.loader.read_drops_changed(full=resync)
         map_vals = self._map_vals
         gone: set[DropKeyT] = set()
-        if len(map_vals) + sum(1 for k in changed if k not in map_vals) != n_entries:
+        if len(map_vals) + len(changed) - sum(map(map_vals.__contains__, changed)) != n_entries:
             # An entry we did not evict left the map: read it all again.
             changed, n_entries = self.loader.read_drops_changed(full=True)
             gone = map_vals.keys() - changed.keys()
@@ -215,35 +221,49 @@ class Collector:
         evicted = self._evict_idle(n_entries, cache)
 
         # Keys whose total may have moved: changed entries, and keys in the
-        # caches now or at the previous poll.
-        touched = changed.keys() | cache.keys() | self._prev_cache.keys() | evicted.keys()
-        drop_rows: dict[DropRow, int] = {}
-        corrupt = 0
+        # caches now or at the previous poll. Every changed key's total is its
+        # map value unless a cache holds (or held) some of it or it was
+        # evicted: those few are fixed up one by one, the rest go through
+        # C-level map/zip (per-key Python work is what a poll of 100,000
+        # changed keys costs).
+        extra = cache.keys() | self._prev_cache.keys() | evicted.keys()
+        cur_by_key = dict(changed)
+        for key in extra:
+            cur_by_key[key] = evicted[key][0] if key in evicted else map_vals.get(key, 0) + cache.get(key, 0)
         counted, rows, last = self._counted, self._rows, self._last_growth
-        grew: list[tuple[DropKeyT, int]] = []
-        for key in touched:
-            cur = map_vals.get(key, 0) + cache.get(key, 0)
-            if key in evicted:
-                cur = evicted[key][0]
-            delta = cur - counted.get(key, 0)
-            if delta <= 0:
-                continue  # not grown, or read short during a cache flush
-            row = rows.get(key)
-            if row is None:
-                row = self._drop_row(key)
-            if key[6] == abi.Source.CORRUPT or key[8] & abi.DW_DK_META_CORRUPT:  # source, flags
-                corrupt += delta
-            drop_rows[row] = drop_rows.get(row, 0) + delta
-            grew.append((key, cur))
+        keys = list(cur_by_key)
+        curs = list(cur_by_key.values())
+        deltas = list(map(operator.sub, curs, map(counted.get, keys, itertools.repeat(0))))
+        if deltas and min(deltas) <= 0:  # not grown, or read short during a cache flush
+            grown = list(map(_POSITIVE, deltas))
+            keys = list(itertools.compress(keys, grown))
+            curs = list(itertools.compress(curs, grown))
+            deltas = list(itertools.compress(deltas, grown))
+        names = list(map(rows.get, keys))
+        if None in names:
+            for i, row in enumerate(names):
+                if row is None:
+                    key = keys[i]
+                    names[i] = self._drop_row(key)
+                    if key[6] == abi.Source.CORRUPT or key[8] & abi.DW_DK_META_CORRUPT:  # source, flags
+                        self._corrupt_keys.add(key)
+        corrupt = 0
+        if self._corrupt_keys:
+            ck = self._corrupt_keys
+            corrupt = sum(d for k, d in zip(keys, deltas, strict=True) if k in ck)
+        drop_rows: dict[DropRow, int] = dict(zip(names, deltas, strict=True))  # type: ignore[arg-type]
+        if len(drop_rows) != len(names):  # keys sharing a row (e.g. differing only in flags)
+            drop_rows = {}
+            for row, d in zip(names, deltas, strict=True):
+                drop_rows[row] = drop_rows.get(row, 0) + d  # type: ignore[index]
         # Only now, with every row named: a poll that fails above counts
         # nothing, and the next one (a full read) counts it all.
-        for key, cur in grew:
-            counted[key] = cur
-            last[key] = self.polls
-        for key in changed.keys() - last.keys():  # new with a zero count
-            last[key] = self.polls - 1
-        # An evicted key keeps counted = what the caches still held for it
-        # (counted once already); the kernel may create its entry again.
+        counted.update(zip(keys, curs, strict=True))
+        last.update(zip(keys, itertools.repeat(self.polls)))
+        if len(keys) < len(changed):
+            for key in changed:
+                if key not in last:  # new with a zero count
+                    last[key] = self.polls - 1
         for key, (_final, left) in evicted.items():
             map_vals.pop(key, None)
             if left:
@@ -252,10 +272,12 @@ class Collector:
                 counted.pop(key, None)
                 last.pop(key, None)
                 rows.pop(key, None)
+                self._corrupt_keys.discard(key)
         for key in gone - cache.keys():
             counted.pop(key, None)
             last.pop(key, None)
             rows.pop(key, None)
+            self._corrupt_keys.discard(key)
         self._prev_cache = cache
 
         pkt_rows: dict[tuple[str, str, str, str], list[int]] = {}
@@ -274,8 +296,10 @@ class Collector:
         self._prev_stats = stats
 
         with self.lock:
-            for row, n in drop_rows.items():
-                self.totals.drops[(row[0], row[1], row[2], row[5], row[6])] += n
+            tdrops = self.totals.drops
+            tget = tdrops.get
+            for tkey, n in zip(map(_TOTALS_KEY, drop_rows), drop_rows.values(), strict=True):
+                tdrops[tkey] = tget(tkey, 0) + n
             for (plabel, pside, _i, ppop), (dp, db) in pkt_rows.items():
                 self.totals.packets[(plabel, pside, ppop)] += dp
                 self.totals.bytes[(plabel, pside, ppop)] += db
