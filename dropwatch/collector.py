@@ -13,6 +13,12 @@ counted. A restart loads fresh maps, so the first poll's values are all new.
 If the store cannot be written (disk full, read-only), the deltas stay
 pending in memory and go out with the next successful write: counts are
 never dropped, and /metrics keeps counting meanwhile.
+
+Writes: with async_writes (the daemon) poll() ends when its deltas are handed
+to a single writer thread, which writes the batches in order (the pending
+logic above runs there); if it falls behind, later polls' deltas are added
+into the newest waiting batch. close() (on shutdown) writes every batch
+before it returns.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -85,7 +91,8 @@ class Collector:
     def __init__(self, loader: Loader, store: Store, reasons: DropReasons, kallsyms: Kallsyms,
                  *, netns: str | None = None, label_names: Callable[[], dict[int, str]] | None = None,
                  pop_names: Callable[[], dict[int, str]] | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, async_writes: bool = False,
+                 max_queued: int = 8) -> None:
         self.loader = loader
         self.store = store
         self.reasons = reasons
@@ -123,6 +130,22 @@ class Collector:
         self.poll_durations: list[float] = []
         self.store_error: str | None = None
         self.polls = 0
+        # async_writes: poll() hands its deltas to one writer thread (started
+        # with the first batch) instead of writing them itself. At most
+        # max_queued batches wait; beyond that a poll's deltas are added into
+        # the newest waiting batch (written at the later time), never dropped.
+        self.async_writes = async_writes
+        self.max_queued = max(1, max_queued)
+        self._queue: deque[tuple[datetime, dict[DropRow, int], dict[tuple[str, str, str, str], list[int]]]] = deque()
+        self._cond = threading.Condition()
+        self._writing = False
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        self.merged_batches = 0
+        self.last_write_duration_s = 0.0
+        self.write_durations: list[float] = []
+        self.writes = 0
+        self.write_seconds = 0.0
 
     def refresh_label_names(self) -> None:
         """Re-read the label and PoP registries (after a rule change)."""
@@ -309,7 +332,7 @@ class Collector:
             self.totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
 
         self._resync = False
-        self._write(now, drop_rows, pkt_rows)
+        self._hand_off(now, drop_rows, pkt_rows)
         self.polls += 1
         self.last_poll = now
         self.last_poll_duration_s = time.monotonic() - t0
@@ -341,6 +364,83 @@ class Collector:
             log.info("drop map %d/%d full: evicted %d idle entries", n_entries,
                      getattr(self.loader, "drop_entries", abi.DW_MAX_DROP_KEYS), len(evicted))
         return evicted
+
+    # ------------------------------------------------------------ writes
+
+    def _hand_off(self, now: datetime, drop_rows: dict[DropRow, int],
+                  pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
+        if not self.async_writes or self._closing:  # (after close(): written here, in order)
+            self._write_timed(now, drop_rows, pkt_rows)
+            return
+        if not drop_rows and not pkt_rows and self.store_error is None:
+            return  # nothing to write, nothing pending to retry
+        with self._cond:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="dropwatch-write", daemon=True)
+                self._writer.start()
+            if len(self._queue) >= self.max_queued:
+                # The writer is behind: fold this poll into the newest batch.
+                _ts, d, p = self._queue.pop()
+                dget = d.get
+                for row, n in drop_rows.items():
+                    d[row] = dget(row, 0) + n
+                for k, (dp, db) in pkt_rows.items():
+                    acc = p.setdefault(k, [0, 0])
+                    acc[0] += dp
+                    acc[1] += db
+                self._queue.append((now, d, p))
+                self.merged_batches += 1
+            else:
+                self._queue.append((now, drop_rows, pkt_rows))
+            self._cond.notify_all()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                now, drop_rows, pkt_rows = self._queue.popleft()
+                self._writing = True
+            try:
+                self._write_timed(now, drop_rows, pkt_rows)
+            except Exception:  # noqa: BLE001 - the counts stay pending; the next batch retries
+                log.exception("writing history failed")
+            finally:
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every delta handed off so far went through the store
+        (written, or kept pending if the store fails). False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._writing, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush and stop the writer thread; poll() must not be called after."""
+        done = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
+        return done
+
+    def _write_timed(self, now: datetime, drop_rows: dict[DropRow, int],
+                     pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
+        t = time.perf_counter()
+        try:
+            self._write(now, drop_rows, pkt_rows)
+        finally:
+            self.last_write_duration_s = time.perf_counter() - t
+            self.writes += 1
+            self.write_seconds += self.last_write_duration_s
+            self.write_durations.append(self.last_write_duration_s)
+            if len(self.write_durations) > 1000:
+                del self.write_durations[:500]
 
     def _write(self, now: datetime, drop_rows: dict[DropRow, int],
                pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
