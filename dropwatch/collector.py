@@ -123,7 +123,12 @@ class Collector:
         self.netns_ino = _netns_inode(netns)
         self._pending_drops: Counter[DropRow] = Counter()
         self._pending_pkts: dict[tuple[str, str, str, str], list[int]] = {}
-        self.totals = Totals()
+        self._totals = Totals()
+        # Drop rows counted by polls but not yet added into _totals.drops: the
+        # writer thread folds them after each batch, and reading .totals
+        # folds whatever is left, so readers always see every poll's counts.
+        self._unfolded: list[dict[DropRow, int]] = []
+        self._fold_lock = threading.Lock()
         self.lock = threading.Lock()
         self.last_poll: datetime | None = None
         self.last_poll_duration_s = 0.0
@@ -146,6 +151,23 @@ class Collector:
         self.write_durations: list[float] = []
         self.writes = 0
         self.write_seconds = 0.0
+
+    @property
+    def totals(self) -> Totals:
+        """Running totals, with every poll so far in them."""
+        self._fold_totals()
+        return self._totals
+
+    def _fold_totals(self) -> None:
+        with self._fold_lock:
+            if not self._unfolded:
+                return
+            tdrops = self._totals.drops
+            tget = tdrops.get
+            for drop_rows in self._unfolded:
+                for tkey, n in zip(map(_TOTALS_KEY, drop_rows), drop_rows.values(), strict=True):
+                    tdrops[tkey] = tget(tkey, 0) + n
+            self._unfolded.clear()
 
     def refresh_label_names(self) -> None:
         """Re-read the label and PoP registries (after a rule change)."""
@@ -257,13 +279,15 @@ class Collector:
         keys = list(cur_by_key)
         curs = list(cur_by_key.values())
         deltas = list(map(operator.sub, curs, map(counted.get, keys, itertools.repeat(0))))
+        not_grown: list[DropKeyT] = []
         if deltas and min(deltas) <= 0:  # not grown, or read short during a cache flush
             grown = list(map(_POSITIVE, deltas))
+            not_grown = list(itertools.compress(keys, map(operator.not_, grown)))
             keys = list(itertools.compress(keys, grown))
             curs = list(itertools.compress(curs, grown))
             deltas = list(itertools.compress(deltas, grown))
         names = list(map(rows.get, keys))
-        if None in names:
+        if not all(names):  # (rows are non-empty tuples)
             for i, row in enumerate(names):
                 if row is None:
                     key = keys[i]
@@ -283,10 +307,9 @@ class Collector:
         # nothing, and the next one (a full read) counts it all.
         counted.update(zip(keys, curs, strict=True))
         last.update(zip(keys, itertools.repeat(self.polls)))
-        if len(keys) < len(changed):
-            for key in changed:
-                if key not in last:  # new with a zero count
-                    last[key] = self.polls - 1
+        for key in not_grown:
+            if key not in last and key in changed:  # new with a zero count
+                last[key] = self.polls - 1
         for key, (_final, left) in evicted.items():
             map_vals.pop(key, None)
             if left:
@@ -318,18 +341,20 @@ class Collector:
         stat_delta = {st: v - self._prev_stats.get(st, 0) for st, v in stats.items()}
         self._prev_stats = stats
 
+        with self._fold_lock:
+            if drop_rows:
+                self._unfolded.append(drop_rows)
+        if not self.async_writes:
+            self._fold_totals()
         with self.lock:
-            tdrops = self.totals.drops
-            tget = tdrops.get
-            for tkey, n in zip(map(_TOTALS_KEY, drop_rows), drop_rows.values(), strict=True):
-                tdrops[tkey] = tget(tkey, 0) + n
+            totals = self._totals
             for (plabel, pside, _i, ppop), (dp, db) in pkt_rows.items():
-                self.totals.packets[(plabel, pside, ppop)] += dp
-                self.totals.bytes[(plabel, pside, ppop)] += db
-            self.totals.corrupt_records += corrupt
-            self.totals.map_full += max(0, stat_delta.get(abi.Stat.MAP_FULL, 0))
-            self.totals.stats = {st.name.lower(): v for st, v in stats.items()}
-            self.totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
+                totals.packets[(plabel, pside, ppop)] += dp
+                totals.bytes[(plabel, pside, ppop)] += db
+            totals.corrupt_records += corrupt
+            totals.map_full += max(0, stat_delta.get(abi.Stat.MAP_FULL, 0))
+            totals.stats = {st.name.lower(): v for st, v in stats.items()}
+            totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
 
         self._resync = False
         self._hand_off(now, drop_rows, pkt_rows)
@@ -381,6 +406,7 @@ class Collector:
             if len(self._queue) >= self.max_queued:
                 # The writer is behind: fold this poll into the newest batch.
                 _ts, d, p = self._queue.pop()
+                d = dict(d)  # (the poll's own dict is also waiting to be folded into the totals)
                 dget = d.get
                 for row, n in drop_rows.items():
                     d[row] = dget(row, 0) + n
@@ -408,6 +434,7 @@ class Collector:
             except Exception:  # noqa: BLE001 - the counts stay pending; the next batch retries
                 log.exception("writing history failed")
             finally:
+                self._fold_totals()
                 with self._cond:
                     self._writing = False
                     self._cond.notify_all()

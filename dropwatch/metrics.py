@@ -109,7 +109,8 @@ class DropwatchCollector:
                                   "hand one interval's deltas to the history writer", count_value=c.polls,
                                   sum_value=sum(durations))
         yield SummaryMetricFamily("dropwatch_history_write_duration_seconds", "Time the history writer took "
-                                  "to write one batch of deltas", count_value=c.writes, sum_value=c.write_seconds)
+                                  "to write one batch of deltas", count_value=getattr(c, "writes", 0),
+                                  sum_value=getattr(c, "write_seconds", 0.0))
         info = GaugeMetricFamily("dropwatch_program_info", "BPF programs attached by this daemon",
                                  labels=["program", "attach", "iface", "mode"])
         for att in d.loader.xdp.values():
