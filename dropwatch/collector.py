@@ -39,7 +39,7 @@ from . import abi
 from .kernel import DropReasons, Kallsyms
 from .loader import DropKeyT, Loader
 from .netns import entered, netns_path
-from .store import DropDelta, PacketDelta, Store, StoreError
+from .store import Store, StoreError
 
 log = logging.getLogger("dropwatch.collector")
 
@@ -478,11 +478,9 @@ class Collector:
             acc[1] += db
         if not self._pending_drops and not self._pending_pkts:
             return
-        drops = [DropDelta(r[0], r[1], r[2], r[3], r[4], r[5], n, r[6]) for r, n in self._pending_drops.items()]
-        packets = [PacketDelta(label, side, iface, pop, v[0], v[1])
-                   for (label, side, iface, pop), v in self._pending_pkts.items()]
+        drops, packets = self._pending_drops, self._pending_pkts
         try:
-            self.store.record(now, drops, packets)
+            self.store.record_rows(now, drops, packets)
         except (StoreError, OSError) as exc:
             if self.store_error is None:
                 log.error("cannot write history, keeping %d rows in memory until it works: %s", len(drops), exc)

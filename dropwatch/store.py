@@ -108,7 +108,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypedDict
+from typing import Any, Final, Self, TypedDict
 
 __all__ = [
     "DEFAULT_TIERS",
@@ -238,6 +238,8 @@ class TimeseriesResult:
 _DimKey = tuple[
     str, str, str, str, str, str, str, str
 ]  # kind, label, side, reason, location, iface, pop, source ('' for packets)
+_DropRow = tuple[str, str, str, str, str, str, str]  # label, side, reason, location, iface, pop, source
+_PktRow = tuple[str, str, str, str]  # label, side, iface, pop
 
 _SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -500,7 +502,9 @@ class Store:
         self._pool_lock = threading.Lock()
         self._idle_readers: list[sqlite3.Connection] = []
         self._closed = False
-        self._dim_cache: dict[_DimKey, int] = {}
+        # dims ids by row (a _DimKey without its kind), per kind
+        self._drop_dims: dict[_DropRow, int] = {}
+        self._pkt_dims: dict[_PktRow, int] = {}
         self._last_prune: int | None = None
 
         try:
@@ -849,11 +853,10 @@ class Store:
         rolls the whole call back and raises StoreError.
         """
         epoch = math.floor(_epoch(ts, "ts"))
-        drop_sums: dict[_DimKey, int] = {}
+        drop_sums: dict[_DropRow, int] = {}
         for d in drops:
             n = _check_count(d.count, "count", d)
-            key: _DimKey = (
-                "drop",
+            key: _DropRow = (
                 _check_str(d.label, "label", d),
                 _check_side(d.side, d),
                 _check_str(d.reason, "reason", d),
@@ -864,24 +867,65 @@ class Store:
             )
             if n:
                 drop_sums[key] = drop_sums.get(key, 0) + n
-        pkt_sums: dict[_DimKey, tuple[int, int]] = {}
+        pkt_sums: dict[_PktRow, tuple[int, int]] = {}
         for p in packets:
             np_ = _check_count(p.packets, "packets", p)
             nb = _check_count(p.bytes, "bytes", p)
-            key = (
-                "pkt",
+            pkey: _PktRow = (
                 _check_str(p.label, "label", p),
                 _check_side(p.side, p),
-                "",
-                "",
                 _check_str(p.iface, "iface", p),
                 _check_str(p.pop, "pop", p) or POP_NONE,
-                "",
             )
             if np_ or nb:
-                old = pkt_sums.get(key, (0, 0))
-                pkt_sums[key] = (old[0] + np_, old[1] + nb)
+                old = pkt_sums.get(pkey, (0, 0))
+                pkt_sums[pkey] = (old[0] + np_, old[1] + nb)
 
+        with self._write_lock:
+            self._check_open()
+            if drop_sums or pkt_sums:
+                self._record_locked(epoch, drop_sums, pkt_sums)
+            self._maybe_prune_locked(epoch)
+
+    def record_rows(
+        self,
+        ts: datetime,
+        drops: Mapping[tuple[str, str, str, str, str, str, str], int],
+        packets: Mapping[tuple[str, str, str, str], Sequence[int]],
+    ) -> None:
+        """record() for deltas already keyed by name, as the collector keeps
+        them: drops (label, side, reason, location, iface, pop, source) ->
+        count; packets (label, side, iface, pop) -> (packets, bytes). The same
+        rules are checked over all rows at once instead of per delta object
+        (a delta that breaks one goes through record() for its error)."""
+        epoch = math.floor(_epoch(ts, "ts"))
+        rows, counts = list(drops), list(drops.values())
+        prows = list(packets)
+        pvals = [(v[0], v[1]) for v in packets.values()]
+        flat_counts = counts + [x for v in pvals for x in v]
+        ok = (
+            set(map(len, rows)) <= {7}
+            and set(map(len, prows)) <= {4}
+            and set(map(type, itertools.chain.from_iterable(rows))) <= {str}
+            and set(map(type, itertools.chain.from_iterable(prows))) <= {str}
+            and set(map(type, flat_counts)) <= {int}
+            and (not flat_counts or (min(flat_counts) >= 0 and max(flat_counts) <= _MAX_INT64))
+            and {r[1] for r in rows} | {r[1] for r in prows} <= set(SIDES)
+            and {r[6] for r in rows} <= set(SOURCES)
+            and "" not in {r[5] for r in rows}
+            and "" not in {r[3] for r in prows}
+        )
+        if not ok:
+            self.record(
+                ts,
+                [DropDelta(r[0], r[1], r[2], r[3], r[4], r[5], n, r[6]) for r, n in zip(rows, counts, strict=True)],
+                [PacketDelta(r[0], r[1], r[2], r[3], v[0], v[1]) for r, v in zip(prows, pvals, strict=True)],
+            )
+            return
+        drop_sums: Mapping[_DropRow, int] = (
+            drops if 0 not in counts else {r: n for r, n in zip(rows, counts, strict=True) if n}
+        )
+        pkt_sums = {r: v for r, v in zip(prows, pvals, strict=True) if v[0] or v[1]}
         with self._write_lock:
             self._check_open()
             if drop_sums or pkt_sums:
@@ -891,25 +935,26 @@ class Store:
     def _record_locked(
         self,
         epoch: int,
-        drop_sums: Mapping[_DimKey, int],
-        pkt_sums: Mapping[_DimKey, tuple[int, int]],
+        drop_sums: Mapping[_DropRow, int],
+        pkt_sums: Mapping[_PktRow, tuple[int, int]],
     ) -> None:
         conn = self._writer
         buckets = [(step, _floor_to(epoch, step)) for step in self._steps]
         # New dim ids only become visible to the cache after COMMIT, so a rolled
         # back record cannot leave ids pointing at rows that do not exist.
-        new_dims: dict[_DimKey, int] = {}
+        new_drop: dict[_DropRow, int] = {}
+        new_pkt: dict[_PktRow, int] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
             # One dim lookup per key, and rows in primary-key order (tier,
             # bucket, dim id): each tier's bucket is one run of adjacent
             # b-tree pages instead of three interleaved ones.
-            drop_ids = sorted((self._dim_id(conn, key, new_dims), n) for key, n in drop_sums.items())
+            drop_ids = sorted(zip(self._dim_ids(conn, "drop", drop_sums, new_drop), drop_sums.values()))
             # (generators: 3 rows per key are never all held at once)
             conn.executemany(_DROP_UPSERT, (
                 (step, start, dim, n) for step, start in buckets for dim, n in drop_ids
             ))
-            pkt_ids = sorted((self._dim_id(conn, key, new_dims), v) for key, v in pkt_sums.items())
+            pkt_ids = sorted(zip(self._dim_ids(conn, "pkt", pkt_sums, new_pkt), pkt_sums.values()))
             conn.executemany(_PKT_UPSERT, (
                 (step, start, dim, np_, nb) for step, start in buckets for dim, (np_, nb) in pkt_ids
             ))
@@ -920,19 +965,33 @@ class Store:
         except BaseException:
             self._rollback(conn)
             raise
-        self._dim_cache.update(new_dims)
+        self._drop_dims.update(new_drop)
+        self._pkt_dims.update(new_pkt)
 
-    def _dim_id(self, conn: sqlite3.Connection, key: _DimKey, new_dims: dict[_DimKey, int]) -> int:
-        dim = self._dim_cache.get(key)
+    def _dim_ids(
+        self, conn: sqlite3.Connection, kind: str, rows: Iterable[tuple[str, ...]], new: dict[Any, int]
+    ) -> list[int]:
+        """The dims id of each row (a drop or packet row without its kind)."""
+        cache: dict[Any, int] = self._drop_dims if kind == "drop" else self._pkt_dims
+        ids = list(map(cache.get, rows))
+        if None in ids:
+            for i, row in enumerate(rows):
+                if ids[i] is None:
+                    ids[i] = self._dim_id(conn, kind, row, new)
+        return ids  # type: ignore[return-value]
+
+    def _dim_id(self, conn: sqlite3.Connection, kind: str, row: tuple[str, ...], new: dict[Any, int]) -> int:
+        dim = new.get(row)
         if dim is None:
-            dim = new_dims.get(key)
-        if dim is None:
-            row = conn.execute(
+            key: _DimKey = (
+                (kind, *row) if kind == "drop" else ("pkt", row[0], row[1], "", "", row[2], row[3], "")
+            )  # type: ignore[assignment]
+            found = conn.execute(
                 "SELECT id FROM dims WHERE kind = ? AND label = ? AND side = ? AND reason = ? "
                 "AND location = ? AND iface = ? AND pop = ? AND source = ?",
                 key,
             ).fetchone()
-            if row is None:
+            if found is None:
                 cur = conn.execute(
                     "INSERT INTO dims (kind, label, side, reason, location, iface, pop, source) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -941,8 +1000,8 @@ class Store:
                 dim = cur.lastrowid
                 assert dim is not None
             else:
-                dim = int(row[0])
-            new_dims[key] = dim
+                dim = int(found[0])
+            new[row] = dim
         return dim
 
     def prune(self, now: datetime | None = None) -> None:
@@ -1006,7 +1065,8 @@ class Store:
         self._last_prune = epoch
         if collect_dims:
             self._last_dim_gc = epoch
-            self._dim_cache.clear()
+            self._drop_dims.clear()
+            self._pkt_dims.clear()
 
     @staticmethod
     def _stored_tiers(conn: sqlite3.Connection, table: str) -> list[int]:
