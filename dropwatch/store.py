@@ -17,7 +17,15 @@ so the count tables hold only (tier, bucket_start, dim_id, count[, bytes]).
 
 Tiers (resolution and retention)
 --------------------------------
-Each delta is added into the bucket containing its timestamp in *every* tier:
+Each delta is added into the bucket containing its timestamp in the finest
+tier. A coarser tier's bucket is rolled up from the next finer tier once it
+is closed (the first record or prune at or after its end), in the same
+transaction; ``meta`` keeps, per coarser tier, where its rolled-up buckets end
+(``rolled_<step>``). A delta for a bucket rolled up already (a timestamp in
+the past) is added into that tier directly too. So every tier holds the same
+deltas summed differently, and queries read a coarser tier only below its
+mark, the finer tiers above it. (A poll of 100,000 keys is 100,000 upserts
+instead of 300,000; a roll-up reads each finer row once.)
 
 ==========  ==========  ===========================
 tier step   retention   buckets per key (at most)
@@ -361,6 +369,12 @@ _DROP_UPSERT: Final = (
     "INSERT INTO drop_counts (tier, bucket_start, dim_id, count) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (tier, bucket_start, dim_id) DO UPDATE SET count = count + excluded.count"
 )
+# Rolling a coarser tier up from the next finer one: table, value columns, their sums, the upsert.
+_ROLLUPS: Final = (
+    ("drop_counts", "count", "SUM(count)", "count = count + excluded.count"),
+    ("pkt_counts", "packets, bytes", "SUM(packets), SUM(bytes)",
+     "packets = packets + excluded.packets, bytes = bytes + excluded.bytes"),
+)
 _PKT_UPSERT: Final = (
     "INSERT INTO pkt_counts (tier, bucket_start, dim_id, packets, bytes) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (tier, bucket_start, dim_id) DO UPDATE SET "
@@ -415,11 +429,15 @@ def _check_source(d: DropDelta) -> str:
     return d.source
 
 
-def _cover(start: int, end: int, steps: Sequence[int]) -> list[tuple[int, int, int]]:
+def _cover(
+    start: int, end: int, steps: Sequence[int], rolled: Sequence[int | None] | None = None
+) -> list[tuple[int, int, int]]:
     """Split [start, end) into (step, lo, hi) pieces reading the coarsest whole buckets.
 
     ``steps`` go from fine to coarse and each divides the next; start/end are
     multiples of steps[0]. The pieces are disjoint and their union is [start, end).
+    ``rolled[i]`` (i >= 1): tier i holds complete buckets only below it (None:
+    none), so a coarser tier is read only there; steps[0] is always complete.
     """
     pieces: list[tuple[int, int, int]] = []
 
@@ -430,7 +448,10 @@ def _cover(start: int, end: int, steps: Sequence[int]) -> list[tuple[int, int, i
         if idx == 0:
             pieces.append((step, lo, hi))
             return
-        mid_lo, mid_hi = _ceil_to(lo, step), _floor_to(hi, step)
+        limit = hi if rolled is None else rolled[idx]
+        mid_lo, mid_hi = _ceil_to(lo, step), _floor_to(hi if limit is None else min(hi, limit), step)
+        if limit is None and rolled is not None:
+            mid_hi = mid_lo
         if mid_lo >= mid_hi:
             split(lo, hi, idx - 1)
             return
@@ -522,6 +543,7 @@ class Store:
         try:
             self._init_schema()
             self._last_dim_gc = self._read_meta_int("dims_gc_at")
+            self._rolled = self._load_rolled()
         except BaseException:
             self._writer.close()
             raise
@@ -678,6 +700,66 @@ class Store:
         except BaseException:
             self._rollback(conn)
             raise
+
+    def _load_rolled(self) -> list[int | None]:
+        """Per tier, where its rolled-up (complete) buckets end; see "Tiers"."""
+        rolled: list[int | None] = [None] * len(self._steps)
+        for i, step in enumerate(self._steps[1:], 1):
+            value = self._read_meta_int(f"rolled_{step}")
+            rolled[i] = value if value is not None else self._initial_rolled(step)
+        return rolled
+
+    def _initial_rolled(self, step: int) -> int | None:
+        """A database without the mark: one written by a dropwatch that added
+        every delta into every tier (all its buckets are complete), or a tier
+        new to it (rolled up from the finest tier's rows), or empty."""
+        def edge(fn: str, tier: int) -> int | None:
+            found = [
+                self._writer.execute(f"SELECT {fn}(bucket_start) FROM {t} WHERE tier = ?", (tier,)).fetchone()[0]
+                for t in ("drop_counts", "pkt_counts")
+            ]
+            vals = [int(v) for v in found if v is not None]
+            return (max(vals) if fn == "MAX" else min(vals)) if vals else None
+
+        try:
+            coarse_max = edge("MAX", step)
+            fine_max = edge("MAX", self._steps[0])
+            fine_min = edge("MIN", self._steps[0])
+        except sqlite3.Error as exc:
+            raise self._error("open", exc) from exc
+        top = self._steps[-1]
+        if coarse_max is not None:
+            return _floor_to(max(coarse_max, fine_max if fine_max is not None else coarse_max), top) + top
+        if fine_min is not None:
+            return _floor_to(fine_min, step)
+        return None
+
+    def _advance_rollups(self, conn: sqlite3.Connection, epoch: int) -> list[int | None]:
+        """Roll every closed bucket (before the one containing ``epoch``) of
+        each coarser tier up from the next finer tier, in the caller's
+        transaction; returns the new marks (to keep after COMMIT)."""
+        new = list(self._rolled)
+        for i, step in enumerate(self._steps[1:], 1):
+            target = _floor_to(epoch, step)
+            mark = new[i]
+            if mark is not None and target > mark:
+                for table, cols, sums, add in _ROLLUPS:
+                    conn.execute(
+                        f"INSERT INTO {table} (tier, bucket_start, dim_id, {cols}) "
+                        f"SELECT ?, bucket_start - bucket_start % ? AS b, dim_id, {sums} FROM {table} "
+                        "WHERE tier = ? AND bucket_start >= ? AND bucket_start < ? "
+                        f"GROUP BY b, dim_id ORDER BY b, dim_id "
+                        f"ON CONFLICT (tier, bucket_start, dim_id) DO UPDATE SET {add}",
+                        (step, step, self._steps[i - 1], mark, target),
+                    )
+            if mark is None or target > mark:
+                new[i] = target
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (f"rolled_{step}", str(target)),
+                )
+        return new
 
     def _read_meta_int(self, key: str) -> int | None:
         try:
@@ -846,7 +928,7 @@ class Store:
     def record(
         self, ts: datetime, drops: Sequence[DropDelta], packets: Sequence[PacketDelta]
     ) -> None:
-        """Add the deltas into the bucket containing ``ts`` in every tier, atomically.
+        """Add the deltas into the bucket containing ``ts`` (finest tier; see "Tiers"), atomically.
 
         Deltas with a zero count are skipped; duplicate keys are summed. Bad
         deltas raise ValueError before anything is written; a database failure
@@ -939,13 +1021,20 @@ class Store:
         pkt_sums: Mapping[_PktRow, tuple[int, int]],
     ) -> None:
         conn = self._writer
-        buckets = [(step, _floor_to(epoch, step)) for step in self._steps]
         # New dim ids only become visible to the cache after COMMIT, so a rolled
         # back record cannot leave ids pointing at rows that do not exist.
         new_drop: dict[_DropRow, int] = {}
         new_pkt: dict[_PktRow, int] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # The finest tier always; a coarser one only if this bucket of it
+            # was rolled up already (a delta for the past), else its roll-up
+            # will count it.
+            rolled = self._advance_rollups(conn, epoch)
+            buckets = [
+                (step, _floor_to(epoch, step)) for i, step in enumerate(self._steps)
+                if i == 0 or (rolled[i] is not None and _floor_to(epoch, step) < rolled[i])  # type: ignore[operator]
+            ]
             # One dim lookup per key, and rows in primary-key order (tier,
             # bucket, dim id): each tier's bucket is one run of adjacent
             # b-tree pages instead of three interleaved ones.
@@ -967,6 +1056,7 @@ class Store:
             raise
         self._drop_dims.update(new_drop)
         self._pkt_dims.update(new_pkt)
+        self._rolled = rolled
 
     def _dim_ids(
         self, conn: sqlite3.Connection, kind: str, rows: Iterable[tuple[str, ...]], new: dict[Any, int]
@@ -1029,6 +1119,8 @@ class Store:
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Closed buckets are rolled up before any finer row can expire.
+            rolled = self._advance_rollups(conn, epoch)
             for table in ("drop_counts", "pkt_counts"):
                 for tier in self._tiers:
                     # Keep the bucket containing now - retention: a query whose since
@@ -1062,6 +1154,7 @@ class Store:
         except BaseException:
             self._rollback(conn)
             raise
+        self._rolled = rolled
         self._last_prune = epoch
         if collect_dims:
             self._last_dim_gc = epoch
@@ -1100,7 +1193,9 @@ class Store:
         step = self._steps[idx]
         start = _floor_to(since_s, step)
         end = _ceil_to(until_s, step)  # buckets with bucket_start < until
-        return _cover(start, end, self._steps[idx:])
+        # Finer tiers than the query's are read only where coarser ones are
+        # not rolled up yet (the last bucket or so, always within their retention).
+        return _cover(start, end, self._steps, self._rolled)
 
     def _aggregate(
         self,
@@ -1250,8 +1345,11 @@ class Store:
             )
         end = start + n_buckets * step
         # Any tier whose buckets nest inside the output buckets gives the same
-        # sums; the coarsest such tier reads the fewest rows.
+        # sums; the coarsest such tier reads the fewest rows (finer ones only
+        # where it is not rolled up yet).
         read_step = max(s for s in self._steps[idx:] if step % s == 0)
+        ri = self._steps.index(read_step)
+        pieces = _cover(start, end, self._steps[: ri + 1], self._rolled[: ri + 1]) if n_buckets else []
         where, fparams = _dim_filter_sql(filters, DROP_DIMS)
         cols = "".join(f"d.{k}, " for k in keys)
         # Without group keys, grouping by the raw bucket_start follows the primary
@@ -1260,16 +1358,20 @@ class Store:
         # anyway and grouping by output slot keeps it small. Rows are folded into
         # output slots below either way.
         group_sql = f"slot{''.join(f', d.{k}' for k in keys)}" if keys else "c.bucket_start"
-        sql = (
+        arm = (
             f"SELECT {cols}(c.bucket_start - ?) / ? * ? + ? AS slot, SUM(c.count) "
             "FROM drop_counts AS c CROSS JOIN dims AS d ON d.id = c.dim_id "
             f"WHERE c.tier = ? AND c.bucket_start >= ? AND c.bucket_start < ? AND {where} "
             f"GROUP BY {group_sql}"
         )
-        params: list[object] = [start, step, step, start, read_step, start, end, *fparams]
+        sql = " UNION ALL ".join([arm] * len(pieces))
+        params: list[object] = []
+        for tier, lo, hi in pieces:
+            params.extend([start, step, step, start, tier, lo, hi, *fparams])
         try:
+            # One statement, so all pieces come from the same WAL snapshot.
             with self._reader() as conn:
-                rows = conn.execute(sql, params).fetchall() if n_buckets else []
+                rows = conn.execute(sql, params).fetchall() if pieces else []
         except sqlite3.Error as exc:
             raise self._error("query history", exc) from exc
         n = len(keys)
