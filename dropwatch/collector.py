@@ -302,7 +302,7 @@ class Collector:
         if len(drop_rows) != len(names):  # keys sharing a row (e.g. differing only in flags)
             drop_rows = {}
             for row, d in zip(names, deltas, strict=True):
-                drop_rows[row] = drop_rows.get(row, 0) + d  # type: ignore[index]
+                drop_rows[row] = drop_rows.get(row, 0) + d  # type: ignore[index, arg-type]
         # Only now, with every row named: a poll that fails above counts
         # nothing, and the next one (a full read) counts it all.
         counted.update(zip(keys, curs, strict=True))

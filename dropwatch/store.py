@@ -1038,12 +1038,12 @@ class Store:
             # One dim lookup per key, and rows in primary-key order (tier,
             # bucket, dim id): each tier's bucket is one run of adjacent
             # b-tree pages instead of three interleaved ones.
-            drop_ids = sorted(zip(self._dim_ids(conn, "drop", drop_sums, new_drop), drop_sums.values()))
+            drop_ids = sorted(zip(self._dim_ids(conn, "drop", drop_sums, new_drop), drop_sums.values(), strict=True))
             # (generators: 3 rows per key are never all held at once)
             conn.executemany(_DROP_UPSERT, (
                 (step, start, dim, n) for step, start in buckets for dim, n in drop_ids
             ))
-            pkt_ids = sorted(zip(self._dim_ids(conn, "pkt", pkt_sums, new_pkt), pkt_sums.values()))
+            pkt_ids = sorted(zip(self._dim_ids(conn, "pkt", pkt_sums, new_pkt), pkt_sums.values(), strict=True))
             conn.executemany(_PKT_UPSERT, (
                 (step, start, dim, np_, nb) for step, start in buckets for dim, (np_, nb) in pkt_ids
             ))
@@ -1073,9 +1073,7 @@ class Store:
     def _dim_id(self, conn: sqlite3.Connection, kind: str, row: tuple[str, ...], new: dict[Any, int]) -> int:
         dim = new.get(row)
         if dim is None:
-            key: _DimKey = (
-                (kind, *row) if kind == "drop" else ("pkt", row[0], row[1], "", "", row[2], row[3], "")
-            )  # type: ignore[assignment]
+            key = (kind, *row) if kind == "drop" else ("pkt", row[0], row[1], "", "", row[2], row[3], "")
             found = conn.execute(
                 "SELECT id FROM dims WHERE kind = ? AND label = ? AND side = ? AND reason = ? "
                 "AND location = ? AND iface = ? AND pop = ? AND source = ?",
