@@ -327,7 +327,8 @@ def prefill(db: Path, n_labels: int, hours: float) -> dict[str, Any]:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("BEGIN")
         conn.executemany(
-            "INSERT INTO dims (kind, label, side, reason, location, iface, pop) VALUES ('drop', ?, ?, ?, ?, ?, '')",
+            "INSERT INTO dims (kind, label, side, reason, location, iface, pop, source) "
+            "VALUES ('drop', ?, ?, ?, ?, ?, 'none', 'metadata')",
             [(f"cust{i:04d}", ("eyeball", "origin")[i % 2], REASONS[i % 3], f"{LOCATION_SYMS[i % 5]}+0x{40 + i % 7:x}",
               "eth1") for i in range(n_labels)])
         conn.execute(
