@@ -7,13 +7,18 @@
 1. poll   In this process: a Loader (reader object loaded and attached, its
           dw_drops map sized 131,072 because the production 65,536 cannot
           hold 100,000 keys), a Store in a temporary file and a Collector, as
-          the daemon builds them. 100,000 distinct (label, side, reason,
-          location) keys are batch-written into dw_drops from user space
-          (1,000 labels x 2 sides x 10 reasons x 5 locations), then
-          Collector.poll() is timed: the first poll (every key new), polls
-          where every key changed, polls where 100 keys changed, polls where
-          none did. Each poll is split into read (Loader.read_drops), store
-          write (Store.record) and the rest (deltas, names, totals).
+          the daemon builds them (async_writes: a writer thread). 100,000
+          distinct (label, side, reason, location) keys are batch-written
+          into dw_drops from user space (1,000 labels x 2 sides x 10 reasons
+          x 5 locations), then Collector.poll() is timed: the first poll
+          (every key new), polls where every key changed, polls where 100
+          keys changed, polls where none did, and all-changed polls back to
+          back while the writer is still busy. The poll cycle is that call:
+          from the kernel read to the deltas handed to the writer thread;
+          it is split into read (Loader.read_drops_changed) and the rest
+          (deltas, names, totals). The writer's time for each poll's batch
+          (Store.record_rows inside it) is waited for and reported apart,
+          as is one roll-up of the 10 s rows into the coarser tiers.
 2. flood  `dropwatch run` as a subprocess on a dropwatch.lab interface (XDP
           labeler + reader, default poll interval and sampling, the history
           database of step 3), then bench/out/flood sends UDP into the lab's
@@ -175,37 +180,55 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         write()
         kallsyms = Kallsyms.load()
         rss0 = proc_mem_mb()["VmRSS"]
-        col = Collector(ld, st, reasons, kallsyms)
+        # As the daemon builds it: polls hand their deltas to the writer thread.
+        col = Collector(ld, st, reasons, kallsyms, async_writes=True)
         col.refresh_label_names()
         # (read_drops for a collector from before read_drops_changed existed)
         rname = "read_drops_changed" if hasattr(ld, "read_drops_changed") else "read_drops"
         t_read = Timed(getattr(ld, rname))
         setattr(ld, rname, t_read)
-        t_rec = st.record = Timed(st.record)  # type: ignore[method-assign]
+        # (record_rows: what the collector calls; record for one from before it existed)
+        wname = "record_rows" if hasattr(st, "record_rows") else "record"
+        t_rec = Timed(getattr(st, wname))
+        setattr(st, wname, t_rec)
         rows: list[dict[str, Any]] = []
 
-        gc_s = [0.0, 0.0]  # accumulated, start of the running collection
+        gc_s = [0.0, 0.0]  # accumulated in the poll thread, start of the running collection
+        main = threading.main_thread()
 
         def on_gc(phase: str, info: dict[str, int]) -> None:
+            if threading.current_thread() is not main:
+                return  # the writer thread's collections are in its own time
             if phase == "start":
                 gc_s[1] = time.perf_counter()
             else:
                 gc_s[0] += time.perf_counter() - gc_s[1]
         gc.callbacks.append(on_gc)
 
-        def one(kind: str) -> None:
+        def one(kind: str, wait: bool = True) -> None:
+            """One timed Collector.poll(): from the kernel read to the deltas
+            handed to the writer thread. Then (wait) the writer's batch is
+            waited for and timed apart: it is not part of the poll."""
             t_read.s = t_rec.s = gc_s[0] = 0.0
             c = time.thread_time()
             t = time.perf_counter()
             col.poll()
             ms = (time.perf_counter() - t) * 1e3
-            rows.append({"kind": kind, "ms": ms, "cpu_ms": (time.thread_time() - c) * 1e3, "read_ms": t_read.s * 1e3,
-                         "record_ms": t_rec.s * 1e3, "rest_ms": ms - (t_read.s + t_rec.s) * 1e3,
-                         "gc_ms": gc_s[0] * 1e3,
+            cpu_ms = (time.thread_time() - c) * 1e3
+            read_ms, poll_gc_ms = t_read.s * 1e3, gc_s[0] * 1e3
+            writes0 = col.writes
+            if wait:
+                col.flush()
+            rows.append({"kind": kind, "ms": ms, "cpu_ms": cpu_ms, "read_ms": read_ms, "rest_ms": ms - read_ms,
+                         "gc_ms": poll_gc_ms,
+                         # the writer thread's batch (0 when there was nothing to write)
+                         "write_ms": col.last_write_duration_s * 1e3 if wait and col.writes > writes0 else 0.0,
+                         "record_ms": t_rec.s * 1e3 if wait else 0.0,
                          "load1": os.getloadavg()[0]})
 
         one("first")
-        seen = sum(1 for k in col._prev_drops if k[0] in set(id_list))
+        id_set = set(id_list)
+        seen = sum(1 for k in col._counted if k[0] in id_set)
         res["keys_seen_by_collector"] = seen
         for _ in range(reps):
             for i in range(n_keys):
@@ -221,6 +244,18 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
             one("few")
         for _ in range(reps):
             one("none")
+        # Every key changed, polls back to back while the writer is still
+        # writing the previous batches (GIL shared with it): the worst case
+        # for the poll itself. Then wait for the writer.
+        for _ in range(reps):
+            for i in range(n_keys):
+                counts[i] += 1
+            write()
+            one("all_busy", wait=False)
+        t = time.perf_counter()
+        col.flush()
+        res["all_busy_drain_ms"] = (time.perf_counter() - t) * 1e3
+        res["merged_batches"] = col.merged_batches
         for kind in profile:
             idx = list(range(n_keys)) if kind == "all" else rnd.sample(range(n_keys), 100) if kind == "few" else []
             for i in idx:
@@ -231,10 +266,28 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
             pr.enable()
             col.poll()
             pr.disable()
+            col.flush()
             s = io.StringIO()
             pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
             res[f"profile_{kind}"] = s.getvalue()
             print(f"--- profile: {kind} keys changed\n{s.getvalue()}")
+        col.close()
+        if hasattr(st, "_advance_rollups"):
+            # The writer's other cost: rolling the closed 5 min and 1 h buckets
+            # up from the finer tier (here the few 10 s buckets this run wrote,
+            # each with up to 100,000 rows), as the first record after the
+            # hour would. Timed alone, in one transaction.
+            conn = sqlite3.connect(st.path)
+            n10 = conn.execute("SELECT COUNT(*) FROM drop_counts WHERE tier = 10").fetchone()[0]
+            conn.close()
+            later = int(time.time()) // 3600 * 3600 + 3600
+            with st._write_lock:
+                w = st._writer
+                t = time.perf_counter()
+                w.execute("BEGIN IMMEDIATE")
+                st._rolled = st._advance_rollups(w, later)
+                w.execute("COMMIT")
+                res["rollup"] = {"rows_10s": n10, "ms": (time.perf_counter() - t) * 1e3}
         # Exactness of what the collector wrote: the store's total equals the
         # counters' sum (no drop from this process's other keys is in it).
         now = datetime.now(timezone.utc)
@@ -256,10 +309,10 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         for f in tmp.iterdir():
             f.unlink()
         tmp.rmdir()
-    for kind in ("first", "all", "few", "none"):
+    for kind in ("first", "all", "few", "none", "all_busy"):
         xs = [r for r in rows if r["kind"] == kind]
         res[kind] = {k: {"median": B.median([r[k] for r in xs]), "max": max(r[k] for r in xs)}
-                     for k in ("ms", "cpu_ms", "read_ms", "record_ms", "rest_ms", "gc_ms")}
+                     for k in ("ms", "cpu_ms", "read_ms", "rest_ms", "gc_ms", "write_ms", "record_ms")}
     return res
 
 
@@ -279,7 +332,8 @@ def prefill(db: Path, n_labels: int, hours: float) -> dict[str, Any]:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("BEGIN")
         conn.executemany(
-            "INSERT INTO dims (kind, label, side, reason, location, iface, pop) VALUES ('drop', ?, ?, ?, ?, ?, '')",
+            "INSERT INTO dims (kind, label, side, reason, location, iface, pop, source) "
+            "VALUES ('drop', ?, ?, ?, ?, ?, 'none', 'metadata')",
             [(f"cust{i:04d}", ("eyeball", "origin")[i % 2], REASONS[i % 3], f"{LOCATION_SYMS[i % 5]}+0x{40 + i % 7:x}",
               "eth1") for i in range(n_labels)])
         conn.execute(
@@ -510,13 +564,22 @@ def main() -> None:
         print(f"poll: {args.keys:,} drop keys, {reps} polls of each kind", flush=True)
         results["poll"] = p = poll_bench(args.keys, reps, [k for k in args.profile.split(",") if k])
         print(B.table([[k, B.fmt(p[k]["ms"]["median"]), B.fmt(p[k]["ms"]["max"]), B.fmt(p[k]["cpu_ms"]["median"]),
-                        B.fmt(p[k]["read_ms"]["median"]), B.fmt(p[k]["record_ms"]["median"]),
-                        B.fmt(p[k]["rest_ms"]["median"]), B.fmt(p[k]["gc_ms"]["median"])]
-                       for k in ("first", "all", "few", "none")],
-                      ["keys changed", "poll ms (median)", "max", "CPU ms", "read", "store write", "rest",
-                       "(of it: gc)"]))
-        print(f"first: every key new ({p['keys']:,} dims created); all: every key grew; few: 100 grew; none: none "
-              "did. CPU ms: the poll thread's CPU time (less inflated by other load than wall time).")
+                        B.fmt(p[k]["read_ms"]["median"]), B.fmt(p[k]["rest_ms"]["median"]),
+                        B.fmt(p[k]["gc_ms"]["median"]),
+                        B.fmt(p[k]["write_ms"]["median"]) if k != "all_busy" else "-",
+                        B.fmt(p[k]["record_ms"]["median"]) if k != "all_busy" else "-"]
+                       for k in ("first", "all", "few", "none", "all_busy")],
+                      ["keys changed", "poll ms (median)", "max", "CPU ms", "read", "rest", "(of it: gc)",
+                       "| writer ms", "(of it: record)"]))
+        print(f"poll = Collector.poll(), from the kernel read to the deltas handed to the writer thread; the "
+              f"writer's time per batch is apart (waited for after each poll). first: every key new "
+              f"({p['keys']:,} dims created); all: every key grew; few: 100 grew; none: none did; all_busy: every "
+              f"key grew, polls back to back while the writer is still busy (drained in "
+              f"{p['all_busy_drain_ms']:.0f} ms after, {p['merged_batches']} batches merged). CPU ms: the poll "
+              "thread's CPU time (less inflated by other load than wall time).")
+        if "rollup" in p:
+            print(f"roll-up of {p['rollup']['rows_10s']:,} 10 s rows into the 5 min and 1 h tiers: "
+                  f"{p['rollup']['ms']:.0f} ms (the writer thread, once per closed bucket)")
         print(f"collector saw {p['keys_seen_by_collector']:,} keys; store totals exact: {p['store_total_exact']}; "
               f"collector + store state for them: {p['collector_state_mb']:.0f} MB (this process VmHWM "
               f"{p['rss_mb_after']['VmHWM']:.0f} MB)", flush=True)
@@ -568,6 +631,12 @@ def main() -> None:
     results["poll_ms_100k_keys_max"] = p["all"]["ms"]["max"] if p else None
     results["poll_ms_100k_keys_few_changed"] = p["few"]["ms"]["median"] if p else None
     results["poll_ms_100k_keys_none_changed"] = p["none"]["ms"]["median"] if p else None
+    results["poll_ms_100k_keys_all_changed_writer_busy"] = p["all_busy"]["ms"]["median"] if p else None
+    results["poll_ms_100k_keys_first"] = p["first"]["ms"]["median"] if p else None
+    # the writer thread's time for one poll's batch (not part of the poll)
+    results["write_ms_100k_keys"] = p["all"]["write_ms"]["median"] if p else None
+    results["write_ms_100k_keys_first"] = p["first"]["write_ms"]["median"] if p else None
+    results["write_ms_100k_keys_few_changed"] = p["few"]["write_ms"]["median"] if p else None
     results["daemon_cpu_pct_under_flood"] = fr.get("daemon_cpu_pct_under_flood")
     results["flood_drops_per_s"] = fr.get("flood_drops_per_s")
     results["daemon_counts_exact"] = fr.get("counts_exact")
@@ -582,6 +651,10 @@ def main() -> None:
         ["poll, 100k keys all changed (ms, median)", B.fmt(results["poll_ms_100k_keys"]), "< 50"],
         ["poll, 100k keys, 100 changed (ms, median)", B.fmt(results["poll_ms_100k_keys_few_changed"]), "< 50"],
         ["poll, 100k keys, none changed (ms, median)", B.fmt(results["poll_ms_100k_keys_none_changed"]), "< 50"],
+        ["poll, 100k keys all changed, writer busy (ms, median)",
+         B.fmt(results["poll_ms_100k_keys_all_changed_writer_busy"]), "-"],
+        ["writer, 100k keys all changed (ms per batch, median)", B.fmt(results["write_ms_100k_keys"]),
+         "(not in the poll)"],
         ["/drops p99 (ms), 24 h x 1,000 labels", B.fmt(results["api_p99_ms"]), "< 50"],
         ["daemon VmHWM (MB)", B.fmt(results["daemon_rss_mb"]), "< 150"],
     ], ["daemon", "measured", "target"]))

@@ -13,16 +13,24 @@ counted. A restart loads fresh maps, so the first poll's values are all new.
 If the store cannot be written (disk full, read-only), the deltas stay
 pending in memory and go out with the next successful write: counts are
 never dropped, and /metrics keeps counting meanwhile.
+
+Writes: with async_writes (the daemon) poll() ends when its deltas are handed
+to a single writer thread, which writes the batches in order (the pending
+logic above runs there); if it falls behind, later polls' deltas are added
+into the newest waiting batch. close() (on shutdown) writes every batch
+before it returns.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import operator
 import os
 import socket
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,7 +39,7 @@ from . import abi
 from .kernel import DropReasons, Kallsyms
 from .loader import DropKeyT, Loader
 from .netns import entered, netns_path
-from .store import DropDelta, PacketDelta, Store, StoreError
+from .store import Store, StoreError
 
 log = logging.getLogger("dropwatch.collector")
 
@@ -53,6 +61,9 @@ MAX_PENDING_ROWS = 200_000
 # new (label, reason, location, interface) keys find room.
 EVICT_AT_FRACTION = 0.75
 EVICT_IDLE_POLLS = 60
+_POSITIVE = (0).__lt__
+# A drop row's /metrics key: label, side, reason, pop, source.
+_TOTALS_KEY = operator.itemgetter(0, 1, 2, 5, 6)
 
 
 @dataclass
@@ -80,7 +91,8 @@ class Collector:
     def __init__(self, loader: Loader, store: Store, reasons: DropReasons, kallsyms: Kallsyms,
                  *, netns: str | None = None, label_names: Callable[[], dict[int, str]] | None = None,
                  pop_names: Callable[[], dict[int, str]] | None = None,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, async_writes: bool = False,
+                 max_queued: int = 8) -> None:
         self.loader = loader
         self.store = store
         self.reasons = reasons
@@ -99,6 +111,7 @@ class Collector:
         self._last_growth: dict[DropKeyT, int] = {}
         self._rows: dict[DropKeyT, DropRow] = {}
         self._prev_cache: dict[DropKeyT, int] = {}
+        self._corrupt_keys: set[DropKeyT] = set()  # keys whose drops count as corrupt records
         self._resync = True
         self._next_evict_scan = 0
         self.evict_at = int(getattr(loader, "drop_entries", abi.DW_MAX_DROP_KEYS) * EVICT_AT_FRACTION)
@@ -110,13 +123,51 @@ class Collector:
         self.netns_ino = _netns_inode(netns)
         self._pending_drops: Counter[DropRow] = Counter()
         self._pending_pkts: dict[tuple[str, str, str, str], list[int]] = {}
-        self.totals = Totals()
+        self._totals = Totals()
+        # Drop rows counted by polls but not yet added into _totals.drops: the
+        # writer thread folds them after each batch, and reading .totals
+        # folds whatever is left, so readers always see every poll's counts.
+        self._unfolded: list[dict[DropRow, int]] = []
+        self._fold_lock = threading.Lock()
         self.lock = threading.Lock()
         self.last_poll: datetime | None = None
         self.last_poll_duration_s = 0.0
         self.poll_durations: list[float] = []
         self.store_error: str | None = None
         self.polls = 0
+        # async_writes: poll() hands its deltas to one writer thread (started
+        # with the first batch) instead of writing them itself. At most
+        # max_queued batches wait; beyond that a poll's deltas are added into
+        # the newest waiting batch (written at the later time), never dropped.
+        self.async_writes = async_writes
+        self.max_queued = max(1, max_queued)
+        self._queue: deque[tuple[datetime, dict[DropRow, int], dict[tuple[str, str, str, str], list[int]]]] = deque()
+        self._cond = threading.Condition()
+        self._writing = False
+        self._closing = False
+        self._writer: threading.Thread | None = None
+        self.merged_batches = 0
+        self.last_write_duration_s = 0.0
+        self.write_durations: list[float] = []
+        self.writes = 0
+        self.write_seconds = 0.0
+
+    @property
+    def totals(self) -> Totals:
+        """Running totals, with every poll so far in them."""
+        self._fold_totals()
+        return self._totals
+
+    def _fold_totals(self) -> None:
+        with self._fold_lock:
+            if not self._unfolded:
+                return
+            tdrops = self._totals.drops
+            tget = tdrops.get
+            for drop_rows in self._unfolded:
+                for tkey, n in zip(map(_TOTALS_KEY, drop_rows), drop_rows.values(), strict=True):
+                    tdrops[tkey] = tget(tkey, 0) + n
+            self._unfolded.clear()
 
     def refresh_label_names(self) -> None:
         """Re-read the label and PoP registries (after a rule change)."""
@@ -204,7 +255,7 @@ class Collector:
         changed, n_entries = self.loader.read_drops_changed(full=resync)
         map_vals = self._map_vals
         gone: set[DropKeyT] = set()
-        if len(map_vals) + sum(1 for k in changed if k not in map_vals) != n_entries:
+        if len(map_vals) + len(changed) - sum(map(map_vals.__contains__, changed)) != n_entries:
             # An entry we did not evict left the map: read it all again.
             changed, n_entries = self.loader.read_drops_changed(full=True)
             gone = map_vals.keys() - changed.keys()
@@ -215,35 +266,50 @@ class Collector:
         evicted = self._evict_idle(n_entries, cache)
 
         # Keys whose total may have moved: changed entries, and keys in the
-        # caches now or at the previous poll.
-        touched = changed.keys() | cache.keys() | self._prev_cache.keys() | evicted.keys()
-        drop_rows: dict[DropRow, int] = {}
-        corrupt = 0
+        # caches now or at the previous poll. Every changed key's total is its
+        # map value unless a cache holds (or held) some of it or it was
+        # evicted: those few are fixed up one by one, the rest go through
+        # C-level map/zip (per-key Python work is what a poll of 100,000
+        # changed keys costs).
+        extra = cache.keys() | self._prev_cache.keys() | evicted.keys()
+        cur_by_key = dict(changed)
+        for key in extra:
+            cur_by_key[key] = evicted[key][0] if key in evicted else map_vals.get(key, 0) + cache.get(key, 0)
         counted, rows, last = self._counted, self._rows, self._last_growth
-        grew: list[tuple[DropKeyT, int]] = []
-        for key in touched:
-            cur = map_vals.get(key, 0) + cache.get(key, 0)
-            if key in evicted:
-                cur = evicted[key][0]
-            delta = cur - counted.get(key, 0)
-            if delta <= 0:
-                continue  # not grown, or read short during a cache flush
-            row = rows.get(key)
-            if row is None:
-                row = self._drop_row(key)
-            if key[6] == abi.Source.CORRUPT or key[8] & abi.DW_DK_META_CORRUPT:  # source, flags
-                corrupt += delta
-            drop_rows[row] = drop_rows.get(row, 0) + delta
-            grew.append((key, cur))
+        keys = list(cur_by_key)
+        curs = list(cur_by_key.values())
+        deltas = list(map(operator.sub, curs, map(counted.get, keys, itertools.repeat(0))))
+        not_grown: list[DropKeyT] = []
+        if deltas and min(deltas) <= 0:  # not grown, or read short during a cache flush
+            grown = list(map(_POSITIVE, deltas))
+            not_grown = list(itertools.compress(keys, map(operator.not_, grown)))
+            keys = list(itertools.compress(keys, grown))
+            curs = list(itertools.compress(curs, grown))
+            deltas = list(itertools.compress(deltas, grown))
+        names = list(map(rows.get, keys))
+        if not all(names):  # (rows are non-empty tuples)
+            for i, row in enumerate(names):
+                if row is None:
+                    key = keys[i]
+                    names[i] = self._drop_row(key)
+                    if key[6] == abi.Source.CORRUPT or key[8] & abi.DW_DK_META_CORRUPT:  # source, flags
+                        self._corrupt_keys.add(key)
+        corrupt = 0
+        if self._corrupt_keys:
+            ck = self._corrupt_keys
+            corrupt = sum(d for k, d in zip(keys, deltas, strict=True) if k in ck)
+        drop_rows: dict[DropRow, int] = dict(zip(names, deltas, strict=True))  # type: ignore[arg-type]
+        if len(drop_rows) != len(names):  # keys sharing a row (e.g. differing only in flags)
+            drop_rows = {}
+            for row, d in zip(names, deltas, strict=True):
+                drop_rows[row] = drop_rows.get(row, 0) + d  # type: ignore[index, arg-type]
         # Only now, with every row named: a poll that fails above counts
         # nothing, and the next one (a full read) counts it all.
-        for key, cur in grew:
-            counted[key] = cur
-            last[key] = self.polls
-        for key in changed.keys() - last.keys():  # new with a zero count
-            last[key] = self.polls - 1
-        # An evicted key keeps counted = what the caches still held for it
-        # (counted once already); the kernel may create its entry again.
+        counted.update(zip(keys, curs, strict=True))
+        last.update(zip(keys, itertools.repeat(self.polls)))
+        for key in not_grown:
+            if key not in last and key in changed:  # new with a zero count
+                last[key] = self.polls - 1
         for key, (_final, left) in evicted.items():
             map_vals.pop(key, None)
             if left:
@@ -252,10 +318,12 @@ class Collector:
                 counted.pop(key, None)
                 last.pop(key, None)
                 rows.pop(key, None)
+                self._corrupt_keys.discard(key)
         for key in gone - cache.keys():
             counted.pop(key, None)
             last.pop(key, None)
             rows.pop(key, None)
+            self._corrupt_keys.discard(key)
         self._prev_cache = cache
 
         pkt_rows: dict[tuple[str, str, str, str], list[int]] = {}
@@ -273,19 +341,23 @@ class Collector:
         stat_delta = {st: v - self._prev_stats.get(st, 0) for st, v in stats.items()}
         self._prev_stats = stats
 
+        with self._fold_lock:
+            if drop_rows:
+                self._unfolded.append(drop_rows)
+        if not self.async_writes:
+            self._fold_totals()
         with self.lock:
-            for row, n in drop_rows.items():
-                self.totals.drops[(row[0], row[1], row[2], row[5], row[6])] += n
+            totals = self._totals
             for (plabel, pside, _i, ppop), (dp, db) in pkt_rows.items():
-                self.totals.packets[(plabel, pside, ppop)] += dp
-                self.totals.bytes[(plabel, pside, ppop)] += db
-            self.totals.corrupt_records += corrupt
-            self.totals.map_full += max(0, stat_delta.get(abi.Stat.MAP_FULL, 0))
-            self.totals.stats = {st.name.lower(): v for st, v in stats.items()}
-            self.totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
+                totals.packets[(plabel, pside, ppop)] += dp
+                totals.bytes[(plabel, pside, ppop)] += db
+            totals.corrupt_records += corrupt
+            totals.map_full += max(0, stat_delta.get(abi.Stat.MAP_FULL, 0))
+            totals.stats = {st.name.lower(): v for st, v in stats.items()}
+            totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
 
         self._resync = False
-        self._write(now, drop_rows, pkt_rows)
+        self._hand_off(now, drop_rows, pkt_rows)
         self.polls += 1
         self.last_poll = now
         self.last_poll_duration_s = time.monotonic() - t0
@@ -318,6 +390,85 @@ class Collector:
                      getattr(self.loader, "drop_entries", abi.DW_MAX_DROP_KEYS), len(evicted))
         return evicted
 
+    # ------------------------------------------------------------ writes
+
+    def _hand_off(self, now: datetime, drop_rows: dict[DropRow, int],
+                  pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
+        if not self.async_writes or self._closing:  # (after close(): written here, in order)
+            self._write_timed(now, drop_rows, pkt_rows)
+            return
+        if not drop_rows and not pkt_rows and self.store_error is None:
+            return  # nothing to write, nothing pending to retry
+        with self._cond:
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="dropwatch-write", daemon=True)
+                self._writer.start()
+            if len(self._queue) >= self.max_queued:
+                # The writer is behind: fold this poll into the newest batch.
+                _ts, d, p = self._queue.pop()
+                d = dict(d)  # (the poll's own dict is also waiting to be folded into the totals)
+                dget = d.get
+                for row, n in drop_rows.items():
+                    d[row] = dget(row, 0) + n
+                for k, (dp, db) in pkt_rows.items():
+                    acc = p.setdefault(k, [0, 0])
+                    acc[0] += dp
+                    acc[1] += db
+                self._queue.append((now, d, p))
+                self.merged_batches += 1
+            else:
+                self._queue.append((now, drop_rows, pkt_rows))
+            self._cond.notify_all()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                now, drop_rows, pkt_rows = self._queue.popleft()
+                self._writing = True
+            try:
+                self._write_timed(now, drop_rows, pkt_rows)
+            except Exception:  # noqa: BLE001 - the counts stay pending; the next batch retries
+                log.exception("writing history failed")
+            finally:
+                self._fold_totals()
+                with self._cond:
+                    self._writing = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every delta handed off so far went through the store
+        (written, or kept pending if the store fails). False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._writing, timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush and stop the writer thread; poll() must not be called after."""
+        done = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
+        return done
+
+    def _write_timed(self, now: datetime, drop_rows: dict[DropRow, int],
+                     pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
+        t = time.perf_counter()
+        try:
+            self._write(now, drop_rows, pkt_rows)
+        finally:
+            self.last_write_duration_s = time.perf_counter() - t
+            self.writes += 1
+            self.write_seconds += self.last_write_duration_s
+            self.write_durations.append(self.last_write_duration_s)
+            if len(self.write_durations) > 1000:
+                del self.write_durations[:500]
+
     def _write(self, now: datetime, drop_rows: dict[DropRow, int],
                pkt_rows: dict[tuple[str, str, str, str], list[int]]) -> None:
         self._pending_drops.update(drop_rows)
@@ -327,11 +478,9 @@ class Collector:
             acc[1] += db
         if not self._pending_drops and not self._pending_pkts:
             return
-        drops = [DropDelta(r[0], r[1], r[2], r[3], r[4], r[5], n, r[6]) for r, n in self._pending_drops.items()]
-        packets = [PacketDelta(label, side, iface, pop, v[0], v[1])
-                   for (label, side, iface, pop), v in self._pending_pkts.items()]
+        drops, packets = self._pending_drops, self._pending_pkts
         try:
-            self.store.record(now, drops, packets)
+            self.store.record_rows(now, drops, packets)
         except (StoreError, OSError) as exc:
             if self.store_error is None:
                 log.error("cannot write history, keeping %d rows in memory until it works: %s", len(drops), exc)

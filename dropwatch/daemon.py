@@ -75,7 +75,10 @@ class Daemon:
         self.store = store or Store(cfg.db_path)
         self.reasons = reasons or DropReasons.load()
         self.kallsyms = kallsyms or Kallsyms.load()
-        self.collector = Collector(self.loader, self.store, self.reasons, self.kallsyms, netns=cfg.netns)
+        # Polls hand their deltas to a writer thread: a poll's cost does not
+        # include the SQLite write (see Collector, async_writes).
+        self.collector = Collector(self.loader, self.store, self.reasons, self.kallsyms, netns=cfg.netns,
+                                   async_writes=True)
         self.rules: RuleSet | None = None
         self.samples = SampleBuffer(cfg.samples_kept)
         self.sample_reader: SampleReader | None = None
@@ -191,8 +194,10 @@ class Daemon:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        # The last interval: everything counted up to now goes to the store.
+        # The last interval: everything counted up to now goes to the store,
+        # and the writer thread finishes every batch before the store closes.
         self.poll_once()
+        self.collector.close()
         if self.sample_reader is not None:
             self.sample_reader.stop()
             self.sample_reader = None

@@ -106,7 +106,11 @@ class DropwatchCollector:
         yield m
         durations = list(c.poll_durations)
         yield SummaryMetricFamily("dropwatch_poll_duration_seconds", "Time to read the kernel counters and "
-                                  "write one interval", count_value=c.polls, sum_value=sum(durations))
+                                  "hand one interval's deltas to the history writer", count_value=c.polls,
+                                  sum_value=sum(durations))
+        yield SummaryMetricFamily("dropwatch_history_write_duration_seconds", "Time the history writer took "
+                                  "to write one batch of deltas", count_value=getattr(c, "writes", 0),
+                                  sum_value=getattr(c, "write_seconds", 0.0))
         info = GaugeMetricFamily("dropwatch_program_info", "BPF programs attached by this daemon",
                                  labels=["program", "attach", "iface", "mode"])
         for att in d.loader.xdp.values():

@@ -17,7 +17,15 @@ so the count tables hold only (tier, bucket_start, dim_id, count[, bytes]).
 
 Tiers (resolution and retention)
 --------------------------------
-Each delta is added into the bucket containing its timestamp in *every* tier:
+Each delta is added into the bucket containing its timestamp in the finest
+tier. A coarser tier's bucket is rolled up from the next finer tier once it
+is closed (the first record or prune at or after its end), in the same
+transaction; ``meta`` keeps, per coarser tier, where its rolled-up buckets end
+(``rolled_<step>``). A delta for a bucket rolled up already (a timestamp in
+the past) is added into that tier directly too. So every tier holds the same
+deltas summed differently, and queries read a coarser tier only below its
+mark, the finer tiers above it. (A poll of 100,000 keys is 100,000 upserts
+instead of 300,000; a roll-up reads each finer row once.)
 
 ==========  ==========  ===========================
 tier step   retention   buckets per key (at most)
@@ -108,7 +116,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self, TypedDict
+from typing import Any, Final, Self, TypedDict
 
 __all__ = [
     "DEFAULT_TIERS",
@@ -238,6 +246,8 @@ class TimeseriesResult:
 _DimKey = tuple[
     str, str, str, str, str, str, str, str
 ]  # kind, label, side, reason, location, iface, pop, source ('' for packets)
+_DropRow = tuple[str, str, str, str, str, str, str]  # label, side, reason, location, iface, pop, source
+_PktRow = tuple[str, str, str, str]  # label, side, iface, pop
 
 _SCHEMA_V1: Final = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -359,6 +369,12 @@ _DROP_UPSERT: Final = (
     "INSERT INTO drop_counts (tier, bucket_start, dim_id, count) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (tier, bucket_start, dim_id) DO UPDATE SET count = count + excluded.count"
 )
+# Rolling a coarser tier up from the next finer one: table, value columns, their sums, the upsert.
+_ROLLUPS: Final = (
+    ("drop_counts", "count", "SUM(count)", "count = count + excluded.count"),
+    ("pkt_counts", "packets, bytes", "SUM(packets), SUM(bytes)",
+     "packets = packets + excluded.packets, bytes = bytes + excluded.bytes"),
+)
 _PKT_UPSERT: Final = (
     "INSERT INTO pkt_counts (tier, bucket_start, dim_id, packets, bytes) VALUES (?, ?, ?, ?, ?) "
     "ON CONFLICT (tier, bucket_start, dim_id) DO UPDATE SET "
@@ -413,11 +429,15 @@ def _check_source(d: DropDelta) -> str:
     return d.source
 
 
-def _cover(start: int, end: int, steps: Sequence[int]) -> list[tuple[int, int, int]]:
+def _cover(
+    start: int, end: int, steps: Sequence[int], rolled: Sequence[int | None] | None = None
+) -> list[tuple[int, int, int]]:
     """Split [start, end) into (step, lo, hi) pieces reading the coarsest whole buckets.
 
     ``steps`` go from fine to coarse and each divides the next; start/end are
     multiples of steps[0]. The pieces are disjoint and their union is [start, end).
+    ``rolled[i]`` (i >= 1): tier i holds complete buckets only below it (None:
+    none), so a coarser tier is read only there; steps[0] is always complete.
     """
     pieces: list[tuple[int, int, int]] = []
 
@@ -428,7 +448,10 @@ def _cover(start: int, end: int, steps: Sequence[int]) -> list[tuple[int, int, i
         if idx == 0:
             pieces.append((step, lo, hi))
             return
-        mid_lo, mid_hi = _ceil_to(lo, step), _floor_to(hi, step)
+        limit = hi if rolled is None else rolled[idx]
+        mid_lo, mid_hi = _ceil_to(lo, step), _floor_to(hi if limit is None else min(hi, limit), step)
+        if limit is None and rolled is not None:
+            mid_hi = mid_lo
         if mid_lo >= mid_hi:
             split(lo, hi, idx - 1)
             return
@@ -500,7 +523,9 @@ class Store:
         self._pool_lock = threading.Lock()
         self._idle_readers: list[sqlite3.Connection] = []
         self._closed = False
-        self._dim_cache: dict[_DimKey, int] = {}
+        # dims ids by row (a _DimKey without its kind), per kind
+        self._drop_dims: dict[_DropRow, int] = {}
+        self._pkt_dims: dict[_PktRow, int] = {}
         self._last_prune: int | None = None
 
         try:
@@ -518,6 +543,7 @@ class Store:
         try:
             self._init_schema()
             self._last_dim_gc = self._read_meta_int("dims_gc_at")
+            self._rolled = self._load_rolled()
         except BaseException:
             self._writer.close()
             raise
@@ -674,6 +700,66 @@ class Store:
         except BaseException:
             self._rollback(conn)
             raise
+
+    def _load_rolled(self) -> list[int | None]:
+        """Per tier, where its rolled-up (complete) buckets end; see "Tiers"."""
+        rolled: list[int | None] = [None] * len(self._steps)
+        for i, step in enumerate(self._steps[1:], 1):
+            value = self._read_meta_int(f"rolled_{step}")
+            rolled[i] = value if value is not None else self._initial_rolled(step)
+        return rolled
+
+    def _initial_rolled(self, step: int) -> int | None:
+        """A database without the mark: one written by a dropwatch that added
+        every delta into every tier (all its buckets are complete), or a tier
+        new to it (rolled up from the finest tier's rows), or empty."""
+        def edge(fn: str, tier: int) -> int | None:
+            found = [
+                self._writer.execute(f"SELECT {fn}(bucket_start) FROM {t} WHERE tier = ?", (tier,)).fetchone()[0]
+                for t in ("drop_counts", "pkt_counts")
+            ]
+            vals = [int(v) for v in found if v is not None]
+            return (max(vals) if fn == "MAX" else min(vals)) if vals else None
+
+        try:
+            coarse_max = edge("MAX", step)
+            fine_max = edge("MAX", self._steps[0])
+            fine_min = edge("MIN", self._steps[0])
+        except sqlite3.Error as exc:
+            raise self._error("open", exc) from exc
+        top = self._steps[-1]
+        if coarse_max is not None:
+            return _floor_to(max(coarse_max, fine_max if fine_max is not None else coarse_max), top) + top
+        if fine_min is not None:
+            return _floor_to(fine_min, step)
+        return None
+
+    def _advance_rollups(self, conn: sqlite3.Connection, epoch: int) -> list[int | None]:
+        """Roll every closed bucket (before the one containing ``epoch``) of
+        each coarser tier up from the next finer tier, in the caller's
+        transaction; returns the new marks (to keep after COMMIT)."""
+        new = list(self._rolled)
+        for i, step in enumerate(self._steps[1:], 1):
+            target = _floor_to(epoch, step)
+            mark = new[i]
+            if mark is not None and target > mark:
+                for table, cols, sums, add in _ROLLUPS:
+                    conn.execute(
+                        f"INSERT INTO {table} (tier, bucket_start, dim_id, {cols}) "
+                        f"SELECT ?, bucket_start - bucket_start % ? AS b, dim_id, {sums} FROM {table} "
+                        "WHERE tier = ? AND bucket_start >= ? AND bucket_start < ? "
+                        f"GROUP BY b, dim_id ORDER BY b, dim_id "
+                        f"ON CONFLICT (tier, bucket_start, dim_id) DO UPDATE SET {add}",
+                        (step, step, self._steps[i - 1], mark, target),
+                    )
+            if mark is None or target > mark:
+                new[i] = target
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (f"rolled_{step}", str(target)),
+                )
+        return new
 
     def _read_meta_int(self, key: str) -> int | None:
         try:
@@ -842,18 +928,17 @@ class Store:
     def record(
         self, ts: datetime, drops: Sequence[DropDelta], packets: Sequence[PacketDelta]
     ) -> None:
-        """Add the deltas into the bucket containing ``ts`` in every tier, atomically.
+        """Add the deltas into the bucket containing ``ts`` (finest tier; see "Tiers"), atomically.
 
         Deltas with a zero count are skipped; duplicate keys are summed. Bad
         deltas raise ValueError before anything is written; a database failure
         rolls the whole call back and raises StoreError.
         """
         epoch = math.floor(_epoch(ts, "ts"))
-        drop_sums: dict[_DimKey, int] = {}
+        drop_sums: dict[_DropRow, int] = {}
         for d in drops:
             n = _check_count(d.count, "count", d)
-            key: _DimKey = (
-                "drop",
+            key: _DropRow = (
                 _check_str(d.label, "label", d),
                 _check_side(d.side, d),
                 _check_str(d.reason, "reason", d),
@@ -864,24 +949,65 @@ class Store:
             )
             if n:
                 drop_sums[key] = drop_sums.get(key, 0) + n
-        pkt_sums: dict[_DimKey, tuple[int, int]] = {}
+        pkt_sums: dict[_PktRow, tuple[int, int]] = {}
         for p in packets:
             np_ = _check_count(p.packets, "packets", p)
             nb = _check_count(p.bytes, "bytes", p)
-            key = (
-                "pkt",
+            pkey: _PktRow = (
                 _check_str(p.label, "label", p),
                 _check_side(p.side, p),
-                "",
-                "",
                 _check_str(p.iface, "iface", p),
                 _check_str(p.pop, "pop", p) or POP_NONE,
-                "",
             )
             if np_ or nb:
-                old = pkt_sums.get(key, (0, 0))
-                pkt_sums[key] = (old[0] + np_, old[1] + nb)
+                old = pkt_sums.get(pkey, (0, 0))
+                pkt_sums[pkey] = (old[0] + np_, old[1] + nb)
 
+        with self._write_lock:
+            self._check_open()
+            if drop_sums or pkt_sums:
+                self._record_locked(epoch, drop_sums, pkt_sums)
+            self._maybe_prune_locked(epoch)
+
+    def record_rows(
+        self,
+        ts: datetime,
+        drops: Mapping[tuple[str, str, str, str, str, str, str], int],
+        packets: Mapping[tuple[str, str, str, str], Sequence[int]],
+    ) -> None:
+        """record() for deltas already keyed by name, as the collector keeps
+        them: drops (label, side, reason, location, iface, pop, source) ->
+        count; packets (label, side, iface, pop) -> (packets, bytes). The same
+        rules are checked over all rows at once instead of per delta object
+        (a delta that breaks one goes through record() for its error)."""
+        epoch = math.floor(_epoch(ts, "ts"))
+        rows, counts = list(drops), list(drops.values())
+        prows = list(packets)
+        pvals = [(v[0], v[1]) for v in packets.values()]
+        flat_counts = counts + [x for v in pvals for x in v]
+        ok = (
+            set(map(len, rows)) <= {7}
+            and set(map(len, prows)) <= {4}
+            and set(map(type, itertools.chain.from_iterable(rows))) <= {str}
+            and set(map(type, itertools.chain.from_iterable(prows))) <= {str}
+            and set(map(type, flat_counts)) <= {int}
+            and (not flat_counts or (min(flat_counts) >= 0 and max(flat_counts) <= _MAX_INT64))
+            and {r[1] for r in rows} | {r[1] for r in prows} <= set(SIDES)
+            and {r[6] for r in rows} <= set(SOURCES)
+            and "" not in {r[5] for r in rows}
+            and "" not in {r[3] for r in prows}
+        )
+        if not ok:
+            self.record(
+                ts,
+                [DropDelta(r[0], r[1], r[2], r[3], r[4], r[5], n, r[6]) for r, n in zip(rows, counts, strict=True)],
+                [PacketDelta(r[0], r[1], r[2], r[3], v[0], v[1]) for r, v in zip(prows, pvals, strict=True)],
+            )
+            return
+        drop_sums: Mapping[_DropRow, int] = (
+            drops if 0 not in counts else {r: n for r, n in zip(rows, counts, strict=True) if n}
+        )
+        pkt_sums = {r: v for r, v in zip(prows, pvals, strict=True) if v[0] or v[1]}
         with self._write_lock:
             self._check_open()
             if drop_sums or pkt_sums:
@@ -891,25 +1017,33 @@ class Store:
     def _record_locked(
         self,
         epoch: int,
-        drop_sums: Mapping[_DimKey, int],
-        pkt_sums: Mapping[_DimKey, tuple[int, int]],
+        drop_sums: Mapping[_DropRow, int],
+        pkt_sums: Mapping[_PktRow, tuple[int, int]],
     ) -> None:
         conn = self._writer
-        buckets = [(step, _floor_to(epoch, step)) for step in self._steps]
         # New dim ids only become visible to the cache after COMMIT, so a rolled
         # back record cannot leave ids pointing at rows that do not exist.
-        new_dims: dict[_DimKey, int] = {}
+        new_drop: dict[_DropRow, int] = {}
+        new_pkt: dict[_PktRow, int] = {}
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # The finest tier always; a coarser one only if this bucket of it
+            # was rolled up already (a delta for the past), else its roll-up
+            # will count it.
+            rolled = self._advance_rollups(conn, epoch)
+            buckets = [
+                (step, _floor_to(epoch, step)) for i, step in enumerate(self._steps)
+                if i == 0 or (rolled[i] is not None and _floor_to(epoch, step) < rolled[i])  # type: ignore[operator]
+            ]
             # One dim lookup per key, and rows in primary-key order (tier,
             # bucket, dim id): each tier's bucket is one run of adjacent
             # b-tree pages instead of three interleaved ones.
-            drop_ids = sorted((self._dim_id(conn, key, new_dims), n) for key, n in drop_sums.items())
+            drop_ids = sorted(zip(self._dim_ids(conn, "drop", drop_sums, new_drop), drop_sums.values(), strict=True))
             # (generators: 3 rows per key are never all held at once)
             conn.executemany(_DROP_UPSERT, (
                 (step, start, dim, n) for step, start in buckets for dim, n in drop_ids
             ))
-            pkt_ids = sorted((self._dim_id(conn, key, new_dims), v) for key, v in pkt_sums.items())
+            pkt_ids = sorted(zip(self._dim_ids(conn, "pkt", pkt_sums, new_pkt), pkt_sums.values(), strict=True))
             conn.executemany(_PKT_UPSERT, (
                 (step, start, dim, np_, nb) for step, start in buckets for dim, (np_, nb) in pkt_ids
             ))
@@ -920,19 +1054,32 @@ class Store:
         except BaseException:
             self._rollback(conn)
             raise
-        self._dim_cache.update(new_dims)
+        self._drop_dims.update(new_drop)
+        self._pkt_dims.update(new_pkt)
+        self._rolled = rolled
 
-    def _dim_id(self, conn: sqlite3.Connection, key: _DimKey, new_dims: dict[_DimKey, int]) -> int:
-        dim = self._dim_cache.get(key)
+    def _dim_ids(
+        self, conn: sqlite3.Connection, kind: str, rows: Iterable[tuple[str, ...]], new: dict[Any, int]
+    ) -> list[int]:
+        """The dims id of each row (a drop or packet row without its kind)."""
+        cache: dict[Any, int] = self._drop_dims if kind == "drop" else self._pkt_dims
+        ids = list(map(cache.get, rows))
+        if None in ids:
+            for i, row in enumerate(rows):
+                if ids[i] is None:
+                    ids[i] = self._dim_id(conn, kind, row, new)
+        return ids  # type: ignore[return-value]
+
+    def _dim_id(self, conn: sqlite3.Connection, kind: str, row: tuple[str, ...], new: dict[Any, int]) -> int:
+        dim = new.get(row)
         if dim is None:
-            dim = new_dims.get(key)
-        if dim is None:
-            row = conn.execute(
+            key = (kind, *row) if kind == "drop" else ("pkt", row[0], row[1], "", "", row[2], row[3], "")
+            found = conn.execute(
                 "SELECT id FROM dims WHERE kind = ? AND label = ? AND side = ? AND reason = ? "
                 "AND location = ? AND iface = ? AND pop = ? AND source = ?",
                 key,
             ).fetchone()
-            if row is None:
+            if found is None:
                 cur = conn.execute(
                     "INSERT INTO dims (kind, label, side, reason, location, iface, pop, source) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -941,8 +1088,8 @@ class Store:
                 dim = cur.lastrowid
                 assert dim is not None
             else:
-                dim = int(row[0])
-            new_dims[key] = dim
+                dim = int(found[0])
+            new[row] = dim
         return dim
 
     def prune(self, now: datetime | None = None) -> None:
@@ -970,6 +1117,8 @@ class Store:
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Closed buckets are rolled up before any finer row can expire.
+            rolled = self._advance_rollups(conn, epoch)
             for table in ("drop_counts", "pkt_counts"):
                 for tier in self._tiers:
                     # Keep the bucket containing now - retention: a query whose since
@@ -1003,10 +1152,12 @@ class Store:
         except BaseException:
             self._rollback(conn)
             raise
+        self._rolled = rolled
         self._last_prune = epoch
         if collect_dims:
             self._last_dim_gc = epoch
-            self._dim_cache.clear()
+            self._drop_dims.clear()
+            self._pkt_dims.clear()
 
     @staticmethod
     def _stored_tiers(conn: sqlite3.Connection, table: str) -> list[int]:
@@ -1040,7 +1191,9 @@ class Store:
         step = self._steps[idx]
         start = _floor_to(since_s, step)
         end = _ceil_to(until_s, step)  # buckets with bucket_start < until
-        return _cover(start, end, self._steps[idx:])
+        # Finer tiers than the query's are read only where coarser ones are
+        # not rolled up yet (the last bucket or so, always within their retention).
+        return _cover(start, end, self._steps, self._rolled)
 
     def _aggregate(
         self,
@@ -1190,8 +1343,11 @@ class Store:
             )
         end = start + n_buckets * step
         # Any tier whose buckets nest inside the output buckets gives the same
-        # sums; the coarsest such tier reads the fewest rows.
+        # sums; the coarsest such tier reads the fewest rows (finer ones only
+        # where it is not rolled up yet).
         read_step = max(s for s in self._steps[idx:] if step % s == 0)
+        ri = self._steps.index(read_step)
+        pieces = _cover(start, end, self._steps[: ri + 1], self._rolled[: ri + 1]) if n_buckets else []
         where, fparams = _dim_filter_sql(filters, DROP_DIMS)
         cols = "".join(f"d.{k}, " for k in keys)
         # Without group keys, grouping by the raw bucket_start follows the primary
@@ -1200,16 +1356,20 @@ class Store:
         # anyway and grouping by output slot keeps it small. Rows are folded into
         # output slots below either way.
         group_sql = f"slot{''.join(f', d.{k}' for k in keys)}" if keys else "c.bucket_start"
-        sql = (
+        arm = (
             f"SELECT {cols}(c.bucket_start - ?) / ? * ? + ? AS slot, SUM(c.count) "
             "FROM drop_counts AS c CROSS JOIN dims AS d ON d.id = c.dim_id "
             f"WHERE c.tier = ? AND c.bucket_start >= ? AND c.bucket_start < ? AND {where} "
             f"GROUP BY {group_sql}"
         )
-        params: list[object] = [start, step, step, start, read_step, start, end, *fparams]
+        sql = " UNION ALL ".join([arm] * len(pieces))
+        params: list[object] = []
+        for tier, lo, hi in pieces:
+            params.extend([start, step, step, start, tier, lo, hi, *fparams])
         try:
+            # One statement, so all pieces come from the same WAL snapshot.
             with self._reader() as conn:
-                rows = conn.execute(sql, params).fetchall() if n_buckets else []
+                rows = conn.execute(sql, params).fetchall() if pieces else []
         except sqlite3.Error as exc:
             raise self._error("query history", exc) from exc
         n = len(keys)

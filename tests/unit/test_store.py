@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import sqlite3
 import subprocess
@@ -441,6 +442,62 @@ class TestTiers:
             )
             assert total(store, at(since), at(until)) == expected, (since, until)
 
+    def test_rolled_up_tiers_give_the_same_totals_and_series_as_the_10s_rows(
+        self, store: Store, db_path: Path
+    ) -> None:
+        # Records mostly in time order (as the daemon writes), some for the past
+        # (into buckets already rolled up), a reopen half way (the roll-up mark
+        # is kept), queries before and after roll-ups: every total and every
+        # 5 min / 1 h series equals the brute-force sum of the deltas.
+        rnd = random.Random(5)
+        deltas: list[tuple[int, str, int]] = []
+        t = -20 * 3600
+        s = store
+        for i in range(400):
+            t += rnd.randrange(1, 400)
+            when = t if rnd.random() < 0.8 else t - rnd.randrange(0, 6 * 3600)
+            label, n = rnd.choice(["a", "b", "c"]), rnd.randrange(1, 1000)
+            s.record(at(when), [drop(label, count=n)], [])
+            deltas.append((T0 + when, label, n))
+            if i == 200:
+                s.close()
+                s = Store(db_path)
+            if i % 50 == 0:
+                for since, until in [(-21 * 3600, 3600), (-10 * 3600 - 7, -3 * 3600 + 13),
+                                     (t - 3600, t + 3600), (t - 301, t + 1)]:
+                    want = sum(n for e, _l, n in deltas
+                               if e // 10 * 10 >= (T0 + since) // 10 * 10 and e // 10 * 10 < T0 + until)
+                    assert total(s, at(since), at(until)) == want, (i, since, until)
+                for step in (300, 3600):
+                    ts = s.timeseries(at(-21 * 3600), at(t + 10), step, group_by=["label"], now=NOW)
+                    got = {(g["group"]["label"], b): c for g in ts.series
+                           for b, c in zip(ts.buckets, g["counts"], strict=True) if c}
+                    want_ts: dict[tuple[str, int], int] = {}
+                    for e, label, n in deltas:
+                        if e < T0 + t + 10 and e >= ts.buckets[0]:
+                            k = (label, e // step * step)
+                            want_ts[k] = want_ts.get(k, 0) + n
+                    assert got == want_ts, (i, step)
+        s.close()
+
+    def test_a_history_without_roll_up_marks_keeps_its_totals(self, db_path: Path) -> None:
+        # As a dropwatch that added every delta into every tier leaves it: all
+        # tiers complete, no "rolled_*" marks in meta.
+        with Store(db_path) as s:
+            s.record(at(-5000), [drop(count=7)], [])
+            s.record(at(-4000), [drop(count=5)], [])
+            s.prune(NOW)  # rolls both up
+        conn = sqlite3.connect(db_path)
+        conn.execute("DELETE FROM meta WHERE key LIKE 'rolled_%'")
+        conn.commit()
+        conn.close()
+        with Store(db_path) as s:
+            s.record(at(-10), [drop(count=100)], [])
+            s.record(at(-7000), [drop(count=1000)], [])  # a bucket complete already
+            for since, until, want in [(-8000, 10, 1112), (-4500, 10, 105), (-3 * 86400, 10, 1112)]:
+                assert total(s, at(since), at(until)) == want, (since, until)
+            assert s.query_drops(at(-3 * 86400), at(10), now=NOW).step_s == 300
+
     def test_prune_removes_buckets_past_each_tiers_retention(
         self, store: Store, db_path: Path
     ) -> None:
@@ -461,16 +518,22 @@ class TestTiers:
 
     def test_record_prunes_by_itself(self, store: Store, db_path: Path) -> None:
         store.record(at(-3 * 86400), [drop()], [])
-        assert rows_per_tier(db_path) == {10: 1, 300: 1, 3600: 1}
+        # A record writes the finest tier; coarser buckets are rolled up from
+        # it once closed (the next record, a day later, closes them).
+        assert rows_per_tier(db_path) == {10: 1}
         store.record(NOW, [drop()], [])
-        assert rows_per_tier(db_path) == {10: 1, 300: 2, 3600: 2}
+        # The old 10 s row was rolled up, then pruned (past its 2 days).
+        assert rows_per_tier(db_path) == {10: 1, 300: 1, 3600: 1}
+        assert total(store, at(-4 * 86400), at(10)) == 2
 
     def test_data_of_tiers_no_longer_configured_is_dropped(self, db_path: Path) -> None:
         with Store(db_path, (Tier(10, 3600), Tier(60, 7200))) as s:
             s.record(at(-30), [drop(count=3)], [])
         with Store(db_path) as s:
             s.prune(NOW)
-            assert rows_per_tier(db_path) == {10: 1}
+            # (the new 5 min and 1 h tiers are rolled up from the 10 s rows)
+            assert 60 not in rows_per_tier(db_path)
+            assert rows_per_tier(db_path)[10] == 1
             assert total(s, at(-60)) == 3
 
 
