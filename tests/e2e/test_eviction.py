@@ -4,7 +4,9 @@ kernel creates again after it was evicted."""
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -18,6 +20,18 @@ from dropwatch.rules import compile_rules, parse_rules
 from dropwatch.store import Store
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def one_cpu() -> Iterator[None]:
+    """The tests steer the reader's per-CPU cache (a drop with another key
+    flushes it): every packet must be processed on one CPU."""
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, cpus)
 
 
 def test_evicted_entries_keep_exact_counts(tmp_path: Path) -> None:
