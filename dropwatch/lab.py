@@ -197,6 +197,20 @@ class Lab:
 
     # ------------------------------------------------------------ kernel's own counters
 
+    def add_vxlan(self, name: str, vni: int, port: int, inner_rx: str, inner_tx: str) -> None:
+        """A VXLAN tunnel over the veth pair (receiver RX_V4["customerX"],
+        sender TX_EYEBALL_V4, UDP port ``port``) with inner addresses /24 on
+        each end, up, the inner neighbour resolved. Removed with the lab's
+        namespaces, or with ``ip link del`` in both."""
+        self.ns(self.rx_ns, "ip", "link", "add", name, "type", "vxlan", "id", str(vni), "remote", TX_EYEBALL_V4,
+                "local", RX_V4["customerX"], "dstport", str(port), "dev", self.rx_if)
+        self.ns(self.tx_ns, "ip", "link", "add", name, "type", "vxlan", "id", str(vni), "remote", RX_V4["customerX"],
+                "local", TX_EYEBALL_V4, "dstport", str(port), "dev", self.tx_if)
+        for ns, addr in ((self.rx_ns, inner_rx), (self.tx_ns, inner_tx)):
+            self.ns(ns, "ip", "addr", "add", f"{addr}/24", "dev", name)
+            self.ns(ns, "ip", "link", "set", name, "up")
+        self.ns(self.tx_ns, "ping", "-c1", "-W1", inner_rx, check=False)
+
     def nft_drop_count(self) -> int:
         out = json.loads(self.ns(self.rx_ns, "nft", "-j", "list", "table", "inet", "dwlab"))
         total = 0

@@ -14,7 +14,7 @@ import pytest
 
 from dropwatch.collector import Collector
 from dropwatch.kernel import DropReasons, Kallsyms
-from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, lab
+from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, Lab, lab
 from dropwatch.loader import Loader
 from dropwatch.rules import compile_rules, parse_rules
 from dropwatch.store import Store
@@ -34,51 +34,59 @@ def one_cpu() -> Iterator[None]:
         os.sched_setaffinity(0, cpus)
 
 
-def test_evicted_entries_keep_exact_counts(tmp_path: Path) -> None:
-    with lab() as lb, Loader() as ld, Store(tmp_path / "h.db") as st:
+class EvictionLab:
+    """A lab, the labeler and reader, a store and a collector that evicts
+    anything idle for 2 polls; counts as the store has them."""
+
+    def __init__(self, lb: Lab, ld: Loader, st: Store) -> None:
+        self.lb, self.ld, self.st = lb, ld, st
         ld.load()
-        ids = st.label_ids(["customerX", "customerY"])
-        ld.apply_rules(compile_rules(parse_rules(LAB_RULES), ids))
+        self.ids = st.label_ids(["customerX", "customerY"])
+        ld.apply_rules(compile_rules(parse_rules(LAB_RULES), self.ids))
         ld.attach_reader()
         ld.attach_xdp(lb.rx_if, "generic", netns=lb.rx_ns)
-        col = Collector(ld, st, DropReasons.load(), Kallsyms.load(), netns=lb.rx_ns)
-        col.refresh_label_names()
-        col.evict_at, col.evict_idle_polls = 1, 2  # evict anything idle for 2 polls
+        self.col = Collector(ld, st, DropReasons.load(), Kallsyms.load(), netns=lb.rx_ns)
+        self.col.refresh_label_names()
+        self.col.evict_at, self.col.evict_idle_polls = 1, 2
 
-        def total() -> int:
-            now = datetime.now(timezone.utc)
-            return st.query_drops(now - timedelta(minutes=5), now + timedelta(minutes=1),
-                                  filters={"label": ["customerX"], "reason": ["NO_SOCKET"], "iface": [lb.rx_if]},
-                                  group_by=[]).total
+    def total(self) -> int:
+        now = datetime.now(timezone.utc)
+        return self.st.query_drops(now - timedelta(minutes=5), now + timedelta(minutes=1),
+                                   filters={"label": ["customerX"], "reason": ["NO_SOCKET"],
+                                            "iface": [self.lb.rx_if]}, group_by=[]).total
 
-        def in_map() -> list[tuple[int, ...]]:
-            """Our key in dw_drops itself (the reader's per-CPU cache aside)."""
-            return [k for k in ld.read_drop_map() if k[0] == ids["customerX"] and k[4] != 0]
+    def in_map(self) -> list[tuple[int, ...]]:
+        """Our key in dw_drops itself (the reader's per-CPU cache aside)."""
+        return [k for k in self.ld.read_drop_map() if k[0] == self.ids["customerX"] and k[4] != 0]
 
-        def send(n: int, dst: str = RX_V4["customerX"]) -> None:
-            s0 = lb.snmp()["Udp.NoPorts"]
-            lb.send_udp(TX_EYEBALL_V4, dst, 5555, n)
-            while lb.snmp()["Udp.NoPorts"] - s0 < n:
-                time.sleep(0.01)
-            time.sleep(0.05)
+    def send(self, n: int, dst: str = RX_V4["customerX"]) -> None:
+        s0 = self.lb.snmp()["Udp.NoPorts"]
+        self.lb.send_udp(TX_EYEBALL_V4, dst, 5555, n)
+        while self.lb.snmp()["Udp.NoPorts"] - s0 < n:
+            time.sleep(0.01)
+        time.sleep(0.05)
 
-        send(20)
-        send(1, RX_V4["nolabel"])  # another key: flushes the reader's cache into dw_drops
-        col.poll()
-        assert total() == 20 and in_map()
+
+def test_evicted_entries_keep_exact_counts(tmp_path: Path) -> None:
+    with lab() as lb, Loader() as ld, Store(tmp_path / "h.db") as st:
+        e = EvictionLab(lb, ld, st)
+        e.send(20)
+        e.send(1, RX_V4["nolabel"])  # another key: flushes the reader's cache into dw_drops
+        e.col.poll()
+        assert e.total() == 20 and e.in_map()
         for _ in range(3):  # idle polls: the entry gets evicted
-            col.poll()
-        assert not in_map() and col.evicted >= 1
-        assert total() == 20  # nothing lost, nothing doubled
+            e.col.poll()
+        assert not e.in_map() and e.col.evicted >= 1
+        assert e.total() == 20  # nothing lost, nothing doubled
         # The kernel creates the key again, from zero, and it grows past its
         # old value within one interval: still all new (45, not 20 + 5).
-        send(25)
-        col.poll()
-        assert total() == 45
-        send(5)
-        send(1, RX_V4["nolabel"])
-        col.poll()
-        assert total() == 50 and in_map()
+        e.send(25)
+        e.col.poll()
+        assert e.total() == 45
+        e.send(5)
+        e.send(1, RX_V4["nolabel"])
+        e.col.poll()
+        assert e.total() == 50 and e.in_map()
 
 
 def test_evicted_while_counts_wait_in_the_reader_cache(tmp_path: Path) -> None:
@@ -86,40 +94,19 @@ def test_evicted_while_counts_wait_in_the_reader_cache(tmp_path: Path) -> None:
     entry is evicted: they were counted once, and are not counted again
     when the cache later flushes them into a re-created entry."""
     with lab() as lb, Loader() as ld, Store(tmp_path / "h.db") as st:
-        ld.load()
-        ids = st.label_ids(["customerX", "customerY"])
-        ld.apply_rules(compile_rules(parse_rules(LAB_RULES), ids))
-        ld.attach_reader()
-        ld.attach_xdp(lb.rx_if, "generic", netns=lb.rx_ns)
-        col = Collector(ld, st, DropReasons.load(), Kallsyms.load(), netns=lb.rx_ns)
-        col.refresh_label_names()
-        col.evict_at, col.evict_idle_polls = 1, 2
-
-        def total() -> int:
-            now = datetime.now(timezone.utc)
-            return st.query_drops(now - timedelta(minutes=5), now + timedelta(minutes=1),
-                                  filters={"label": ["customerX"], "reason": ["NO_SOCKET"], "iface": [lb.rx_if]},
-                                  group_by=[]).total
-
-        def send(n: int, dst: str = RX_V4["customerX"]) -> None:
-            s0 = lb.snmp()["Udp.NoPorts"]
-            lb.send_udp(TX_EYEBALL_V4, dst, 5555, n)
-            while lb.snmp()["Udp.NoPorts"] - s0 < n:
-                time.sleep(0.01)
-            time.sleep(0.05)
-
-        send(10)
-        send(1, RX_V4["nolabel"])  # 10 now in dw_drops
-        send(7)  # these wait in the cache
-        col.poll()
-        assert total() == 17
+        e = EvictionLab(lb, ld, st)
+        e.send(10)
+        e.send(1, RX_V4["nolabel"])  # 10 now in dw_drops
+        e.send(7)  # these wait in the cache
+        e.col.poll()
+        assert e.total() == 17
         for _ in range(3):
-            col.poll()
-        assert col.evicted >= 1 and total() == 17
-        send(1, RX_V4["nolabel"])  # the cache flushes 7 into a re-created entry
-        col.poll()
-        assert total() == 17
-        send(3)
-        send(1, RX_V4["nolabel"])
-        col.poll()
-        assert total() == 20
+            e.col.poll()
+        assert e.col.evicted >= 1 and e.total() == 17
+        e.send(1, RX_V4["nolabel"])  # the cache flushes 7 into a re-created entry
+        e.col.poll()
+        assert e.total() == 17
+        e.send(3)
+        e.send(1, RX_V4["nolabel"])
+        e.col.poll()
+        assert e.total() == 20

@@ -256,16 +256,8 @@ def test_vxlan_decap_stale_metadata_is_never_misattributed(kp: KernelPath) -> No
     vni = 42 if kp.mode == "native" else 43
     name = f"vx{vni}"
     inner_rx, inner_tx = f"10.99.{vni}.1", f"10.99.{vni}.2"
-    lb.ns(lb.rx_ns, "ip", "link", "add", name, "type", "vxlan", "id", str(vni), "remote", TX_EYEBALL_V4,
-          "local", RX_V4["customerX"], "dstport", str(4700 + vni), "dev", lb.rx_if)
-    lb.ns(lb.tx_ns, "ip", "link", "add", name, "type", "vxlan", "id", str(vni), "remote", RX_V4["customerX"],
-          "local", TX_EYEBALL_V4, "dstport", str(4700 + vni), "dev", lb.tx_if)
     try:
-        lb.ns(lb.rx_ns, "ip", "addr", "add", f"{inner_rx}/24", "dev", name)
-        lb.ns(lb.tx_ns, "ip", "addr", "add", f"{inner_tx}/24", "dev", name)
-        for ns in (lb.rx_ns, lb.tx_ns):
-            lb.ns(ns, "ip", "link", "set", name, "up")
-        lb.ns(lb.tx_ns, "ping", "-c1", "-W1", inner_rx, check=False)
+        lb.add_vxlan(name, vni, 4700 + vni, inner_rx, inner_tx)  # a port the rules do not name
         vx_ifindex = int(lb.ns(lb.rx_ns, "cat", f"/sys/class/net/{name}/ifindex"))
         n = 90
 

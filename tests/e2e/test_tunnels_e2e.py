@@ -24,7 +24,7 @@ import pytest
 
 from dropwatch import abi
 from dropwatch.kernel import DropReasons
-from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, Lab, lab
+from dropwatch.lab import LAB_RULES, TX_EYEBALL_V4, Lab, lab
 from dropwatch.loader import Loader, flow_key
 from dropwatch.rules import compile_rules, parse_rules
 
@@ -75,16 +75,7 @@ def tun(request: pytest.FixtureRequest) -> Iterator[Tunnel]:
         loader.apply_rules(compile_rules(parse_rules(RULES), LABEL_IDS, pop_ids=POP_IDS))
         loader.attach_reader()
         loader.attach_xdp(lb.rx_if, request.param, netns=lb.rx_ns)
-        name = "vxdw"
-        lb.ns(lb.rx_ns, "ip", "link", "add", name, "type", "vxlan", "id", "77", "remote", TX_EYEBALL_V4,
-              "local", RX_V4["customerX"], "dstport", str(VXLAN_PORT), "dev", lb.rx_if)
-        lb.ns(lb.tx_ns, "ip", "link", "add", name, "type", "vxlan", "id", "77", "remote", RX_V4["customerX"],
-              "local", TX_EYEBALL_V4, "dstport", str(VXLAN_PORT), "dev", lb.tx_if)
-        lb.ns(lb.rx_ns, "ip", "addr", "add", f"{INNER_RX}/24", "dev", name)
-        lb.ns(lb.tx_ns, "ip", "addr", "add", f"{INNER_TX}/24", "dev", name)
-        for ns in (lb.rx_ns, lb.tx_ns):
-            lb.ns(ns, "ip", "link", "set", name, "up")
-        lb.ns(lb.tx_ns, "ping", "-c1", "-W1", INNER_RX, check=False)  # resolve the inner neighbour
+        lb.add_vxlan("vxdw", 77, VXLAN_PORT, INNER_RX, INNER_TX)
         yield Tunnel(lb, loader, request.param)  # the namespaces (and the vxlan devices) go with the lab
 
 
@@ -182,15 +173,7 @@ def test_daemon_reports_pop_and_source(tmp_path: Any) -> None:
     with lab() as lb:
         d = start_daemon(lb, rules, tmp_path / "h.db", tmp_path / "d.log", "--xdp-mode", "generic")
         try:
-            lb.ns(lb.rx_ns, "ip", "link", "add", "vxdw", "type", "vxlan", "id", "77", "remote", TX_EYEBALL_V4,
-                  "local", RX_V4["customerX"], "dstport", str(VXLAN_PORT), "dev", lb.rx_if)
-            lb.ns(lb.tx_ns, "ip", "link", "add", "vxdw", "type", "vxlan", "id", "77", "remote",
-                  RX_V4["customerX"], "local", TX_EYEBALL_V4, "dstport", str(VXLAN_PORT), "dev", lb.tx_if)
-            lb.ns(lb.rx_ns, "ip", "addr", "add", f"{INNER_RX}/24", "dev", "vxdw")
-            lb.ns(lb.tx_ns, "ip", "addr", "add", f"{INNER_TX}/24", "dev", "vxdw")
-            for ns in (lb.rx_ns, lb.tx_ns):
-                lb.ns(ns, "ip", "link", "set", "vxdw", "up")
-            lb.ns(lb.tx_ns, "ping", "-c1", "-W1", INNER_RX, check=False)
+            lb.add_vxlan("vxdw", 77, VXLAN_PORT, INNER_RX, INNER_TX)
             n = 80
             sock = lb.udp_socket(lb.tx_ns, bind=(INNER_TX, 47300))
             try:
