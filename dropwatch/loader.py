@@ -20,7 +20,8 @@ import struct
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,8 +174,9 @@ class Loader:
         self._state_obj: abi.LabelerState | None = None
         self._state_mmap: mmap.mmap | None = None
         self._drop_raw = (b"", b"")  # read_drops_changed()'s last read: raw keys, raw per-CPU counts
-        # The longest-prefix-match arrays, mmap'ed: name -> mapping.
-        self._lpm_mmaps: dict[str, mmap.mmap] = {}
+        # The longest-prefix-match arrays: name -> size in bytes (mapped a
+        # window at a time, see _lpm_window).
+        self._lpm_sizes: dict[str, int] = {}
         # Per generation: (map name, byte offset, length) regions written.
         self._gen_regions: dict[int, list[tuple[str, int, int]]] = {0: [], 1: []}
 
@@ -382,11 +384,9 @@ class Loader:
             self._reader_link = None
             log.info("detached drop reader")
         self._state_obj = None
-        for mm in [self._state_mmap, *self._lpm_mmaps.values()]:
-            if mm is not None:
-                mm.close()
+        if self._state_mmap is not None:
+            self._state_mmap.close()
         self._state_mmap = None
-        self._lpm_mmaps = {}
         for bo in (self.reader, self.labeler):
             if bo is not None:
                 self.lib.close_object(bo.obj)
@@ -441,9 +441,24 @@ class Loader:
         self._state_obj = abi.LabelerState.from_buffer(self._state_mmap)
         for name in LPM_MAPS:
             m = self.lib.find_map(self.labeler.obj, name)
-            size = self.lib.map_max_entries(m) * self.lib.map_value_size(m)
-            self._lpm_mmaps[name] = mmap.mmap(self.labeler.maps[name], size, mmap.MAP_SHARED,
-                                              mmap.PROT_READ | mmap.PROT_WRITE)
+            self._lpm_sizes[name] = self.lib.map_max_entries(m) * self.lib.map_value_size(m)
+
+    @contextmanager
+    def _lpm_window(self, name: str, off: int, n: int) -> Iterator[tuple[mmap.mmap, int]]:
+        """The pages of array ``name`` holding bytes [off, off + n), mapped
+        for one read or write: (mapping, offset of ``off`` in it). A BPF
+        array's mmap maps every page at once, and they count as this
+        process's resident memory: mapping the whole tables for good would
+        add their full size (about 70 MB) to the daemon's RSS."""
+        assert self.labeler is not None
+        start = off - off % mmap.PAGESIZE
+        length = min(-(-(off + n - start) // mmap.PAGESIZE) * mmap.PAGESIZE, self._lpm_sizes[name] - start)
+        mm = mmap.mmap(self.labeler.maps[name], max(length, 1), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE,
+                       offset=start)
+        try:
+            yield mm, off - start
+        finally:
+            mm.close()
 
     def apply_rules(self, compiled: CompiledRules) -> None:
         """Fill the inactive generation, verify it, flip, then clear the old one.
@@ -552,7 +567,8 @@ class Loader:
     def _store(self, name: str, off: int, data: bytes) -> None:
         """One region into the program's memory (through mmap: 10^6 prefixes
         load in one copy, not 10^6 syscalls)."""
-        self._lpm_mmaps[name][off:off + len(data)] = data
+        with self._lpm_window(name, off, len(data)) as (mm, d):
+            mm[d:d + len(data)] = data
 
     def _verify_gen(self, gen: int, c: CompiledRules) -> None:
         """Read back what we wrote: a map must never be half-updated."""
@@ -563,8 +579,9 @@ class Loader:
             if not self.lib.map_lookup(self._lmap("dw_pops"), kp, pv) or pv.value != pop_id:
                 raise DropwatchError(f"rule map verification failed for PoP prefix len {plen}")
         for name, off, data in self._lpm_regions(gen, c):
-            if self._lpm_mmaps[name][off:off + len(data)] != data:
-                raise DropwatchError(f"rule map verification failed for {name}")
+            with self._lpm_window(name, off, len(data)) as (mm, d):
+                if mm[d:d + len(data)] != data:
+                    raise DropwatchError(f"rule map verification failed for {name}")
         pair_fd = self._lmap("dw_pairs")
         for (sid, did), cands in c.pairs.items():
             pk = abi.PairKey(src_prefix_id=sid, dst_prefix_id=did, gen=gen)
@@ -581,7 +598,8 @@ class Loader:
         self._gen_keys[gen] = ([], [])
         ctypes.memset(ctypes.addressof(self._state.gen[gen]), 0, ctypes.sizeof(abi.GenState))
         for name, off, n in self._gen_regions.get(gen, []):
-            self._lpm_mmaps[name][off:off + n] = bytes(n)
+            with self._lpm_window(name, off, n) as (mm, d):
+                mm[d:d + n] = bytes(n)
         self._gen_regions[gen] = []
 
     def rule_map_entries(self) -> dict[str, int]:
@@ -590,15 +608,16 @@ class Loader:
         use (up to the last non-zero one), and pair entries."""
         out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_pairs": 0}
         rsize = ctypes.sizeof(abi.LpmRes)
-        res = self._lpm_mmaps["dw_lpm_res"]
+        with self._lpm_window("dw_lpm_res", 0, self._lpm_sizes["dw_lpm_res"]) as (mm, _d):
+            res = mm[:]
         # A result in use has a prefix id or candidates: bytes 0..7 (prefix_id, n).
         heads = [res[k::rsize] for k in range(abi.LpmRes.n.offset + 4)]
         out["dw_results"] = sum(1 for t in zip(*heads, strict=True) if any(t))
         for name, half, width in (("dw_lpm4_rng", self.lpm4_entries // 2, 4),
                                   ("dw_lpm6_rng", self.lpm6_entries // 2, 16)):
-            mm = self._lpm_mmaps[name]
             for gen in range(abi.DW_GENS):
-                region = mm[gen * half * width:(gen + 1) * half * width]
+                with self._lpm_window(name, gen * half * width, half * width) as (mm, d):
+                    region = mm[d:d + half * width]
                 out["dw_lpm_ranges"] += -(-len(region.rstrip(b"\0")) // width)
         fd = self._lmap("dw_pairs")
         k, nk = abi.PairKey(), abi.PairKey()
