@@ -15,6 +15,7 @@
 #include <bpf/bpf_endian.h>
 #include "kernel_types.h"
 #include "dropwatch.h"
+#include "flow_map.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -63,14 +64,6 @@ struct {
 	__type(value, struct dw_drop_cache);
 } dw_drop_cache SEC(".maps");
 
-/* The labeler's flow map: the loader hands the labeler's fd to this object
- * before load, so both see one map. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, DW_FLOW_ENTRIES);
-	__type(key, struct dw_flow_key);
-	__type(value, struct dw_flow_val);
-} dw_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

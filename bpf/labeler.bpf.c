@@ -13,6 +13,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "dropwatch.h"
+#include "flow_map.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -109,13 +110,6 @@ struct {
 	__type(value, __u32);
 } dw_pops SEC(".maps");
 
-/* Shared with the drop reader (the loader hands it this map's fd). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, DW_FLOW_ENTRIES);
-	__type(key, struct dw_flow_key);
-	__type(value, struct dw_flow_val);
-} dw_flows SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);

@@ -274,6 +274,7 @@ def test_startup_errors_are_one_line(tmp_path: Path) -> None:
         (["--iface", "dw-no-such-if0", "--config", str(tmp_path / "ok.yaml")], "does not exist"),
         (["--iface", "lo", "--config", str(rules), "--poll-interval", "soon"], "--poll-interval"),
         (["--iface", "lo", "--config", str(rules), "--listen", "nowhere"], "--listen"),
+        (["--iface", "lo", "--config", str(tmp_path / "ok.yaml"), "--flow-map-entries", "10"], "--flow-map-entries"),
     ]
     (tmp_path / "ok.yaml").write_text("rules: []\n")
     for extra, needle in cases:

@@ -195,3 +195,17 @@ def test_daemon_reports_pop_and_source(tmp_path: Any) -> None:
                        for ln in metrics.splitlines())
         finally:
             assert d.stop() == 0
+
+
+def test_flow_map_is_one_map_of_the_size_asked_for(loader_factory: Any) -> None:
+    """--flow-map-entries reaches the kernel, and the reader uses the
+    labeler's map itself (an entry the labeler wrote is the reader's)."""
+    ld = loader_factory(flow_entries=4096)
+    ld.attach_reader()
+    assert ld.labeler is not None and ld.reader is not None
+    for obj in (ld.labeler, ld.reader):
+        assert ld.lib.map_max_entries(ld.lib.find_map(obj.obj, "dw_flows")) == 4096
+    key = flow_key("10.1.2.3", "10.4.5.6", socket.IPPROTO_UDP, 1111, 2222)
+    ld.lib.map_update(ld.labeler.maps["dw_flows"], key, abi.FlowVal(label_id=7, epoch=1))
+    got = abi.FlowVal()
+    assert ld.lib.map_lookup(ld.reader.maps["dw_flows"], key, got) and got.label_id == 7
