@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import ctypes
 import gc
 import io
 import json
@@ -54,7 +53,6 @@ import random
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -68,6 +66,7 @@ from typing import Any
 import benchlib as B
 
 import httpx
+import numpy as np
 import yaml
 
 from dropwatch import abi
@@ -83,7 +82,6 @@ N_LABELS = 1000
 REASONS = ["NOT_SPECIFIED", "NO_SOCKET", "PKT_TOO_SMALL", "TCP_CSUM", "SOCKET_FILTER", "UDP_CSUM",
            "NETFILTER_DROP", "OTHERHOST", "IP_CSUM", "IP_INHDR"]
 LOCATION_SYMS = ["__udp4_lib_rcv", "nft_do_chain", "ip_rcv_core", "tcp_v4_rcv", "sk_filter_trim_cap"]
-KEY_FMT = "<QIIIIHBBB3x"  # struct dw_drop_key
 DAY = 86_400
 
 
@@ -160,33 +158,29 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
             for side in (1, 2):
                 for r in rvals:
                     for loc in locs:
-                        keys.append(struct.pack(KEY_FMT, loc, lid, r, 1, 0, abi.DW_POP_NONE, side,
-                                                abi.Source.META, 0))
+                        # (label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags)
+                        keys.append((lid, side, r, loc, 1, abi.DW_POP_NONE, int(abi.Source.META), 0, 0))
         keys = keys[:n_keys]
-        assert struct.calcsize(KEY_FMT) == ctypes.sizeof(abi.DropKey)
-        kbytes = b"".join(keys)
-        ncpu = ld.ncpus
-        vsize = 8 * ncpu
-        fd = ld._rmap("dw_drops")
-        counts = [1 + i % 7 for i in range(n_keys)]
+        counts = np.array([1 + i % 7 for i in range(n_keys)], dtype=np.uint64)
+        # Slot i is keys[i], its count on CPU 0 (other CPUs 0), as the reader
+        # leaves them; later counts are written into the mapped cells.
+        ld.write_drop_slots(keys, np.vstack([counts] + [np.zeros(n_keys, np.uint64)] * (ld.ncpus - 1)))
 
         def write(idx: list[int] | None = None) -> None:
-            sel = range(n_keys) if idx is None else idx
-            kb = kbytes if idx is None else b"".join(keys[i] for i in sel)
-            # the count on CPU 0, other CPUs 0: the reader's per-CPU slots
-            vb = b"".join(struct.pack("<Q", counts[i]) + bytes(vsize - 8) for i in sel)
-            B.update_batch(ld.lib, fd, kb, vb, struct.calcsize(KEY_FMT), vsize)
+            view = ld._drop_counts_view()
+            if idx is None:
+                view[0, :n_keys] = counts
+            else:
+                view[0, idx] = counts[idx]
+            del view
 
-        write()
         kallsyms = Kallsyms.load()
         rss0 = proc_mem_mb()["VmRSS"]
         # As the daemon builds it: polls hand their deltas to the writer thread.
         col = Collector(ld, st, reasons, kallsyms, async_writes=True)
         col.refresh_label_names()
-        # (read_drops for a collector from before read_drops_changed existed)
-        rname = "read_drops_changed" if hasattr(ld, "read_drops_changed") else "read_drops"
-        t_read = Timed(getattr(ld, rname))
-        setattr(ld, rname, t_read)
+        t_read = Timed(ld.read_drop_slots)
+        ld.read_drop_slots = t_read  # type: ignore[method-assign]
         # (record_rows: what the collector calls; record for one from before it existed)
         wname = "record_rows" if hasattr(st, "record_rows") else "record"
         t_rec = Timed(getattr(st, wname))
@@ -228,18 +222,15 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
 
         one("first")
         id_set = set(id_list)
-        seen = sum(1 for k in col._counted if k[0] in id_set)
-        res["keys_seen_by_collector"] = seen
+        res["keys_seen_by_collector"] = sum(1 for k in col._slot_keys if k is not None and k[0] in id_set)
         for _ in range(reps):
-            for i in range(n_keys):
-                counts[i] += 1 + (i & 3)
+            counts += 1 + (np.arange(n_keys, dtype=np.uint64) & 3)
             write()
             one("all")
         rnd = random.Random(1)
         for _ in range(reps):
             idx = rnd.sample(range(n_keys), 100)
-            for i in idx:
-                counts[i] += 5
+            counts[idx] += 5
             write(idx)
             one("few")
         for _ in range(reps):
@@ -248,8 +239,7 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         # writing the previous batches (GIL shared with it): the worst case
         # for the poll itself. Then wait for the writer.
         for _ in range(reps):
-            for i in range(n_keys):
-                counts[i] += 1
+            counts += 1
             write()
             one("all_busy", wait=False)
         t = time.perf_counter()
@@ -258,8 +248,7 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         res["merged_batches"] = col.merged_batches
         for kind in profile:
             idx = list(range(n_keys)) if kind == "all" else rnd.sample(range(n_keys), 100) if kind == "few" else []
-            for i in idx:
-                counts[i] += 1
+            counts[idx] += 1
             if idx:
                 write(idx if kind == "few" else None)
             pr = cProfile.Profile()
@@ -293,8 +282,7 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         now = datetime.now(timezone.utc)
         tot = st.query_drops(datetime.fromtimestamp(time.time() - 3600, timezone.utc), now,
                              filters={"label": [f"cust{i:04d}" for i in range(0, n_labels, 97)]}).total
-        want = sum(c for k, c in zip(keys, counts, strict=True)
-                   if (struct.unpack(KEY_FMT, k)[1] - id_list[0]) % 97 == 0)
+        want = sum(int(c) for k, c in zip(keys, counts.tolist(), strict=True) if (k[0] - id_list[0]) % 97 == 0)
         res["store_total_exact"] = tot == want
         # What a daemon holds for 100,000 keys: the Collector's and Store's
         # state (previous counts, names, dim ids, the last raw read), here

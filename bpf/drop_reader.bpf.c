@@ -50,12 +50,47 @@ struct {
 	__type(value, struct dw_bucket);
 } dw_sample_bucket SEC(".maps");
 
+/* Drop counting by slot: see "Drop counting" in dropwatch.h. The loader
+ * sizes all four to its drop_entries (counts: times the possible CPUs). */
+const volatile __u32 dw_nr_slots = DW_MAX_DROP_KEYS;
+const volatile __u32 dw_nr_cpus = 1;
+
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, DW_MAX_DROP_KEYS);
 	__type(key, struct dw_drop_key);
+	__type(value, __u32);
+} dw_drop_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_MAX_DROP_KEYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
 	__type(value, __u64);
-} dw_drops SEC(".maps");
+} dw_drop_counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, DW_MAX_DROP_KEYS);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_drop_key);
+} dw_slot_keys SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, DW_MAX_DROP_KEYS);
+	__type(value, __u32);
+} dw_free_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct dw_drop_ctl);
+} dw_drop_ctl SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -63,7 +98,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct dw_drop_cache);
 } dw_drop_cache SEC(".maps");
-
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -136,14 +170,6 @@ static __always_inline void read_skb(struct sk_buff *skb, const int btf, struct 
 		dev = BPF_CORE_READ(skb, dev);
 		v->netns_ino = dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
 	}
-}
-
-static __always_inline void stat_add(__u32 idx, __u64 n)
-{
-	__u64 *v = bpf_map_lookup_elem(&dw_stats, &idx);
-
-	if (v)
-		*v += n;	/* see stat_inc() */
 }
 
 /* 16 bytes at p as four words; nonzero if they could not be read. */
@@ -443,23 +469,74 @@ static __always_inline int key_eq(const struct dw_drop_key *a, const struct dw_d
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
 }
 
-static __always_inline void add_drops(const struct dw_drop_key *key, __u64 n)
+/* The slot of a key not in this CPU's cache: the hash, or a new slot. */
+static __always_inline __u32 drop_slot(const struct dw_drop_key *key, struct dw_drop_ctl *ctl)
 {
-	__u64 *v = bpf_map_lookup_elem(&dw_drops, key);
+	__u32 *sp = bpf_map_lookup_elem(&dw_drop_slots, key);
+	struct dw_drop_key *sk;
+	__u32 slot;
 
-	if (v) {
-		*v += n;	/* this CPU's slot; see stat_inc() */
+	if (sp)
+		return *sp;
+	/* A plain read first: once every slot was handed out, misses must not
+	 * keep bouncing the counter's cache line between CPUs. */
+	__u64 fresh = ctl->next_fresh;
+
+	if (fresh < dw_nr_slots)
+		fresh = __sync_fetch_and_add(&ctl->next_fresh, 1);
+	if (fresh < dw_nr_slots)
+		slot = fresh;
+	else if (bpf_map_pop_elem(&dw_free_slots, &slot))
+		return DW_NO_SLOT;	/* every slot in use: the collector evicts before this */
+	sk = slot < dw_nr_slots ? bpf_map_lookup_elem(&dw_slot_keys, &slot) : NULL;
+	if (!sk)
+		return DW_NO_SLOT;	/* (user space pushed a bad slot: a bug) */
+	/* Named before it is published: the hash insert orders this store
+	 * before any count user space can see. */
+	*sk = *key;
+	if (!bpf_map_update_elem(&dw_drop_slots, key, &slot, BPF_NOEXIST))
+		return slot;
+	/* Another CPU inserted the key first: give the slot back, use theirs.
+	 * Its count is 0, so user space never looks at its name. */
+	bpf_map_push_elem(&dw_free_slots, &slot, 0);
+	sp = bpf_map_lookup_elem(&dw_drop_slots, key);
+	return sp ? *sp : DW_NO_SLOT;
+}
+
+static __always_inline void add_drop(const struct dw_drop_key *key)
+{
+	__u32 zero = 0;
+	struct dw_drop_ctl *ctl = bpf_map_lookup_elem(&dw_drop_ctl, &zero);
+	struct dw_drop_cache *c = bpf_map_lookup_elem(&dw_drop_cache, &zero);
+	__u32 slot, idx, cpu;
+	__u64 *v;
+
+	if (!ctl || !c)
 		return;
+	/* The epoch is read before the hash: a key user space deleted before
+	 * bumping it cannot be cached under the new epoch. */
+	__u32 epoch = *(volatile __u32 *)&ctl->epoch;
+
+	if (c->valid && c->epoch == epoch && key_eq(&c->key, key)) {
+		slot = c->slot;		/* the common case: no hash lookup */
+	} else {
+		slot = drop_slot(key, ctl);
+		if (slot == DW_NO_SLOT) {
+			stat_inc(DW_STAT_MAP_FULL);
+			return;
+		}
+		c->key = *key;
+		c->slot = slot;
+		c->epoch = epoch;
+		c->valid = 1;
 	}
-	/* A new key: this CPU's slot starts at n, the others at 0. */
-	if (!bpf_map_update_elem(&dw_drops, key, &n, BPF_NOEXIST))
-		return;
-	/* Lost the insert race to another CPU, or the map is full. */
-	v = bpf_map_lookup_elem(&dw_drops, key);
+	cpu = bpf_get_smp_processor_id();
+	idx = cpu * dw_nr_slots + slot;
+	v = cpu < dw_nr_cpus && slot < dw_nr_slots ? bpf_map_lookup_elem(&dw_drop_counts, &idx) : NULL;
 	if (v)
-		*v += n;
+		*v += 1;	/* this CPU's cell; see stat_inc() */
 	else
-		stat_add(DW_STAT_MAP_FULL, n);
+		stat_inc(DW_STAT_MAP_FULL);
 }
 
 static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u32 reason, const int btf)
@@ -506,31 +583,7 @@ static __always_inline void count_drop(struct sk_buff *skb, __u64 location, __u3
 	if (key.source != DW_SRC_META)
 		flow_lookup(&sv, &key, btf);
 
-	__u32 zero = 0;
-	struct dw_drop_cache *c = bpf_map_lookup_elem(&dw_drop_cache, &zero);
-
-	if (!c) {
-		add_drops(&key, 1);
-	} else if (c->pending && key_eq(&c->key, &key)) {
-		c->pending += 1;	/* the common case: no hash lookup */
-	} else {
-		struct dw_drop_key old = c->key;
-		__u64 n = c->pending;
-
-		/* Order matters (see struct dw_drop_cache): pending leaves the
-		 * cache before it reaches dw_drops, so no read sees it twice. */
-		c->seq_begin += 1;
-		barrier();
-		c->pending = 0;
-		barrier();
-		c->key = key;
-		barrier();
-		c->pending = 1;
-		barrier();
-		c->seq_end = c->seq_begin;
-		if (n)
-			add_drops(&old, n);
-	}
+	add_drop(&key);
 	/* Counting is done; a sample is only an example of it. */
 	if (dw_sample_rate)
 		emit_sample(skb, &key);

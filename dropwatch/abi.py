@@ -23,6 +23,7 @@ DW_MAX_LABELS = 16384
 DW_MAX_PREFIXES = 1 << 20
 DW_MAX_PAIRS = 1 << 16
 DW_MAX_DROP_KEYS = 65536
+DW_NO_SLOT = 0xFFFFFFFF
 DW_LPM_CHUNK = 0x80000000
 DW_LPM_L1_LINES = DW_GENS * 2 * 65536 // 16
 DW_LPM4_ENTRIES = 1 << 22
@@ -200,8 +201,11 @@ class DropKey(ctypes.Structure):
 
 
 class DropCache(ctypes.Structure):
-    _fields_ = [("seq_begin", u32), ("pad", u32), ("key", DropKey), ("pending", u64), ("seq_end", u32),
-                ("pad2", u32)]
+    _fields_ = [("key", DropKey), ("slot", u32), ("epoch", u32), ("valid", u32), ("pad", u32)]
+
+
+class DropCtl(ctypes.Structure):
+    _fields_ = [("next_fresh", u64), ("epoch", u32), ("pad", u32)]
 
 
 class Sample(ctypes.Structure):
@@ -231,6 +235,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_pkt_val": PktVal,
     "dw_drop_key": DropKey,
     "dw_drop_cache": DropCache,
+    "dw_drop_ctl": DropCtl,
     "dw_pop_key": PopKey,
     "dw_udp_encap": UdpEncapEntry,
     "dw_flow_key": FlowKey,

@@ -1,18 +1,19 @@
 """Polls the kernel counters, turns them into per-interval deltas with names,
 writes them to the store and keeps the running totals that /metrics exports.
 
-Deltas: the BPF maps hold cumulative per-CPU counts since load; a key's
-count is its dw_drops entry plus what the reader's per-CPU caches hold for
-it (loader.read_drop_cache). A key gives cur - counted; counts only grow, and
-a read that comes out short (a cache flush in flight) counts nothing until
-the next poll. Only dw_drops entries that may have changed are decoded
-(loader.read_drops_changed); the others keep the value remembered. A key we
-evict ourselves is read and deleted in one step (lookup_and_delete), so its
-last increments are kept, and what the caches still hold for it stays
-counted. A restart loads fresh maps, so the first poll's values are all new.
-If the store cannot be written (disk full, read-only), the deltas stay
-pending in memory and go out with the next successful write: counts are
-never dropped, and /metrics keeps counting meanwhile.
+Deltas: the reader counts each drop key in a slot of a mapped array (see
+"Drop counting" in bpf/dropwatch.h), cumulative since load. A poll reads
+every slot's count in one pass (loader.read_drop_slots), and only slots
+whose count moved since the last poll are looked at: count - counted is
+the delta, and a slot's name (its key) is read once, when it first counts.
+Counts only grow. Slots of keys idle for a while are retired when the map
+fills: the key is deleted (a new drop of it gets a new slot), and a grace
+period later the old slot's last increments are counted and the slot is
+recycled, so nothing is lost. A restart loads fresh maps, so the first
+poll's values are all new. If the store cannot be written (disk full,
+read-only), the deltas stay pending in memory and go out with the next
+successful write: counts are never dropped, and /metrics keeps counting
+meanwhile.
 
 Writes: with async_writes (the daemon) poll() ends when its deltas are handed
 to a single writer thread, which writes the batches in order (the pending
@@ -23,7 +24,6 @@ before it returns.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import operator
 import os
@@ -34,6 +34,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+import numpy as np
 
 from . import abi
 from .kernel import DropReasons, Kallsyms
@@ -61,7 +63,10 @@ MAX_PENDING_ROWS = 200_000
 # new (label, reason, location, interface) keys find room.
 EVICT_AT_FRACTION = 0.75
 EVICT_IDLE_POLLS = 60
-_POSITIVE = (0).__lt__
+# A retired slot is recycled this many polls and seconds after its key left
+# the map: programs that found the slot before that finish in microseconds.
+RETIRE_GRACE_POLLS = 2
+RETIRE_GRACE_S = 0.05
 # A drop row's /metrics key: label, side, reason, pop, source.
 _TOTALS_KEY = operator.itemgetter(0, 1, 2, 5, 6)
 
@@ -103,16 +108,19 @@ class Collector:
         self._pop_names_fn = pop_names or store.pop_names
         self._pop_names: dict[int, str] = {}
         self._clock = clock or (lambda: datetime.now(timezone.utc))
-        # Per key: the dw_drops value last read (entries the incremental read
-        # skips keep it), the total counted so far (map + caches, only
-        # grows), the poll it last grew in, and its row's names.
-        self._map_vals: dict[DropKeyT, int] = {}
-        self._counted: dict[DropKeyT, int] = {}
-        self._last_growth: dict[DropKeyT, int] = {}
-        self._rows: dict[DropKeyT, DropRow] = {}
-        self._prev_cache: dict[DropKeyT, int] = {}
-        self._corrupt_keys: set[DropKeyT] = set()  # keys whose drops count as corrupt records
-        self._resync = True
+        # Per slot: its key and its row's names (once final), the count
+        # counted so far (only grows until the slot is recycled), the poll it
+        # last grew in, whether its drops are corrupt records, whether its
+        # key is known, whether it was retired and waits to be recycled.
+        self._slot_keys: list[DropKeyT | None] = []
+        self._slot_rows: list[DropRow | None] = []
+        self._counted = np.zeros(0, np.uint64)
+        self._last_growth = np.zeros(0, np.int64)
+        self._corrupt = np.zeros(0, bool)
+        self._known = np.zeros(0, bool)
+        self._retired = np.zeros(0, bool)
+        self._retiring: deque[tuple[int, float, list[int]]] = deque()  # (poll, monotonic s, slots)
+        self.slots_in_use = 0
         self._next_evict_scan = 0
         self.evict_at = int(getattr(loader, "drop_entries", abi.DW_MAX_DROP_KEYS) * EVICT_AT_FRACTION)
         self.evict_idle_polls = EVICT_IDLE_POLLS
@@ -225,19 +233,30 @@ class Collector:
                 self.kallsyms.symbolize(s.location), self._iface(s.ifindex, s.netns_ino),
                 self._pop(s.pop_id), SOURCE_NAMES.get(s.source, "none"))
 
-    def _drop_row(self, key: DropKeyT) -> DropRow:
-        """A drop key's names; cached once every name is final (not a
-        fallback that a reload or a new symbol may fix)."""
+    def _drop_row(self, key: DropKeyT) -> tuple[DropRow, bool]:
+        """A drop key's names, and whether they are final (not a fallback
+        that a reload or a new symbol may fix)."""
         label_id, side, reason, location, ifindex, pop_id, source, netns_ino, _flags = key
         labeled = source in ATTRIBUTED
         loc = self.kallsyms.symbolize(location)
         row: DropRow = (self._label(label_id) if labeled else UNLABELED, SIDE_NAMES.get(side, "unknown"),
                         self.reasons.name(reason), loc, self._iface(ifindex, netns_ino), self._pop(pop_id),
                         SOURCE_NAMES.get(source, "none"))
-        if ((not labeled or label_id == 0 or label_id in self._names) and not loc.startswith("0x")
-                and pop_id in (abi.DW_POP_NONE, abi.DW_POP_UNKNOWN, *self._pop_names)):
-            self._rows[key] = row
-        return row
+        final = ((not labeled or label_id == 0 or label_id in self._names) and not loc.startswith("0x")
+                 and pop_id in (abi.DW_POP_NONE, abi.DW_POP_UNKNOWN, *self._pop_names))
+        return row, final
+
+    def _grow_slots(self, n: int) -> None:
+        have = len(self._slot_keys)
+        if n <= have:
+            return
+        add = max(n, 2 * have) - have
+        self._slot_keys.extend([None] * add)
+        self._slot_rows.extend([None] * add)
+        self._counted = np.concatenate([self._counted, np.zeros(add, np.uint64)])
+        self._last_growth = np.concatenate([self._last_growth, np.zeros(add, np.int64)])
+        for name in ("_corrupt", "_known", "_retired"):
+            setattr(self, name, np.concatenate([getattr(self, name), np.zeros(add, bool)]))
 
     # ------------------------------------------------------------ poll
 
@@ -248,83 +267,51 @@ class Collector:
         pkts = self.loader.read_packets(max(max_id, 1))
         stats = self.loader.read_stats()
         fails = self.loader.read_meta_failures()
-        # dw_drops first, then the caches (see loader.read_drops). Only map
-        # entries that may have changed are decoded; the rest keep their
-        # value in _map_vals. After a failed poll, read everything.
-        resync, self._resync = self._resync, True
-        changed, n_entries = self.loader.read_drops_changed(full=resync)
-        map_vals = self._map_vals
-        gone: set[DropKeyT] = set()
-        if len(map_vals) + len(changed) - sum(map(map_vals.__contains__, changed)) != n_entries:
-            # An entry we did not evict left the map: read it all again.
-            changed, n_entries = self.loader.read_drops_changed(full=True)
-            gone = map_vals.keys() - changed.keys()
-            for key in gone:
-                del map_vals[key]
-        map_vals.update(changed)
-        cache = self.loader.read_drop_cache()
-        evicted = self._evict_idle(n_entries, cache)
-
-        # Keys whose total may have moved: changed entries, and keys in the
-        # caches now or at the previous poll. Every changed key's total is its
-        # map value unless a cache holds (or held) some of it or it was
-        # evicted: those few are fixed up one by one, the rest go through
-        # C-level map/zip (per-key Python work is what a poll of 100,000
-        # changed keys costs).
-        extra = cache.keys() | self._prev_cache.keys() | evicted.keys()
-        cur_by_key = dict(changed)
-        for key in extra:
-            cur_by_key[key] = evicted[key][0] if key in evicted else map_vals.get(key, 0) + cache.get(key, 0)
-        counted, rows, last = self._counted, self._rows, self._last_growth
-        keys = list(cur_by_key)
-        curs = list(cur_by_key.values())
-        deltas = list(map(operator.sub, curs, map(counted.get, keys, itertools.repeat(0))))
-        not_grown: list[DropKeyT] = []
-        if deltas and min(deltas) <= 0:  # not grown, or read short during a cache flush
-            grown = list(map(_POSITIVE, deltas))
-            not_grown = list(itertools.compress(keys, map(operator.not_, grown)))
-            keys = list(itertools.compress(keys, grown))
-            curs = list(itertools.compress(curs, grown))
-            deltas = list(itertools.compress(deltas, grown))
-        names = list(map(rows.get, keys))
-        if not all(names):  # (rows are non-empty tuples)
+        cur = self.loader.read_drop_slots()
+        n = len(cur)
+        self._grow_slots(n)
+        counted = self._counted[:n]
+        changed = np.flatnonzero(cur != counted)
+        cur_c = cur[changed]
+        # A slot's count only grows until we recycle it; a smaller one can
+        # only be a reader that was loaded again: all of it is new.
+        before = counted[changed]
+        deltas = np.where(cur_c >= before, cur_c - before, cur_c)
+        new = changed[~self._known[changed]]
+        if len(new):
+            new_list = new.tolist()
+            for s, key in zip(new_list, self.loader.drop_slot_keys(new_list), strict=True):
+                self._slot_keys[s] = key
+                self._slot_rows[s] = None
+                self._corrupt[s] = key[6] == abi.Source.CORRUPT or bool(key[8] & abi.DW_DK_META_CORRUPT)
+        # Every changed slot gets its row's names; a poll that fails before
+        # the counted update below counts nothing, and the next one counts
+        # it all.
+        changed_list = changed.tolist()
+        rows = self._slot_rows
+        names = list(map(rows.__getitem__, changed_list))
+        if None in names:
+            keys = self._slot_keys
             for i, row in enumerate(names):
                 if row is None:
-                    key = keys[i]
-                    names[i] = self._drop_row(key)
-                    if key[6] == abi.Source.CORRUPT or key[8] & abi.DW_DK_META_CORRUPT:  # source, flags
-                        self._corrupt_keys.add(key)
-        corrupt = 0
-        if self._corrupt_keys:
-            ck = self._corrupt_keys
-            corrupt = sum(d for k, d in zip(keys, deltas, strict=True) if k in ck)
-        drop_rows: dict[DropRow, int] = dict(zip(names, deltas, strict=True))  # type: ignore[arg-type]
-        if len(drop_rows) != len(names):  # keys sharing a row (e.g. differing only in flags)
+                    s = changed_list[i]
+                    skey = keys[s]
+                    assert skey is not None
+                    names[i], final = self._drop_row(skey)
+                    if final:
+                        rows[s] = names[i]
+        delta_list = deltas.tolist()
+        drop_rows: dict[DropRow, int] = dict(zip(names, delta_list, strict=True))  # type: ignore[arg-type]
+        if len(drop_rows) != len(names):  # slots sharing a row (keys differing only in flags, a re-seen key)
             drop_rows = {}
-            for row, d in zip(names, deltas, strict=True):
+            for row, d in zip(names, delta_list, strict=True):
                 drop_rows[row] = drop_rows.get(row, 0) + d  # type: ignore[index, arg-type]
-        # Only now, with every row named: a poll that fails above counts
-        # nothing, and the next one (a full read) counts it all.
-        counted.update(zip(keys, curs, strict=True))
-        last.update(zip(keys, itertools.repeat(self.polls)))
-        for key in not_grown:
-            if key not in last and key in changed:  # new with a zero count
-                last[key] = self.polls - 1
-        for key, (_final, left) in evicted.items():
-            map_vals.pop(key, None)
-            if left:
-                counted[key] = left
-            else:
-                counted.pop(key, None)
-                last.pop(key, None)
-                rows.pop(key, None)
-                self._corrupt_keys.discard(key)
-        for key in gone - cache.keys():
-            counted.pop(key, None)
-            last.pop(key, None)
-            rows.pop(key, None)
-            self._corrupt_keys.discard(key)
-        self._prev_cache = cache
+        corrupt = int(deltas[self._corrupt[changed]].sum()) if len(changed) else 0
+        self._counted[changed] = cur_c
+        self._last_growth[changed] = self.polls
+        if len(new):
+            self._known[new] = True
+            self.slots_in_use += len(new)
 
         pkt_rows: dict[tuple[str, str, str, str], list[int]] = {}
         for (label_id, side, pop_id), (p, b) in pkts.items():
@@ -356,8 +343,10 @@ class Collector:
             totals.stats = {st.name.lower(): v for st, v in stats.items()}
             totals.meta_failures = {self._iface(i): v for i, v in fails.items()}
 
-        self._resync = False
         self._hand_off(now, drop_rows, pkt_rows)
+        # After the hand-off: this poll's counts are safe whatever happens here.
+        self._recycle_retired()
+        self._evict_idle()
         self.polls += 1
         self.last_poll = now
         self.last_poll_duration_s = time.monotonic() - t0
@@ -365,30 +354,46 @@ class Collector:
         if len(self.poll_durations) > 1000:
             del self.poll_durations[:500]
 
-    def _evict_idle(self, n_entries: int, cache: dict[DropKeyT, int]) -> dict[DropKeyT, tuple[int, int]]:
-        """Make room in a filling drop map: remove entries idle for
-        evict_idle_polls polls. Each is read and deleted in one step; returns
-        key -> (its final total, the part still in the reader's caches)."""
-        evicted: dict[DropKeyT, tuple[int, int]] = {}
-        # Scanning every key costs ~5 ms per 100,000: look every quarter of
-        # the idle time (an entry goes at most that much later).
-        if n_entries < self.evict_at or self.polls < self._next_evict_scan:
-            return evicted
+    def _recycle_retired(self) -> None:
+        """Hand back slots retired a grace period ago. This poll has just
+        counted their last increments: nothing can reach them any more."""
+        now = time.monotonic()
+        while self._retiring:
+            poll, at, slots = self._retiring[0]
+            if self.polls - poll < RETIRE_GRACE_POLLS or now - at < RETIRE_GRACE_S:
+                return
+            self._retiring.popleft()
+            self.loader.recycle_drop_slots(slots)
+            idx = np.asarray(slots, dtype=np.int64)
+            self._counted[idx] = 0
+            self._last_growth[idx] = 0
+            self._corrupt[idx] = False
+            self._known[idx] = False
+            self._retired[idx] = False
+            for s in slots:
+                self._slot_keys[s] = None
+                self._slot_rows[s] = None
+            self.slots_in_use -= len(slots)
+
+    def _evict_idle(self) -> None:
+        """Make room in a filling drop map: retire the keys of slots idle
+        for evict_idle_polls polls (see _recycle_retired)."""
+        if self.slots_in_use < self.evict_at or self.polls < self._next_evict_scan:
+            return
+        # Look every quarter of the idle time (a key goes at most that much later).
         self._next_evict_scan = self.polls + max(1, self.evict_idle_polls // 4)
         newest = self.polls - 1 - self.evict_idle_polls
-        idle = [key for key, grew in self._last_growth.items()
-                if grew <= newest and key in self._map_vals and key not in cache]
-        for key in idle:
-            res = self.loader.evict_drop(key)
-            if res is not None:
-                evicted[key] = res
-            else:
-                evicted[key] = (self._map_vals.get(key, 0), 0)
-        self.evicted += len(evicted)
-        if evicted:
-            log.info("drop map %d/%d full: evicted %d idle entries", n_entries,
-                     getattr(self.loader, "drop_entries", abi.DW_MAX_DROP_KEYS), len(evicted))
-        return evicted
+        idle = np.flatnonzero(self._known & ~self._retired & (self._last_growth <= newest))
+        if not len(idle):
+            return
+        slots = idle.tolist()
+        keys = [self._slot_keys[s] for s in slots]
+        self.loader.retire_drop_keys(keys)  # type: ignore[arg-type]
+        self._retired[idle] = True
+        self._retiring.append((self.polls, time.monotonic(), slots))
+        self.evicted += len(slots)
+        log.info("drop map %d/%d full: evicted %d idle keys", self.slots_in_use,
+                 getattr(self.loader, "drop_entries", abi.DW_MAX_DROP_KEYS), len(slots))
 
     # ------------------------------------------------------------ writes
 

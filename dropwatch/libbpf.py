@@ -348,6 +348,10 @@ class Libbpf:
             "bpf_map_update_elem",
         )
 
+    def queue_push(self, fd: int, value: ctypes.Structure | ctypes._SimpleCData) -> None:
+        """Push onto a BPF_MAP_TYPE_QUEUE (an update with no key)."""
+        self._check(self.lib.bpf_map_update_elem(fd, None, ctypes.byref(value), 0), "bpf_map_update_elem (queue push)")
+
     def map_delete(self, fd: int, key: object) -> bool:
         ret = self.lib.bpf_map_delete_elem(fd, ctypes.byref(key))  # type: ignore[arg-type]
         if ret == -errno_mod.ENOENT:
@@ -387,6 +391,17 @@ class Libbpf:
             return n.value, False
         self._check(ret, "bpf_map_lookup_batch")
         return n.value, True
+
+    def map_update_batch(self, fd: int, keys: bytes, values: bytes, count: int) -> None:
+        """bpf_map_update_batch of count packed keys and values (all or an error)."""
+        kb = ctypes.create_string_buffer(keys, len(keys))
+        vb = ctypes.create_string_buffer(values, len(values))
+        n = ctypes.c_uint32(count)
+        opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
+        self._check(self.lib.bpf_map_update_batch(fd, kb, vb, ctypes.byref(n), ctypes.byref(opts)),
+                    "bpf_map_update_batch")
+        if n.value != count:
+            raise OSError(errno_mod.EIO, f"bpf_map_update_batch: {n.value}/{count} written")
 
     # -- programs ------------------------------------------------------------
 

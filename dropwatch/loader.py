@@ -25,6 +25,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 from . import abi
 from .btf import Btf
 from .libbpf import BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, libbpf
@@ -44,8 +47,6 @@ TRACEPOINT_MODES = ("auto", "btf", "classic")
 # (RCU read side). Wait well past that before deleting the old entries.
 GEN_GRACE_S = 0.05
 _BATCH = 4096
-_DROP_BLOCK = 64  # read_drops_changed() compares with the previous read in blocks of this many entries
-_DROP_SHIFTS = [d for a in range(1, 17) for d in (a, -a)]  # and follows shifts of up to 16 entries
 
 
 class DropwatchError(Exception):
@@ -173,7 +174,10 @@ class Loader:
         self.rules_loaded = False
         self._state_obj: abi.LabelerState | None = None
         self._state_mmap: mmap.mmap | None = None
-        self._drop_raw = (b"", b"")  # read_drops_changed()'s last read: raw keys, raw per-CPU counts
+        # The reader's drop counts, slot names and control block, mapped
+        # once per reader load (see "Drop counting" in bpf/dropwatch.h).
+        self._drop_mms: dict[str, mmap.mmap] = {}
+        self._drop_ctl: abi.DropCtl | None = None
         # The longest-prefix-match arrays: name -> size in bytes (mapped a
         # window at a time, see _lpm_window).
         self._lpm_sizes: dict[str, int] = {}
@@ -194,6 +198,8 @@ class Loader:
         try:
             _set_rodata_u32(self.lib, obj, path, "dw_meta_key", self.meta_key)
             if name == READER_OBJ:
+                _set_rodata_u32(self.lib, obj, path, "dw_nr_slots", self.drop_entries)
+                _set_rodata_u32(self.lib, obj, path, "dw_nr_cpus", self.ncpus)
                 _set_rodata_u32(self.lib, obj, path, "dw_sample_rate", self.sample_rate)
                 _set_rodata_u32(self.lib, obj, path, "dw_sample_burst", self.sample_burst if self.sample_rate else 0)
             for prog_name, on in (autoload or {}).items():
@@ -233,11 +239,13 @@ class Loader:
         btf = kind == "tp_btf"
         # One flow map for both: the labeler fills it, the reader reads it.
         reuse = {"dw_flows": self.labeler.maps["dw_flows"]} if self.labeler else None
+        n = self.drop_entries
         self.reader = self._open(READER_OBJ, autoload={"dw_kfree_skb_btf": btf, "dw_kfree_skb_tp": not btf},
-                                 reuse=reuse, max_entries={"dw_flows": self.flow_entries,
-                                                           "dw_drops": self.drop_entries})
+                                 reuse=reuse, max_entries={"dw_flows": self.flow_entries, "dw_drop_slots": n,
+                                                           "dw_drop_counts": self.ncpus * n, "dw_slot_keys": n,
+                                                           "dw_free_slots": n})
         self._write_flow_cfg()
-        self._drop_raw = (b"", b"")
+        self._map_drop_slots()
         self.reader_kind = kind
 
     def attach_reader(self) -> str:
@@ -387,6 +395,7 @@ class Loader:
         if self._state_mmap is not None:
             self._state_mmap.close()
         self._state_mmap = None
+        self._unmap_drop_slots()
         for bo in (self.reader, self.labeler):
             if bo is not None:
                 self.lib.close_object(bo.obj)
@@ -650,135 +659,116 @@ class Loader:
                         out[st] = out.get(st, 0) + s
         return out
 
+    # ------------------------------------------------------------ drops
+
+    def _map_drop_slots(self) -> None:
+        assert self.reader is not None
+        self._unmap_drop_slots()
+        sizes = {"dw_drop_counts": self.ncpus * self.drop_entries * 8,
+                 "dw_slot_keys": self.drop_entries * ctypes.sizeof(abi.DropKey),
+                 "dw_drop_ctl": ctypes.sizeof(abi.DropCtl)}
+        for name, size in sizes.items():
+            self._drop_mms[name] = mmap.mmap(self.reader.maps[name], size, mmap.MAP_SHARED,
+                                             mmap.PROT_READ | mmap.PROT_WRITE)
+        self._drop_ctl = abi.DropCtl.from_buffer(self._drop_mms["dw_drop_ctl"])
+
+    def _unmap_drop_slots(self) -> None:
+        self._drop_ctl = None
+        for mm in self._drop_mms.values():
+            mm.close()
+        self._drop_mms.clear()
+
+    def _drop_counts_view(self) -> npt.NDArray[np.uint64]:
+        """dw_drop_counts as (CPU, slot), over the mapping itself."""
+        return np.frombuffer(self._drop_mms["dw_drop_counts"], dtype=np.uint64).reshape(self.ncpus, self.drop_entries)
+
+    def drop_slots_used(self) -> int:
+        """Slots handed out at least once: [0, this) may hold counts."""
+        assert self._drop_ctl is not None, "attach_reader() first"
+        return min(int(self._drop_ctl.next_fresh), self.drop_entries)
+
+    def read_drop_slots(self) -> npt.NDArray[np.uint64]:
+        """Cumulative drops per slot, summed over CPUs, for slots
+        [0, drop_slots_used()): one pass over the mapped counts, no syscall.
+        Each CPU's cell only grows (until user space recycles the slot), so
+        a slot's sum only grows between two reads."""
+        n = self.drop_slots_used()
+        view = self._drop_counts_view()
+        try:
+            return view[:, :n].sum(axis=0, dtype=np.uint64)
+        finally:
+            del view  # (the mapping cannot close while a view exports it)
+
+    def drop_slot_keys(self, slots: Iterable[int]) -> list[DropKeyT]:
+        """The keys the reader gave these slots (meaningful for slots with a
+        count: the key is written before the slot's first count)."""
+        raw = self._drop_mms["dw_slot_keys"]
+        unpack, size = _DROP_KEY_STRUCT.unpack_from, _DROP_KEY_STRUCT.size
+        return [_DROP_KEY_ORDER(unpack(raw, s * size)) for s in slots]
+
+    def retire_drop_keys(self, keys: Iterable[DropKeyT]) -> int:
+        """Stop counting these keys in their slots: delete them from
+        dw_drop_slots, then bump the epoch that invalidates the reader's
+        per-CPU caches. A drop of the key from now on gets a new slot. The
+        old slots may still take the increments of programs already past
+        the lookup: recycle them only after a grace period. Returns how many
+        keys were in the map."""
+        fd = self._rmap("dw_drop_slots")
+        n = 0
+        for key in keys:
+            n += self.lib.map_delete(fd, _c_drop_key(key))
+        assert self._drop_ctl is not None
+        self._drop_ctl.epoch = (self._drop_ctl.epoch + 1) & 0xFFFFFFFF
+        return n
+
+    def recycle_drop_slots(self, slots: Sequence[int]) -> None:
+        """Zero these slots on every CPU and hand them back to the reader.
+        Only for slots of keys retired (retire_drop_keys) a grace period ago,
+        whose last count the caller has read."""
+        if not slots:
+            return
+        view = self._drop_counts_view()
+        try:
+            view[:, np.asarray(slots, dtype=np.int64)] = 0
+        finally:
+            del view
+        fd = self._rmap("dw_free_slots")
+        for s in slots:
+            self.lib.queue_push(fd, ctypes.c_uint32(s))
+
     def read_drops(self) -> dict[DropKeyT, int]:
         """Cumulative drop counts: (label_id, side, reason, location, ifindex,
-        pop_id, source, netns_ino, flags) -> count, summed over CPUs: dw_drops
-        read in batches, then the reader's per-CPU cache added (in that order:
-        see struct dw_drop_cache; a read can come out short by a flush in
-        flight, never long)."""
-        out = self.read_drop_map()
-        for k, n in self.read_drop_cache().items():
-            out[k] = out.get(k, 0) + n
+        pop_id, source, netns_ino, flags) -> count, summed over CPUs and over
+        the key's slots (a key retired and seen again has two until the old
+        one is recycled)."""
+        counts = self.read_drop_slots()
+        used = np.flatnonzero(counts)
+        out: dict[DropKeyT, int] = {}
+        for key, n in zip(self.drop_slot_keys(used.tolist()), counts[used].tolist(), strict=True):
+            out[key] = out.get(key, 0) + n
         return out
 
-    def read_drop_cache(self) -> dict[DropKeyT, int]:
-        """Drops pending in the reader's per-CPU caches, by key."""
-        vals = (abi.DropCache * self.ncpus)()
-        out: dict[DropKeyT, int] = {}
-        for _ in range(1000):
-            if not self.lib.map_lookup(self._rmap("dw_drop_cache"), ctypes.c_uint32(0), vals):
-                return out
-            if all(v.seq_begin == v.seq_end for v in vals):
-                break
-            # A CPU was switching keys while we copied: its entry may mix two.
-        else:
-            raise DropwatchError("reader cache never read consistently")
-        for v in vals:
-            if v.pending:
-                k = _drop_key(v.key)
-                out[k] = out.get(k, 0) + v.pending
-        return out
-
-    def read_drop_map(self) -> dict[DropKeyT, int]:
-        """dw_drops alone, decoded straight from the batch buffers
-        (struct.iter_unpack): per-field ctypes access costs ~1 us per key."""
-        fd = self._rmap("dw_drops")
-        ncpus = self.ncpus
-        keys = (abi.DropKey * _BATCH)()
-        values = (ctypes.c_uint64 * (_BATCH * ncpus))()
-        kview = memoryview(keys).cast("B")
-        vview = memoryview(values).cast("B")
-        out: dict[DropKeyT, int] = {}
-        in_b: object | None = None
-        out_b = abi.DropKey()
-        while True:
-            n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, _BATCH)
-            if n:
-                ks = map(_DROP_KEY_ORDER, _DROP_KEY_STRUCT.iter_unpack(kview[:n * _DROP_KEY_STRUCT.size]))
-                vs = vview[:n * 8 * ncpus].cast("Q")
-                if ncpus == 1:
-                    out.update(zip(ks, vs, strict=True))
-                else:
-                    out.update(zip(ks, map(sum, struct.iter_unpack(f"={ncpus}Q", vs)), strict=True))
-            if not more:
-                break
-            in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
-        return out
-
-    def read_drops_changed(self, full: bool = False) -> tuple[dict[DropKeyT, int], int]:
-        """Like read_drops(), but decodes only what may have changed since the
-        previous call on this Loader: returns (entries that may have changed
-        or are new, with their cumulative counts; number of entries in the
-        map). The raw batch output is compared, in blocks of _DROP_BLOCK
-        entries, with the previous call's: a block whose keys and counts are
-        byte-identical to a run of entries then is skipped (the caller has
-        them already). A new key shifts every later entry of the stream, so
-        the comparison follows small shifts. A key missing from the result
-        has the count it had at the previous call, unless it was deleted (the
-        caller sees that in the entry count). full=True decodes every entry
-        (after the caller lost a result)."""
-        fd = self._rmap("dw_drops")
-        ncpus = self.ncpus
-        ksz, vsz = _DROP_KEY_STRUCT.size, 8 * ncpus
-        keys = (abi.DropKey * _BATCH)()
-        values = (ctypes.c_uint64 * (_BATCH * ncpus))()
-        kview = memoryview(keys).cast("B")
-        vview = memoryview(values).cast("B")
-        old_k, old_v = (b"", b"") if full else self._drop_raw
-        old_n = len(old_k) // ksz
-        self._drop_raw = (b"", b"")  # until this read completes
-        new_k: list[bytes] = []
-        new_v: list[bytes] = []
-        out: dict[DropKeyT, int] = {}
-        vfmt = struct.Struct(f"={ncpus}Q")
-        total = 0
-        shift = 0  # entries inserted (+) or removed (-) before this point since the previous read
-        in_b: object | None = None
-        out_b = abi.DropKey()
-        while True:
-            n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, _BATCH)
-            for i in range(0, n, _DROP_BLOCK):
-                m = min(_DROP_BLOCK, n - i)
-                kb = bytes(kview[i * ksz:(i + m) * ksz])
-                vb = bytes(vview[i * vsz:(i + m) * vsz])
-                new_k.append(kb)
-                new_v.append(vb)
-                p = total + i
-                if old_n:
-                    o = p - shift
-                    if not (0 <= o <= old_n - m and old_k[o * ksz:(o + m) * ksz] == kb):
-                        for d in _DROP_SHIFTS:
-                            o = p - shift - d
-                            if 0 <= o <= old_n - m and old_k[o * ksz:(o + m) * ksz] == kb:
-                                shift += d
-                                break
-                        else:
-                            o = -1
-                    if o >= 0 and old_v[o * vsz:(o + m) * vsz] == vb:
-                        continue
-                ks = map(_DROP_KEY_ORDER, _DROP_KEY_STRUCT.iter_unpack(kb))
-                out.update(zip(ks, map(sum, vfmt.iter_unpack(vb)), strict=True))
-            total += n
-            if not more:
-                break
-            in_b = abi.DropKey.from_buffer_copy(bytes(out_b))
-        self._drop_raw = (b"".join(new_k), b"".join(new_v))
-        return out, total
-
-    def evict_drop(self, key: DropKeyT) -> tuple[int, int] | None:
-        """Remove one drop counter from dw_drops. Returns (final, left):
-        ``final`` is its cumulative count (the map entry, read in the same
-        step as the delete, plus what the reader's caches hold for the key
-        right after), ``left`` the cache part, which stays counted under the
-        key from then on; None if the entry was gone."""
-        label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
-        k = abi.DropKey(location=location, label_id=label_id, reason=reason, ifindex=ifindex,
-                        netns_ino=netns_ino, pop_id=pop_id, side=side, source=source, flags=flags)
-        vals = (ctypes.c_uint64 * self.ncpus)()
-        if not self.lib.map_lookup_and_delete(self._rmap("dw_drops"), k, vals):
-            return None
-        left = self.read_drop_cache().get(key, 0)
-        return sum(vals) + left, left
+    def write_drop_slots(self, keys: Sequence[DropKeyT], counts: npt.NDArray[np.uint64]) -> None:
+        """Give keys[i] slot i with per-CPU counts counts[cpu, i] (shape
+        (ncpus, len(keys))), as the reader would have: for benchmarks and
+        tests that need more distinct keys than packets can make. Only on a
+        reader that has counted nothing yet."""
+        assert self._drop_ctl is not None and self._drop_ctl.next_fresh == 0, "a fresh reader only"
+        n = len(keys)
+        if n > self.drop_entries:
+            raise ValueError(f"{n} keys: the reader has {self.drop_entries} slots")
+        raw = self._drop_mms["dw_slot_keys"]
+        packed = b"".join(bytes(_c_drop_key(k)) for k in keys)
+        raw[:len(packed)] = packed
+        if n:
+            self.lib.map_update_batch(self._rmap("dw_drop_slots"), packed,
+                                      np.arange(n, dtype=np.uint32).tobytes(), n)
+        self._drop_ctl.next_fresh = n
+        view = self._drop_counts_view()
+        try:
+            view[:, :n] = counts
+        finally:
+            del view
 
     def read_packets(self, max_label_id: int) -> dict[tuple[int, int, int], tuple[int, int]]:
         """Cumulative packets/bytes seen at ingress: (label_id, side, pop_id) ->
@@ -860,6 +850,12 @@ DropKeyT = tuple[int, int, int, int, int, int, int, int, int]
 _DROP_KEY_STRUCT = struct.Struct("=QIIIIHBBB3x")
 _DROP_KEY_ORDER = operator.itemgetter(1, 6, 2, 0, 3, 5, 7, 4, 8)
 assert _DROP_KEY_STRUCT.size == ctypes.sizeof(abi.DropKey)
+
+
+def _c_drop_key(key: DropKeyT) -> abi.DropKey:
+    label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
+    return abi.DropKey(location=location, label_id=label_id, reason=reason, ifindex=ifindex,
+                       netns_ino=netns_ino, pop_id=pop_id, side=side, source=source, flags=flags)
 
 
 def _drop_key(k: abi.DropKey) -> DropKeyT:

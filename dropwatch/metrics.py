@@ -99,6 +99,11 @@ class DropwatchCollector:
                                   "validation (counted as unlabeled)", value=corrupt)
         yield CounterMetricFamily("dropwatch_map_full", "Drops that could not get a counter entry because the "
                                   "drop map was full", value=map_full)
+        yield GaugeMetricFamily("dropwatch_drop_slots_in_use", "Distinct drop keys holding an in-kernel counter "
+                                "slot (idle ones are retired from 75% of dropwatch_drop_slots)",
+                                value=getattr(c, "slots_in_use", 0))
+        yield GaugeMetricFamily("dropwatch_drop_slots", "In-kernel counter slots for distinct drop keys",
+                                value=getattr(d.loader, "drop_entries", 0))
         m = CounterMetricFamily("dropwatch_xdp_meta_failures", "Packets whose metadata could not be written "
                                 "(driver without native metadata support, or no room)", labels=["iface"])
         for iface, n in sorted(meta_fail.items()):

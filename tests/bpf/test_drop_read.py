@@ -1,10 +1,12 @@
-"""Reading the drop map incrementally: Loader.read_drops_changed() returns a
-superset of what changed since its previous call (values, inserted keys,
-with the stream shifted by inserts and deletes), and the Collector built on
-it writes exact deltas to the store through changes, inserts, map-wide
-rewrites, evictions and a failed poll.
+"""Reading drop counts by slot (see "Drop counting" in bpf/dropwatch.h):
+Loader.read_drop_slots() sums every CPU's cell per slot, drop_slot_keys()
+names the slots, and the Collector built on them writes exact deltas to the
+store through growth, new keys, evictions (retire, grace, recycle, reuse of
+a slot by another key, increments after retirement) and a failed poll.
 
-The reader object is loaded but not attached: only this test writes the map.
+The reader object is loaded but not attached. `Kernel` does to the maps what
+drop_reader.bpf.c's add_drop() does, step for step, so the test can make
+thousands of distinct keys.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from dropwatch import abi
+from dropwatch import abi, collector as collector_mod
 from dropwatch.collector import Collector
 from dropwatch.kernel import DropReasons, Kallsyms
-from dropwatch.loader import DropKeyT, Loader
+from dropwatch.loader import DropKeyT, Loader, _c_drop_key
 from dropwatch.store import Store
 
 pytestmark = pytest.mark.bpf
@@ -28,18 +31,51 @@ pytestmark = pytest.mark.bpf
 
 @pytest.fixture
 def ld() -> Iterator[Loader]:
-    with Loader(drop_entries=16384) as loader:
+    with Loader(drop_entries=4096) as loader:
         loader.load()
         loader._load_reader("tp_btf")
         yield loader
 
 
-def put(ld: Loader, key: DropKeyT, per_cpu: list[int]) -> None:
-    label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = key
-    k = abi.DropKey(location=location, label_id=label_id, reason=reason, ifindex=ifindex, netns_ino=netns_ino,
-                    pop_id=pop_id, side=side, source=source, flags=flags)
-    vals = (ctypes.c_uint64 * ld.ncpus)(*per_cpu)
-    ld.lib.map_update(ld._rmap("dw_drops"), k, vals)
+class Kernel:
+    """add_drop() from user space: the key's slot from dw_drop_slots, or a
+    fresh slot, or one from dw_free_slots; the key named in dw_slot_keys
+    before it is published; the count added to one CPU's cell."""
+
+    def __init__(self, ld: Loader) -> None:
+        self.ld = ld
+        self.full = 0
+
+    def slot_of(self, key: DropKeyT) -> int | None:
+        v = ctypes.c_uint32()
+        return v.value if self.ld.lib.map_lookup(self.ld._rmap("dw_drop_slots"), _c_drop_key(key), v) else None
+
+    def add(self, key: DropKeyT, n: int, cpu: int = 0) -> int | None:
+        ld = self.ld
+        slot = self.slot_of(key)
+        if slot is None:
+            ctl = ld._drop_ctl
+            assert ctl is not None
+            if ctl.next_fresh < ld.drop_entries:
+                slot = ctl.next_fresh
+                ctl.next_fresh += 1
+            else:
+                v = ctypes.c_uint32()
+                if ld.lib.lib.bpf_map_lookup_and_delete_elem(ld._rmap("dw_free_slots"), None, ctypes.byref(v)):
+                    self.full += n
+                    return None
+                slot = v.value
+            ck = bytes(_c_drop_key(key))
+            ld._drop_mms["dw_slot_keys"][slot * len(ck):(slot + 1) * len(ck)] = ck
+            ld.lib.map_update(ld._rmap("dw_drop_slots"), _c_drop_key(key), ctypes.c_uint32(slot))
+        self.bump_slot(slot, n, cpu)
+        return slot
+
+    def bump_slot(self, slot: int, n: int, cpu: int = 0) -> None:
+        """A program that found the slot earlier (and is still running)."""
+        view = self.ld._drop_counts_view()
+        view[cpu % self.ld.ncpus, slot] += n
+        del view
 
 
 def key(i: int, label_id: int = 0) -> DropKeyT:
@@ -47,94 +83,106 @@ def key(i: int, label_id: int = 0) -> DropKeyT:
             0, 0)
 
 
-def test_read_drops_changed_is_a_superset_of_changes(ld: Loader) -> None:
+def test_slots_sum_cpus_and_name_their_keys(ld: Loader) -> None:
     rnd = random.Random(3)
-    truth: dict[DropKeyT, list[int]] = {}
-    for i in range(3000):
-        truth[key(i)] = [rnd.randrange(1, 1000) for _ in range(ld.ncpus)]
-        put(ld, key(i), truth[key(i)])
-    mirror: dict[DropKeyT, int] = {}
-
-    def sync(max_decoded: int | None = None) -> dict[DropKeyT, int]:
-        changed, n = ld.read_drops_changed()
-        mirror.update(changed)
-        for k in [k for k in mirror if k not in truth]:
-            del mirror[k]
-        assert n == len(truth)
-        assert mirror == {k: sum(v) for k, v in truth.items()} == ld.read_drops()
-        if max_decoded is not None:
-            assert len(changed) <= max_decoded
-        return changed
-
-    assert len(sync()) == 3000
-    assert sync() == {}  # nothing changed: nothing decoded
-    for i in rnd.sample(range(3000), 10):  # counts grow
-        truth[key(i)][0] += 5
-        put(ld, key(i), truth[key(i)])
-    sync(max_decoded=10 * 64)
-    for i in range(3000, 3020):  # new keys shift the rest of the stream
-        truth[key(i)] = [1] * ld.ncpus
-        put(ld, key(i), truth[key(i)])
-    sync(max_decoded=20 * 64 * 3)
-    for i in rnd.sample(range(3020), 15):  # deleted keys shift it back
-        assert ld.evict_drop(key(i)) == (sum(truth.pop(key(i))), 0)  # (final, left in the reader caches)
-    sync(max_decoded=15 * 64 * 3)
-    full, n = ld.read_drops_changed(full=True)
-    assert n == len(full) == len(truth)
+    keys = [key(i) for i in range(3000)]
+    counts = np.array([[rnd.randrange(0, 1000) for _ in keys] for _ in range(ld.ncpus)], dtype=np.uint64)
+    counts[:, 5] = 0  # a slot handed out and given back: no count, not a drop
+    ld.write_drop_slots(keys, counts)
+    assert ld.drop_slots_used() == 3000
+    assert ld.read_drop_slots().tolist() == counts.sum(axis=0).tolist()
+    assert ld.drop_slot_keys([0, 2999, 17]) == [keys[0], keys[2999], keys[17]]
+    want = {k: int(n) for k, n in zip(keys, counts.sum(axis=0), strict=True) if n}
+    assert ld.read_drops() == want
+    k = Kernel(ld)
+    assert k.slot_of(keys[42]) == 42
+    # Retired: out of the hash, the epoch moved (the reader's caches are stale).
+    epoch = ld._drop_ctl.epoch  # type: ignore[union-attr]
+    assert ld.retire_drop_keys([keys[42], keys[43]]) == 2
+    assert k.slot_of(keys[42]) is None and ld._drop_ctl.epoch == epoch + 1  # type: ignore[union-attr]
+    # Counts stay readable until recycled; recycling zeroes every CPU's cell.
+    assert ld.read_drops()[keys[42]] == want[keys[42]]
+    ld.recycle_drop_slots([42, 43])
+    assert ld.read_drop_slots()[42] == ld.read_drop_slots()[43] == 0
+    assert keys[42] not in ld.read_drops()
 
 
-def test_collector_deltas_exact(ld: Loader, tmp_path: Path) -> None:
+def test_a_full_map_hands_out_only_recycled_slots(ld: Loader) -> None:
+    k = Kernel(ld)
+    for i in range(ld.drop_entries):
+        assert k.add(key(i), 1) == i
+    assert k.add(key(10**6), 5) is None and k.full == 5  # the reader counts these in MAP_FULL
+    ld.retire_drop_keys([key(7)])
+    ld.recycle_drop_slots([7])
+    assert k.add(key(10**6), 2) == 7
+    assert ld.read_drops()[key(10**6)] == 2 and key(7) not in ld.read_drops()
+
+
+def test_collector_deltas_exact(ld: Loader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Store totals equal the counters' growth through every kind of change."""
+    monkeypatch.setattr(collector_mod, "RETIRE_GRACE_S", 0.0)
     rnd = random.Random(7)
+    kern = Kernel(ld)
     with Store(tmp_path / "h.db") as st:
         ids = st.label_ids([f"l{i}" for i in range(50)])
         lids = sorted(ids.values())
         col = Collector(ld, st, DropReasons.load(), Kallsyms.load())
         col.refresh_label_names()
         col.evict_at, col.evict_idle_polls = 1000, 2
-        truth: dict[DropKeyT, int] = {}
         grown = 0
-
-        def in_map(k: DropKeyT) -> bool:
-            label_id, side, reason, location, ifindex, pop_id, source, netns_ino, flags = k
-            dk = abi.DropKey(location=location, label_id=label_id, reason=reason, ifindex=ifindex,
-                             netns_ino=netns_ino, pop_id=pop_id, side=side, source=source, flags=flags)
-            return ld.lib.map_lookup(ld._rmap("dw_drops"), dk, (ctypes.c_uint64 * ld.ncpus)())
+        by_label: dict[str, int] = {}
+        names = {v: k for k, v in ids.items()}
 
         def bump(k: DropKeyT, n: int) -> None:
             nonlocal grown
-            if not in_map(k):  # never there, or evicted: the kernel starts it from zero
-                truth[k] = 0
-            truth[k] = truth.get(k, 0) + n
-            grown += n
-            put(ld, k, [truth[k]] + [0] * (ld.ncpus - 1))
+            if kern.add(k, n, cpu=rnd.randrange(ld.ncpus)) is not None:
+                grown += n
+                by_label[names[k[0]]] = by_label.get(names[k[0]], 0) + n
 
         def total() -> int:
             now = datetime.now(timezone.utc)
             return st.query_drops(now - timedelta(hours=1), now + timedelta(minutes=1)).total
 
+        def per_label() -> dict[str, int]:
+            now = datetime.now(timezone.utc)
+            res = st.query_drops(now - timedelta(hours=1), now + timedelta(minutes=1), group_by=["label"],
+                                 limit=1000)
+            return {str(g["label"]): int(g["count"]) for g in res.groups}
+
         keys = [key(i, lids[i % 50]) for i in range(1500)]
         for k in keys:
             bump(k, rnd.randrange(1, 100))
         col.poll()
-        assert total() == grown
-        for step in range(8):
+        assert total() == grown and col.slots_in_use == 1500
+        late: list[int] = []
+        for step in range(10):
             for k in rnd.sample(keys[:1200], 40):  # a few grow; keys[1200:] go idle
                 bump(k, rnd.randrange(1, 10))
             if step == 2:
                 for k in keys[:1200]:  # everything grows
                     bump(k, 1)
             if step == 4:
+                # Evicted keys exist by now; programs that found their old
+                # slots before the delete still add to them.
+                assert col.evicted > 0
+                late = [s for s in np.flatnonzero(col._retired).tolist()[:10]]
+                for s in late:
+                    kern.bump_slot(s, 2)
+                    grown += 2
+                    lab = names[col._slot_keys[s][0]]  # type: ignore[index]
+                    by_label[lab] = by_label.get(lab, 0) + 2
                 for i in range(1500, 1530):  # new keys
                     keys.append(key(i, lids[i % 50]))
                     bump(keys[-1], 3)
-            if step == 5:  # a poll fails after reading the map: nothing may be lost
-                col.evict_at = 10**9  # no eviction, no new key: only the lost read to recover from
+                for k in keys[1200:1210]:  # evicted keys seen again: new slots
+                    bump(k, 4)
+            if step == 6:  # a poll fails after reading the slots: nothing may be lost
+                col.evict_at = 10**9
                 col.poll()
-                for k in [k for k in keys if in_map(k)][:20]:
+                for k in rnd.sample(keys[:1200], 20):
                     bump(k, 11)
                 orig = col._drop_row
-                col._rows.clear()
+                col._slot_rows = [None] * len(col._slot_rows)
 
                 def boom(k: DropKeyT) -> tuple[tuple[str, ...], bool]:
                     raise RuntimeError("naming failed")
@@ -142,17 +190,21 @@ def test_collector_deltas_exact(ld: Loader, tmp_path: Path) -> None:
                 with pytest.raises(RuntimeError):
                     col.poll()
                 col._drop_row = orig  # type: ignore[method-assign]
-                col.poll()  # after a failed poll: everything read again
+                col.poll()
                 assert total() == grown
                 col.evict_at = 1000
             col.poll()
             assert total() == grown, f"step {step}"
-        assert col.evicted > 0  # the idle keys went, their counts stayed
-        # An evicted key created again by the kernel starts from zero.
-        gone = next(k for k in keys[1200:] if not in_map(k))
-        bump(gone, 4)
+        assert late and col.evicted > 0
+        # Recycled slots went back to the reader and count other keys now.
+        ld._drop_ctl.next_fresh = ld.drop_entries  # type: ignore[union-attr]  # no fresh slot left
+        reused = [kern.add(key(i, lids[0]), 6) for i in range(5000, 5010)]
+        grown += 60
+        by_label["l0"] += 60
+        assert all(s is not None and s < 1500 for s in reused)
         col.poll()
         assert total() == grown
+        assert per_label() == by_label  # each slot's count under the key it had then
 
 
 def test_read_packets_sums_cpus(ld: Loader) -> None:

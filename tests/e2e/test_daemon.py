@@ -64,6 +64,10 @@ def test_api_shows_exact_drops(daemon: tuple[Lab, RunningDaemon]) -> None:
     for name in ("dropwatch_corrupt_records_total", "dropwatch_map_full_total", "dropwatch_poll_duration_seconds",
                  "process_resident_memory_bytes"):
         assert name in text
+    # Three keys (customerX, customerY, unlabeled) hold slots, of 65,536.
+    assert "dropwatch_drop_slots 65536.0" in text
+    in_use = float(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("dropwatch_drop_slots_in_use ")))
+    assert 3 <= in_use < 100
 
 
 def test_drops_in_other_namespaces_are_not_named_as_ours(daemon: tuple[Lab, RunningDaemon]) -> None:

@@ -1,9 +1,12 @@
-"""Drop-map housekeeping: idle entries are read-and-deleted when the map
-fills, and no count is lost or doubled, including for a key that the
-kernel creates again after it was evicted."""
+"""Drop-map housekeeping with real drops: the keys of idle slots are retired
+when the map fills, their slots recycled after a grace period, and no count
+is lost or doubled, including for a key the kernel sees again after it was
+evicted (the reader's per-CPU cache still names its old slot) and for a
+recycled slot that another key gets."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Iterator
@@ -12,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from dropwatch import abi, collector as collector_mod
 from dropwatch.collector import Collector
 from dropwatch.kernel import DropReasons, Kallsyms
 from dropwatch.lab import LAB_RULES, RX_V4, TX_EYEBALL_V4, Lab, lab
-from dropwatch.loader import Loader
+from dropwatch.loader import Loader, _c_drop_key
 from dropwatch.rules import compile_rules, parse_rules
 from dropwatch.store import Store
 
@@ -24,8 +28,8 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(autouse=True)
 def one_cpu() -> Iterator[None]:
-    """The tests steer the reader's per-CPU cache (a drop with another key
-    flushes it): every packet must be processed on one CPU."""
+    """Every packet on one CPU: the reader's per-CPU cache on that CPU is the
+    one that names the evicted key's old slot."""
     cpus = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(cpus)})
     try:
@@ -49,15 +53,22 @@ class EvictionLab:
         self.col.refresh_label_names()
         self.col.evict_at, self.col.evict_idle_polls = 1, 2
 
-    def total(self) -> int:
+    def total(self, label: str = "customerX") -> int:
         now = datetime.now(timezone.utc)
         return self.st.query_drops(now - timedelta(minutes=5), now + timedelta(minutes=1),
-                                   filters={"label": ["customerX"], "reason": ["NO_SOCKET"],
+                                   filters={"label": [label], "reason": ["NO_SOCKET"],
                                             "iface": [self.lb.rx_if]}, group_by=[]).total
 
-    def in_map(self) -> list[tuple[int, ...]]:
-        """Our key in dw_drops itself (the reader's per-CPU cache aside)."""
-        return [k for k in self.ld.read_drop_map() if k[0] == self.ids["customerX"] and k[4] != 0]
+    def slot(self) -> int | None:
+        """customerX's NO_SOCKET key's slot in dw_drop_slots, if it has one."""
+        keys = [k for k in self.ld.read_drops() if k[0] == self.ids["customerX"] and k[4] != 0]
+        slots = []
+        for k in keys:
+            v = ctypes.c_uint32()
+            if self.ld.lib.map_lookup(self.ld._rmap("dw_drop_slots"), _c_drop_key(k), v):
+                slots.append(v.value)
+        assert len(slots) <= 1
+        return slots[0] if slots else None
 
     def send(self, n: int, dst: str = RX_V4["customerX"]) -> None:
         s0 = self.lb.snmp()["Udp.NoPorts"]
@@ -66,47 +77,53 @@ class EvictionLab:
             time.sleep(0.01)
         time.sleep(0.05)
 
+    def idle_polls(self, n: int) -> None:
+        for _ in range(n):
+            time.sleep(collector_mod.RETIRE_GRACE_S)
+            self.col.poll()
 
-def test_evicted_entries_keep_exact_counts(tmp_path: Path) -> None:
+
+def test_evicted_keys_keep_exact_counts(tmp_path: Path) -> None:
     with lab() as lb, Loader() as ld, Store(tmp_path / "h.db") as st:
         e = EvictionLab(lb, ld, st)
         e.send(20)
-        e.send(1, RX_V4["nolabel"])  # another key: flushes the reader's cache into dw_drops
         e.col.poll()
-        assert e.total() == 20 and e.in_map()
-        for _ in range(3):  # idle polls: the entry gets evicted
-            e.col.poll()
-        assert not e.in_map() and e.col.evicted >= 1
-        assert e.total() == 20  # nothing lost, nothing doubled
-        # The kernel creates the key again, from zero, and it grows past its
-        # old value within one interval: still all new (45, not 20 + 5).
+        old = e.slot()
+        assert e.total() == 20 and old is not None
+        e.idle_polls(3)  # idle: the key is retired
+        assert e.slot() is None and e.col.evicted >= 1
+        # The reader's cache on this CPU still names the old slot, but the
+        # epoch moved: these go to a new slot, before the old one is recycled.
         e.send(25)
+        new = e.slot()
+        assert new is not None and new != old
         e.col.poll()
-        assert e.total() == 45
+        assert e.total() == 45  # nothing lost, nothing doubled
+        e.idle_polls(3)  # the old slot recycled: its count is gone from the map, not from the store
+        assert e.total() == 45 and ld.read_drop_slots()[old] == 0
         e.send(5)
-        e.send(1, RX_V4["nolabel"])
         e.col.poll()
-        assert e.total() == 50 and e.in_map()
+        assert e.total() == 50
 
 
-def test_evicted_while_counts_wait_in_the_reader_cache(tmp_path: Path) -> None:
-    """The key's last drops still sit in a CPU's reader cache when its map
-    entry is evicted: they were counted once, and are not counted again
-    when the cache later flushes them into a re-created entry."""
-    with lab() as lb, Loader() as ld, Store(tmp_path / "h.db") as st:
+def test_a_recycled_slot_counts_its_next_key(tmp_path: Path) -> None:
+    """With no fresh slot left, a new key waits for a recycled one (its
+    drops meanwhile counted as map-full), and a recycled slot counts the
+    key that gets it next, under that key's name."""
+    with lab() as lb, Loader(drop_entries=1024) as ld, Store(tmp_path / "h.db") as st:
         e = EvictionLab(lb, ld, st)
-        e.send(10)
-        e.send(1, RX_V4["nolabel"])  # 10 now in dw_drops
-        e.send(7)  # these wait in the cache
-        e.col.poll()
-        assert e.total() == 17
-        for _ in range(3):
-            e.col.poll()
-        assert e.col.evicted >= 1 and e.total() == 17
-        e.send(1, RX_V4["nolabel"])  # the cache flushes 7 into a re-created entry
-        e.col.poll()
-        assert e.total() == 17
+        assert ld._drop_ctl is not None
+        ld._drop_ctl.next_fresh = ld.drop_entries  # as if every slot had been handed out
+        full0 = ld.read_stats("reader").get(abi.Stat.MAP_FULL, 0)
         e.send(3)
-        e.send(1, RX_V4["nolabel"])
+        assert ld.read_stats("reader").get(abi.Stat.MAP_FULL, 0) - full0 == 3 and e.slot() is None
+        ld.recycle_drop_slots([7])
+        e.send(20)
         e.col.poll()
-        assert e.total() == 20
+        assert e.slot() == 7 and e.total() == 20
+        e.idle_polls(5)  # retired, then recycled: slot 7 is free again
+        assert e.slot() is None and ld.read_drop_slots()[7] == 0
+        e.send(4, RX_V4["nolabel"])  # another key gets slot 7
+        e.col.poll()
+        assert e.total() == 20 and e.total("unlabeled") == 4
+        assert ld.drop_slot_keys([7])[0][0] == 0  # (label id 0: unlabeled)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dropwatch import abi
@@ -34,18 +35,27 @@ def dkey(label_id: int, pop_id: int, source: abi.Source, *, side: int = EYEBALL,
 
 
 class FakeLoader:
+    """The reader as the collector sees it: each key counted in its own slot
+    (slots given in the order keys first appear), cumulative counts."""
+
+    drop_entries = 1024
+
     def __init__(self) -> None:
         self.drops: dict[tuple[int, ...], int] = {}
         self.packets: dict[tuple[int, int, int], tuple[int, int]] = {}
+        self._slot_of: dict[tuple[int, ...], int] = {}
 
-    def read_drops(self) -> dict[tuple[int, ...], int]:
-        return dict(self.drops)
+    def read_drop_slots(self) -> np.ndarray:
+        for k in self.drops:
+            self._slot_of.setdefault(k, len(self._slot_of))
+        out = np.zeros(len(self._slot_of), np.uint64)
+        for k, slot in self._slot_of.items():
+            out[slot] = self.drops.get(k, 0)
+        return out
 
-    def read_drops_changed(self, full: bool = False) -> tuple[dict[tuple[int, ...], int], int]:
-        return dict(self.drops), len(self.drops)  # everything "may have changed"
-
-    def read_drop_cache(self) -> dict[tuple[int, ...], int]:
-        return {}
+    def drop_slot_keys(self, slots: list[int]) -> list[tuple[int, ...]]:
+        by_slot = {slot: k for k, slot in self._slot_of.items()}
+        return [by_slot[s] for s in slots]
 
     def read_packets(self, max_label_id: int) -> dict[tuple[int, int, int], tuple[int, int]]:
         return dict(self.packets)
