@@ -167,12 +167,12 @@ def poll_bench(n_keys: int, reps: int, profile: list[str]) -> dict[str, Any]:
         ld.write_drop_slots(keys, np.vstack([counts] + [np.zeros(n_keys, np.uint64)] * (ld.ncpus - 1)))
 
         def write(idx: list[int] | None = None) -> None:
-            view = ld._drop_counts_view()
-            if idx is None:
-                view[0, :n_keys] = counts
-            else:
-                view[0, idx] = counts[idx]
-            del view
+            def put(view: np.ndarray) -> None:
+                if idx is None:
+                    view[0, :n_keys] = counts
+                else:
+                    view[0, idx] = counts[idx]
+            ld._with_drop_counts(put)
 
         kallsyms = Kallsyms.load()
         rss0 = proc_mem_mb()["VmRSS"]

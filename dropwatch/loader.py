@@ -20,10 +20,11 @@ import struct
 import threading
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +37,7 @@ from .lpm import CHUNK
 from .rules import CompiledRules, RulesError
 
 log = logging.getLogger("dropwatch.loader")
+_T = TypeVar("_T")
 
 DEFAULT_BPF_DIR = Path(__file__).parent / "bpfobj"
 LABELER_OBJ = "labeler.bpf.o"
@@ -47,6 +49,10 @@ TRACEPOINT_MODES = ("auto", "btf", "classic")
 # (RCU read side). Wait well past that before deleting the old entries.
 GEN_GRACE_S = 0.05
 _BATCH = 4096
+# Above this size the drop counts are mapped for each access, not for good.
+_DROP_COUNTS_RESIDENT_MAX = 16 << 20
+# The drop counts array (8 bytes per slot per possible CPU) at most.
+_DROP_COUNTS_MAX = 1 << 30
 
 
 class DropwatchError(Exception):
@@ -146,7 +152,11 @@ class Loader:
         self.flow_entries = flow_entries
         if not 1024 <= drop_entries <= 1 << 22:
             raise ValueError(f"drop map entries {drop_entries}: 1024..4194304")
-        self.drop_entries = drop_entries  # dw_drops capacity (the collector evicts at 75% of it)
+        self.ncpus = self.lib.num_possible_cpus()
+        if drop_entries * self.ncpus * 8 > _DROP_COUNTS_MAX:
+            raise ValueError(f"drop map entries {drop_entries}: {drop_entries} slots x {self.ncpus} CPUs x 8 bytes "
+                             f"of counters is over {_DROP_COUNTS_MAX >> 20} MB")
+        self.drop_entries = drop_entries  # drop slots (the collector retires idle keys at 75% of them)
         # Range-array sizes (entries, both generations): the default holds
         # the largest rule set compile_rules accepts in most shapes; a
         # bigger set is refused at apply time, a bench may ask for more.
@@ -664,13 +674,22 @@ class Loader:
     def _map_drop_slots(self) -> None:
         assert self.reader is not None
         self._unmap_drop_slots()
-        sizes = {"dw_drop_counts": self.ncpus * self.drop_entries * 8,
-                 "dw_slot_keys": self.drop_entries * ctypes.sizeof(abi.DropKey),
+        sizes = {"dw_slot_keys": self.drop_entries * ctypes.sizeof(abi.DropKey),
                  "dw_drop_ctl": ctypes.sizeof(abi.DropCtl)}
         for name, size in sizes.items():
             self._drop_mms[name] = mmap.mmap(self.reader.maps[name], size, mmap.MAP_SHARED,
                                              mmap.PROT_READ | mmap.PROT_WRITE)
         self._drop_ctl = abi.DropCtl.from_buffer(self._drop_mms["dw_drop_ctl"])
+        if self._drop_counts_size() <= _DROP_COUNTS_RESIDENT_MAX:
+            self._drop_mms["dw_drop_counts"] = self._map_drop_counts()
+
+    def _drop_counts_size(self) -> int:
+        return self.ncpus * self.drop_entries * 8
+
+    def _map_drop_counts(self) -> mmap.mmap:
+        assert self.reader is not None
+        return mmap.mmap(self.reader.maps["dw_drop_counts"], self._drop_counts_size(), mmap.MAP_SHARED,
+                         mmap.PROT_READ | mmap.PROT_WRITE)
 
     def _unmap_drop_slots(self) -> None:
         self._drop_ctl = None
@@ -678,9 +697,21 @@ class Loader:
             mm.close()
         self._drop_mms.clear()
 
-    def _drop_counts_view(self) -> npt.NDArray[np.uint64]:
-        """dw_drop_counts as (CPU, slot), over the mapping itself."""
-        return np.frombuffer(self._drop_mms["dw_drop_counts"], dtype=np.uint64).reshape(self.ncpus, self.drop_entries)
+    def _with_drop_counts(self, fn: Callable[[npt.NDArray[np.uint64]], _T]) -> _T:
+        """fn(dw_drop_counts as (CPU, slot), over the mapping itself). A BPF
+        array's mapping has every page resident (it cannot be paged out and
+        in again), and they count as this process's memory: a large one (8
+        bytes per slot per CPU, 128 MB for 65,536 slots on 256 CPUs) is
+        mapped only for the call. fn must not keep the view."""
+        mm = self._drop_mms.get("dw_drop_counts") or self._map_drop_counts()
+        try:
+            view = np.frombuffer(mm, dtype=np.uint64).reshape(self.ncpus, self.drop_entries)
+            out = fn(view)
+            del view  # (a mapping cannot close while a view exports it)
+            return out
+        finally:
+            if mm is not self._drop_mms.get("dw_drop_counts"):
+                mm.close()
 
     def drop_slots_used(self) -> int:
         """Slots handed out at least once: [0, this) may hold counts."""
@@ -693,11 +724,7 @@ class Loader:
         Each CPU's cell only grows (until user space recycles the slot), so
         a slot's sum only grows between two reads."""
         n = self.drop_slots_used()
-        view = self._drop_counts_view()
-        try:
-            return view[:, :n].sum(axis=0, dtype=np.uint64)
-        finally:
-            del view  # (the mapping cannot close while a view exports it)
+        return self._with_drop_counts(lambda view: view[:, :n].sum(axis=0, dtype=np.uint64))
 
     def drop_slot_keys(self, slots: Iterable[int]) -> list[DropKeyT]:
         """The keys the reader gave these slots (meaningful for slots with a
@@ -727,11 +754,11 @@ class Loader:
         whose last count the caller has read."""
         if not slots:
             return
-        view = self._drop_counts_view()
-        try:
-            view[:, np.asarray(slots, dtype=np.int64)] = 0
-        finally:
-            del view
+        idx = np.asarray(slots, dtype=np.int64)
+
+        def zero(view: npt.NDArray[np.uint64]) -> None:
+            view[:, idx] = 0
+        self._with_drop_counts(zero)
         fd = self._rmap("dw_free_slots")
         for s in slots:
             self.lib.queue_push(fd, ctypes.c_uint32(s))
@@ -764,11 +791,9 @@ class Loader:
             self.lib.map_update_batch(self._rmap("dw_drop_slots"), packed,
                                       np.arange(n, dtype=np.uint32).tobytes(), n)
         self._drop_ctl.next_fresh = n
-        view = self._drop_counts_view()
-        try:
+        def put(view: npt.NDArray[np.uint64]) -> None:
             view[:, :n] = counts
-        finally:
-            del view
+        self._with_drop_counts(put)
 
     def read_packets(self, max_label_id: int) -> dict[tuple[int, int, int], tuple[int, int]]:
         """Cumulative packets/bytes seen at ingress: (label_id, side, pop_id) ->

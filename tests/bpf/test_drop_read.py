@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dropwatch import abi, collector as collector_mod
+from dropwatch import abi, collector as collector_mod, loader as loader_mod
 from dropwatch.collector import Collector
 from dropwatch.kernel import DropReasons, Kallsyms
 from dropwatch.loader import DropKeyT, Loader, _c_drop_key
@@ -73,9 +73,9 @@ class Kernel:
 
     def bump_slot(self, slot: int, n: int, cpu: int = 0) -> None:
         """A program that found the slot earlier (and is still running)."""
-        view = self.ld._drop_counts_view()
-        view[cpu % self.ld.ncpus, slot] += n
-        del view
+        def add(view: np.ndarray) -> None:
+            view[cpu % self.ld.ncpus, slot] += n
+        self.ld._with_drop_counts(add)
 
 
 def key(i: int, label_id: int = 0) -> DropKeyT:
@@ -221,3 +221,20 @@ def test_read_packets_sums_cpus(ld: Loader) -> None:
     ld.lib.map_update(ld._lmap("dw_pop_pkt_counts"), k, vals)
     want[(9, 1, 4)] = (sum(2 * c + 1 for c in range(ld.ncpus)), 100 * ld.ncpus)
     assert ld.read_packets(10) == want
+
+
+def test_large_counts_are_mapped_per_access(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above _DROP_COUNTS_RESIDENT_MAX (many CPUs) the counts are mapped for
+    each read or write only, and read the same."""
+    monkeypatch.setattr(loader_mod, "_DROP_COUNTS_RESIDENT_MAX", 0)
+    with Loader(drop_entries=2048) as ld:
+        ld.load()
+        ld._load_reader("tp_btf")
+        assert "dw_drop_counts" not in ld._drop_mms
+        keys = [key(i) for i in range(100)]
+        counts = np.arange(100 * ld.ncpus, dtype=np.uint64).reshape(ld.ncpus, 100)
+        ld.write_drop_slots(keys, counts)
+        Kernel(ld).add(keys[3], 1000)
+        ld.recycle_drop_slots([4])
+        got = ld.read_drop_slots()
+        assert got[3] == counts[:, 3].sum() + 1000 and got[4] == 0 and got[5] == counts[:, 5].sum()
