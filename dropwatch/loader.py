@@ -278,6 +278,7 @@ class Loader:
                 return kind
             except (OSError, DropwatchError) as exc:
                 last = exc
+                self._unmap_drop_slots()
                 if self.reader is not None:
                     self.lib.close_object(self.reader.obj)
                     self.reader = None
