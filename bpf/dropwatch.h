@@ -62,14 +62,25 @@ static __inline __u32 dw_mix32(__u32 x)
 	return x;
 }
 
-static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
+/* The hash state after the key and the first word; the labeler's first
+ * word is a constant (magic, version, rec_len), so the loader computes this
+ * once (dropwatch.abi.meta_h1) and a packet mixes only the other two. */
+static __inline __u32 dw_meta_head(__u32 w0, __u32 key)
 {
-	__u32 h = dw_mix32(key ^ 0x2545F491u);
+	return dw_mix32(dw_mix32(key ^ 0x2545F491u) ^ w0);
+}
 
-	h = dw_mix32(h ^ w0);
-	h = dw_mix32(h ^ w1);
+static __inline __u16 dw_meta_tail(__u32 h1, __u32 w1, __u32 w2)
+{
+	__u32 h = dw_mix32(h1 ^ w1);
+
 	h = dw_mix32(h ^ w2);
 	return (__u16)(h ^ (h >> 16));
+}
+
+static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
+{
+	return dw_meta_tail(dw_meta_head(w0, key), w1, w2);
 }
 
 /* ---- rule maps (filled by user space, read by the labeler) ---- */

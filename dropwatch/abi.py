@@ -260,6 +260,13 @@ def _mix(w0: int, w1: int, w2: int, key: int) -> int:
     return (h ^ (h >> 16)) & 0xFFFF
 
 
+def meta_h1(key: int) -> int:
+    """dw_meta_head() over the labeler's constant first word (magic, version,
+    rec_len) and the key: the labeler's dw_meta_h1, set by the loader."""
+    head = bytes(Meta(magic=DW_META_MAGIC, version=DW_META_VERSION, rec_len=ctypes.sizeof(Meta)))[:4]
+    return _mix32(_mix32((key ^ 0x2545F491) & 0xFFFFFFFF) ^ int.from_bytes(head, "little"))
+
+
 def meta_check(rec: Meta, key: int) -> int:
     """dw_meta_mix() over the first 12 bytes of a record (see dropwatch.h)."""
     raw = bytes(rec)

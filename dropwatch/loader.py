@@ -193,6 +193,8 @@ class Loader:
             raise DropwatchError(f"{path}: cannot open BPF object: {exc.strerror}") from None
         try:
             _set_rodata_u32(self.lib, obj, path, "dw_meta_key", self.meta_key)
+            if name == LABELER_OBJ:
+                _set_rodata_u32(self.lib, obj, path, "dw_meta_h1", abi.meta_h1(self.meta_key))
             if name == READER_OBJ:
                 _set_rodata_u32(self.lib, obj, path, "dw_sample_rate", self.sample_rate)
                 _set_rodata_u32(self.lib, obj, path, "dw_sample_burst", self.sample_burst if self.sample_rate else 0)
