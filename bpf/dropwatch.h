@@ -120,9 +120,20 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  *   0                     no prefix covers this /16: the side is skipped
  *   1..DW_MAX_RESULTS-1   the answer: index into this gen's dw_results
  *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array
+ *   DW_LPM_SMALL | c << DW_LPM_SMALL_SHIFT | off
+ *                         a small chunk: 2 << c ranges (c = 0..3), no header
  * A chunk is a header entry holding n, then n ranges sorted by start; the
  * first starts at 0. An address takes the last range starting at or below
  * it. Offsets are absolute: the loader puts each gen in its own half.
+ *
+ * Small chunks (most of them: a /16 rarely holds more than a few prefixes)
+ * have their size in the direct entry, so the search needs no header read
+ * and its trip count is fixed: n <= DW_LPM_SMALL_MAX ranges, padded to the
+ * next power of two by repeating the last range, and aligned to that size,
+ * so a small chunk never straddles a cache line (IPv6: a pair of lines).
+ * IPv4: off is the u32 entry index. IPv6: off counts 16-byte units, and the
+ * chunk's ranges are single u64s, (key bits 16..63 << 16) | result; a chunk
+ * that points to a low-64 chunk is never small.
  *
  * IPv4 ranges (dw_lpm4_rng): (start of the range in the low 16 bits << 16)
  * | result. IPv6 ranges (dw_lpm6_rng) are 16 bytes, so a range's key and
@@ -136,6 +147,10 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * line.
  */
 #define DW_LPM_CHUNK	0x80000000u
+#define DW_LPM_SMALL	0x40000000u
+#define DW_LPM_SMALL_SHIFT 28
+#define DW_LPM_SMALL_OFF 0x0fffffffu
+#define DW_LPM_SMALL_MAX 16
 #define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* u32 entries, 16 per line */
 #define DW_LPM4_ENTRIES	(1 << 22)	/* u32 ranges + headers, both gens (default size) */
 #define DW_LPM6_ENTRIES	(1 << 21)	/* 16-byte ranges + headers, both gens (default size) */

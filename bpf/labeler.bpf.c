@@ -557,6 +557,43 @@ static __always_inline int lpm_bmp_has(__u32 gen, __u32 v6, __u32 dir, __u32 top
 	return l && ((l->v[(top16 >> 6) & 7] >> (top16 & 63)) & 1);
 }
 
+/* Halvings of a small chunk's search: log2(DW_LPM_SMALL_MAX). */
+#define DW_LPM_SMALL_STEPS 4
+
+static __always_inline __u32 small_len(__u32 e)
+{
+	return 2u << ((e >> DW_LPM_SMALL_SHIFT) & 3);
+}
+
+/*
+ * A small IPv4 chunk: one aligned line, so one map lookup and at most one
+ * cache miss; then a fixed number of halvings (a step whose half is 0
+ * rereads the answer and changes nothing), so the loop's exit never
+ * depends on the chunk. Each step is a plain compare, which clang makes a
+ * short branch. With 100,000 random flows that measured faster here than
+ * the same step kept branch-free (a barrier on the difference; 4-10 ns a
+ * packet for IPv4), because the CPU runs ahead on the predicted path
+ * instead of chaining each load's address to the one before, and a step
+ * whose half is 0 never mispredicts.
+ */
+static __always_inline __u32 lpm4_small(__u32 e, __u32 key)
+{
+	__u32 off = e & DW_LPM_SMALL_OFF;
+	__u32 line = off >> 4, base = off & 15, len = small_len(e);
+	const struct dw_line32 *l = bpf_map_lookup_elem(&dw_lpm4_rng, &line);
+
+	if (!l)
+		return 0;
+	for (int i = 0; i < DW_LPM_SMALL_STEPS; i++) {
+		__u32 half = len >> 1;
+
+		if ((l->v[(base + half) & 15] >> 16) <= key)
+			base += half;
+		len -= half;
+	}
+	return l->v[base & 15] & 0xffff;
+}
+
 /*
  * IPv4: the direct entry for the top 16 bits, then, for a chunk, a binary
  * search of its ranges on the low 16 bits. A chunk holds at most 2^16
@@ -571,7 +608,7 @@ static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
 	__u32 e = line32_get(&dw_lpm4_l1, ((gen * 2 + dir) << 16) | (a >> 16));
 
 	if (!(e & DW_LPM_CHUNK))
-		return e;
+		return e & DW_LPM_SMALL ? lpm4_small(e, a & 0xffff) : e;
 	__u32 off = (e & ~DW_LPM_CHUNK) + 1;
 	__u32 key = a & 0xffff;
 	__u32 base = 0, len = line32_get(&dw_lpm4_rng, off - 1);
@@ -644,6 +681,33 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 	return (__u32)best;
 }
 
+/* A small IPv6 chunk: u64 ranges (key bits 16..63 << 16 | result) in one
+ * aligned line or pair of lines; searched as in lpm4_small(). */
+static __always_inline __u32 lpm6_small(__u32 e, __u64 key48)
+{
+	__u32 off = (e & DW_LPM_SMALL_OFF) * 2, base = 0, len = small_len(e), j;
+	const struct dw_line64 *l;
+
+	for (int i = 0; i < DW_LPM_SMALL_STEPS; i++) {
+		__u32 half = len >> 1;
+
+		j = off + base + half;
+		__u32 line = j >> 3;
+
+		l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+		if (!l)
+			return 0;
+		if ((l->v[j & 7] >> 16) <= key48)
+			base += half;
+		len -= half;
+	}
+	j = off + base;
+	__u32 line = j >> 3;
+
+	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+	return l ? l->v[j & 7] & 0xffff : 0;
+}
+
 /*
  * IPv6: the direct entry for the top 16 bits, a chunk on the top 64 bits,
  * and, only inside a /64 that holds longer prefixes, a chunk on the low 64
@@ -659,7 +723,7 @@ static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
 	__u32 e = line32_get(&dw_lpm6_l1, ((gen * 2 + dir) << 16) | top16);
 
 	if (!(e & DW_LPM_CHUNK))
-		return e;
+		return e & DW_LPM_SMALL ? lpm6_small(e, hi64 & 0xffffffffffffull) : e;
 	e = lpm6_chunk(e & ~DW_LPM_CHUNK, hi64);
 	if (!(e & DW_LPM_CHUNK))
 		return e;

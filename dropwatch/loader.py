@@ -29,7 +29,7 @@ from . import abi
 from .btf import Btf
 from .libbpf import BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, libbpf
 from .netns import entered
-from .lpm import CHUNK
+from .lpm import CHUNK, SMALL
 from .rules import CompiledRules, RulesError
 
 log = logging.getLogger("dropwatch.loader")
@@ -552,9 +552,10 @@ class Loader:
         base4, base6 = gen * half4, gen * half6
         l1_bytes = 4 * 2 * 65536
         v6_rng = t.v6_rng
-        if base6:  # values (odd u64s) that point to a chunk
+        if base6:  # values that point to a chunk
             v6_rng = array("Q", v6_rng)
-            v6_rng[1::2] = array("Q", (x + base6 if x & CHUNK else x for x in v6_rng[1::2]))
+            for i in t.v6_ptrs:
+                v6_rng[i] += base6
         res, lists = _results(c.results)
         return [
             ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4).tobytes()),
@@ -904,10 +905,11 @@ def _results(results: Sequence[tuple[int, Sequence[object]]]) -> tuple[bytes, by
 
 
 def _relocate(l1: array, base: int) -> array:
-    """Chunk offsets in a direct table, made absolute."""
+    """Chunk offsets in a direct table, made absolute (a small IPv6 chunk's
+    offset counts 16-byte entries too, so one base serves both kinds)."""
     if not base:
         return l1
-    return array("I", (x + base if x & CHUNK else x for x in l1))
+    return array("I", (x + base if x & (CHUNK | SMALL) else x for x in l1))
 
 
 def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:
