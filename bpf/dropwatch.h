@@ -144,7 +144,7 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  *
  * Arrays of 64-byte lines, not of single words: an array map rounds each
  * value up to 8 bytes, and a line keeps neighbouring ranges in one cache
- * line.
+ * line. dw_lpm6_rng's values are pairs of lines (struct dw_line128).
  */
 #define DW_LPM_CHUNK	0x80000000u
 #define DW_LPM_SMALL	0x40000000u
@@ -167,6 +167,12 @@ struct dw_line32 {
 
 struct dw_line64 {
 	__u64 v[8];
+};
+
+/* dw_lpm6_rng's value: two cache lines, so a small IPv6 chunk (at most
+ * 128 bytes, aligned to its size) is always inside one value: one lookup. */
+struct dw_line128 {
+	__u64 v[16];
 };
 
 /* A candidate rule: the packet must match proto (0 = any) and, with

@@ -64,10 +64,10 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, DW_LPM6_ENTRIES / 4);
+	__uint(max_entries, DW_LPM6_ENTRIES / 8);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__type(key, __u32);
-	__type(value, struct dw_line64);
+	__type(value, struct dw_line128);
 } dw_lpm6_rng SEC(".maps");
 
 struct {
@@ -640,23 +640,23 @@ static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
 }
 
 /* One IPv6 chunk: the value of the last range whose u64 start <= key.
- * Entry i is the pair (key, value) at u64 2i of the 4-entry lines. */
+ * Entry i is the pair (key, value) at u64 2i of the 8-entry values. */
 static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 {
-	__u32 line = off >> 2;
-	const struct dw_line64 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+	__u32 line = off >> 3;
+	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
 
 	if (!l)
 		return 0;
-	__u32 base = 0, len = (__u32)l->v[(off & 3) * 2];
+	__u32 base = 0, len = (__u32)l->v[(off & 7) * 2];
 	__u64 best = 0;
 
 	off += 1;
-	line = off >> 2;
+	line = off >> 3;
 	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
 	if (!l)
 		return 0;
-	best = l->v[(off & 3) * 2 + 1];	/* range 0 starts at 0 */
+	best = l->v[(off & 7) * 2 + 1];	/* range 0 starts at 0 */
 	/* Branch-free halving, as in lpm4(). */
 	for (int i = 0; i < DW_LPM6_STEPS; i++) {
 		if (len <= 1)
@@ -664,48 +664,42 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 		__u32 half = len >> 1;
 		__u32 j = off + base + half;
 
-		line = j >> 2;
+		line = j >> 3;
 		l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
 		if (!l)
 			return 0;
-		__u64 start = l->v[(j & 3) * 2];
+		__u64 start = l->v[(j & 7) * 2];
 		/* Bit 63: the borrow of key - start, i.e. key < start (Hacker's
 		 * Delight 2-12), without a compare. */
 		__u64 above = ((~key & start) | ((~key | start) & (key - start))) >> 63;
 
 		barrier_var(above);
 		base += half & ((__u32)above - 1);
-		best ^= (best ^ l->v[(j & 3) * 2 + 1]) & (above - 1);
+		best ^= (best ^ l->v[(j & 7) * 2 + 1]) & (above - 1);
 		len -= half;
 	}
 	return (__u32)best;
 }
 
-/* A small IPv6 chunk: u64 ranges (key bits 16..63 << 16 | result) in one
- * aligned line or pair of lines; searched as in lpm4_small(). */
+/* A small IPv6 chunk: u64 ranges (key bits 16..63 << 16 | result), at
+ * most 128 bytes aligned to their size, so inside one dw_line128: one map
+ * lookup, then searched as in lpm4_small(). */
 static __always_inline __u32 lpm6_small(__u32 e, __u64 key48)
 {
-	__u32 off = (e & DW_LPM_SMALL_OFF) * 2, base = 0, len = small_len(e), j;
-	const struct dw_line64 *l;
+	__u32 off = e & DW_LPM_SMALL_OFF;	/* 16-byte units */
+	__u32 line = off >> 3, base = (off & 7) * 2, len = small_len(e);
+	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
 
+	if (!l)
+		return 0;
 	for (int i = 0; i < DW_LPM_SMALL_STEPS; i++) {
 		__u32 half = len >> 1;
 
-		j = off + base + half;
-		__u32 line = j >> 3;
-
-		l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
-		if (!l)
-			return 0;
-		if ((l->v[j & 7] >> 16) <= key48)
+		if ((l->v[(base + half) & 15] >> 16) <= key48)
 			base += half;
 		len -= half;
 	}
-	j = off + base;
-	__u32 line = j >> 3;
-
-	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
-	return l ? l->v[j & 7] & 0xffff : 0;
+	return l->v[base & 15] & 0xffff;
 }
 
 /*

@@ -126,6 +126,10 @@ class Line64(ctypes.Structure):
     _fields_ = [("v", u64 * 8)]
 
 
+class Line128(ctypes.Structure):
+    _fields_ = [("v", u64 * 16)]
+
+
 class Cand(ctypes.Structure):
     _fields_ = [
         ("label_id", u32), ("prio", u32), ("dport_lo", u16), ("dport_hi", u16),
@@ -225,6 +229,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_meta": Meta,
     "dw_line32": Line32,
     "dw_line64": Line64,
+    "dw_line128": Line128,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
     "dw_lpm_res": LpmRes,

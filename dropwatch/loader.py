@@ -227,7 +227,7 @@ class Loader:
         """Load both objects (nothing is attached yet)."""
         self.labeler = self._open(LABELER_OBJ, max_entries={
             "dw_flows": self.flow_entries, "dw_lpm4_rng": self.lpm4_entries // 16,
-            "dw_lpm6_rng": self.lpm6_entries // 4})
+            "dw_lpm6_rng": self.lpm6_entries // 8})
         self._labeler_prog_fd = self.lib.program_fd(self.lib.find_program(self.labeler.obj, "dw_labeler"))
         self._init_rule_maps()
 
