@@ -62,14 +62,25 @@ static __inline __u32 dw_mix32(__u32 x)
 	return x;
 }
 
-static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
+/* The hash state after the key and the first word; the labeler's first
+ * word is a constant (magic, version, rec_len), so the loader computes this
+ * once (dropwatch.abi.meta_h1) and a packet mixes only the other two. */
+static __inline __u32 dw_meta_head(__u32 w0, __u32 key)
 {
-	__u32 h = dw_mix32(key ^ 0x2545F491u);
+	return dw_mix32(dw_mix32(key ^ 0x2545F491u) ^ w0);
+}
 
-	h = dw_mix32(h ^ w0);
-	h = dw_mix32(h ^ w1);
+static __inline __u16 dw_meta_tail(__u32 h1, __u32 w1, __u32 w2)
+{
+	__u32 h = dw_mix32(h1 ^ w1);
+
 	h = dw_mix32(h ^ w2);
 	return (__u16)(h ^ (h >> 16));
+}
+
+static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
+{
+	return dw_meta_tail(dw_meta_head(w0, key), w1, w2);
 }
 
 /* ---- rule maps (filled by user space, read by the labeler) ---- */
@@ -109,9 +120,20 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  *   0                     no prefix covers this /16: the side is skipped
  *   1..DW_MAX_RESULTS-1   the answer: index into this gen's dw_results
  *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array
+ *   DW_LPM_SMALL | c << DW_LPM_SMALL_SHIFT | off
+ *                         a small chunk: 2 << c ranges (c = 0..3), no header
  * A chunk is a header entry holding n, then n ranges sorted by start; the
  * first starts at 0. An address takes the last range starting at or below
  * it. Offsets are absolute: the loader puts each gen in its own half.
+ *
+ * Small chunks (most of them: a /16 rarely holds more than a few prefixes)
+ * have their size in the direct entry, so the search needs no header read
+ * and its trip count is fixed: n <= DW_LPM_SMALL_MAX ranges, padded to the
+ * next power of two by repeating the last range, and aligned to that size,
+ * so a small chunk never straddles a cache line (IPv6: a pair of lines).
+ * IPv4: off is the u32 entry index. IPv6: off counts 16-byte units, and the
+ * chunk's ranges are single u64s, (key bits 16..63 << 16) | result; a chunk
+ * that points to a low-64 chunk is never small.
  *
  * IPv4 ranges (dw_lpm4_rng): (start of the range in the low 16 bits << 16)
  * | result. IPv6 ranges (dw_lpm6_rng) are 16 bytes, so a range's key and
@@ -122,9 +144,13 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  *
  * Arrays of 64-byte lines, not of single words: an array map rounds each
  * value up to 8 bytes, and a line keeps neighbouring ranges in one cache
- * line.
+ * line. dw_lpm6_rng's values are pairs of lines (struct dw_line128).
  */
 #define DW_LPM_CHUNK	0x80000000u
+#define DW_LPM_SMALL	0x40000000u
+#define DW_LPM_SMALL_SHIFT 28
+#define DW_LPM_SMALL_OFF 0x0fffffffu
+#define DW_LPM_SMALL_MAX 16
 #define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* u32 entries, 16 per line */
 #define DW_LPM4_ENTRIES	(1 << 22)	/* u32 ranges + headers, both gens (default size) */
 #define DW_LPM6_ENTRIES	(1 << 21)	/* 16-byte ranges + headers, both gens (default size) */
@@ -141,6 +167,12 @@ struct dw_line32 {
 
 struct dw_line64 {
 	__u64 v[8];
+};
+
+/* dw_lpm6_rng's value: two cache lines, so a small IPv6 chunk (at most
+ * 128 bytes, aligned to its size) is always inside one value: one lookup. */
+struct dw_line128 {
+	__u64 v[16];
 };
 
 /* A candidate rule: the packet must match proto (0 = any) and, with

@@ -25,6 +25,10 @@ DW_MAX_PAIRS = 1 << 16
 DW_MAX_DROP_KEYS = 65536
 DW_NO_SLOT = 0xFFFFFFFF
 DW_LPM_CHUNK = 0x80000000
+DW_LPM_SMALL = 0x40000000
+DW_LPM_SMALL_SHIFT = 28
+DW_LPM_SMALL_OFF = 0x0FFFFFFF
+DW_LPM_SMALL_MAX = 16
 DW_LPM_L1_LINES = DW_GENS * 2 * 65536 // 16
 DW_LPM4_ENTRIES = 1 << 22
 DW_LPM6_ENTRIES = 1 << 21
@@ -121,6 +125,10 @@ class Line32(ctypes.Structure):
 
 class Line64(ctypes.Structure):
     _fields_ = [("v", u64 * 8)]
+
+
+class Line128(ctypes.Structure):
+    _fields_ = [("v", u64 * 16)]
 
 
 class Cand(ctypes.Structure):
@@ -225,6 +233,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_meta": Meta,
     "dw_line32": Line32,
     "dw_line64": Line64,
+    "dw_line128": Line128,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
     "dw_lpm_res": LpmRes,
@@ -263,6 +272,13 @@ def _mix(w0: int, w1: int, w2: int, key: int) -> int:
     h = _mix32(h ^ w1)
     h = _mix32(h ^ w2)
     return (h ^ (h >> 16)) & 0xFFFF
+
+
+def meta_h1(key: int) -> int:
+    """dw_meta_head() over the labeler's constant first word (magic, version,
+    rec_len) and the key: the labeler's dw_meta_h1, set by the loader."""
+    head = bytes(Meta(magic=DW_META_MAGIC, version=DW_META_VERSION, rec_len=ctypes.sizeof(Meta)))[:4]
+    return _mix32(_mix32((key ^ 0x2545F491) & 0xFFFFFFFF) ^ int.from_bytes(head, "little"))
 
 
 def meta_check(rec: Meta, key: int) -> int:

@@ -33,7 +33,7 @@ from . import abi
 from .btf import Btf
 from .libbpf import BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, libbpf
 from .netns import entered
-from .lpm import CHUNK
+from .lpm import CHUNK, SMALL
 from .rules import CompiledRules, RulesError
 
 log = logging.getLogger("dropwatch.loader")
@@ -207,6 +207,8 @@ class Loader:
             raise DropwatchError(f"{path}: cannot open BPF object: {exc.strerror}") from None
         try:
             _set_rodata_u32(self.lib, obj, path, "dw_meta_key", self.meta_key)
+            if name == LABELER_OBJ:
+                _set_rodata_u32(self.lib, obj, path, "dw_meta_h1", abi.meta_h1(self.meta_key))
             if name == READER_OBJ:
                 _set_rodata_u32(self.lib, obj, path, "dw_nr_slots", self.drop_entries)
                 _set_rodata_u32(self.lib, obj, path, "dw_nr_cpus", self.ncpus)
@@ -241,7 +243,7 @@ class Loader:
         """Load both objects (nothing is attached yet)."""
         self.labeler = self._open(LABELER_OBJ, max_entries={
             "dw_flows": self.flow_entries, "dw_lpm4_rng": self.lpm4_entries // 16,
-            "dw_lpm6_rng": self.lpm6_entries // 4})
+            "dw_lpm6_rng": self.lpm6_entries // 8})
         self._labeler_prog_fd = self.lib.program_fd(self.lib.find_program(self.labeler.obj, "dw_labeler"))
         self._init_rule_maps()
 
@@ -570,9 +572,10 @@ class Loader:
         base4, base6 = gen * half4, gen * half6
         l1_bytes = 4 * 2 * 65536
         v6_rng = t.v6_rng
-        if base6:  # values (odd u64s) that point to a chunk
+        if base6:  # values that point to a chunk
             v6_rng = array("Q", v6_rng)
-            v6_rng[1::2] = array("Q", (x + base6 if x & CHUNK else x for x in v6_rng[1::2]))
+            for i in t.v6_ptrs:
+                v6_rng[i] += base6
         res, lists = _results(c.results)
         return [
             ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4).tobytes()),
@@ -924,10 +927,11 @@ def _results(results: Sequence[tuple[int, Sequence[object]]]) -> tuple[bytes, by
 
 
 def _relocate(l1: array, base: int) -> array:
-    """Chunk offsets in a direct table, made absolute."""
+    """Chunk offsets in a direct table, made absolute (a small IPv6 chunk's
+    offset counts 16-byte entries too, so one base serves both kinds)."""
     if not base:
         return l1
-    return array("I", (x + base if x & CHUNK else x for x in l1))
+    return array("I", (x + base if x & (CHUNK | SMALL) else x for x in l1))
 
 
 def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:

@@ -9,6 +9,9 @@ longest matching prefix's result. IPv6 ranges are keyed by the top 64 bits;
 inside a /64 that holds prefixes longer than /64, a second chunk keyed by
 the low 64 bits. A lookup is one direct-table read plus at most one (IPv4)
 or two (IPv6) binary searches of bounded depth, whatever the prefix lengths.
+A chunk of at most ``SMALL_MAX`` ranges is "small": padded to a power of two,
+aligned to its size, its size in the direct entry (no header), and for IPv6
+each range one u64; its search takes a fixed number of steps.
 
 ``lookup()`` is the same walk in Python, step for step, for tests.
 """
@@ -24,6 +27,11 @@ from dataclasses import dataclass, field
 from . import abi
 
 CHUNK = abi.DW_LPM_CHUNK
+SMALL = abi.DW_LPM_SMALL
+SMALL_SHIFT = abi.DW_LPM_SMALL_SHIFT
+SMALL_OFF = abi.DW_LPM_SMALL_OFF
+SMALL_MAX = abi.DW_LPM_SMALL_MAX
+SMALL_STEPS = SMALL_MAX.bit_length() - 1  # the BPF search's fixed trip count
 L1_SIZE = 1 << 16
 MAX_V6_CHUNK = 1 << abi.DW_LPM6_STEPS
 
@@ -40,7 +48,8 @@ class LpmTables:
     v4_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))  # [dir << 16 | top16]
     v4_rng: array = field(default_factory=lambda: array("I"))
     v6_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))
-    v6_rng: array = field(default_factory=lambda: array("Q"))  # (key, value) pairs
+    v6_rng: array = field(default_factory=lambda: array("Q"))  # (key, value) pairs; small chunks: u64 ranges
+    v6_ptrs: list[int] = field(default_factory=list)  # u64 indexes of values that point to a chunk
     # Bit per /16 with a non-zero direct entry: word ((v6 * 2 + dir) << 10) | top16 >> 6.
     bmp: array = field(default_factory=lambda: array("Q", bytes(8 * 4 * 1024)))
 
@@ -49,7 +58,7 @@ class LpmTables:
         return sum(a.itemsize * len(a) for a in (self.v4_l1, self.v4_rng, self.v6_l1, self.v6_rng, self.bmp))
 
     def v6_entries(self) -> int:
-        return len(self.v6_rng) // 2
+        return len(self.v6_rng) // 2  # always whole 16-byte entries (small chunks hold 2, 4, 8 or 16 u64s)
 
 
 Interval = tuple[int, int, int]  # (first, last, result), nested or disjoint
@@ -96,6 +105,27 @@ def _paint_l1(l1: array, dir_: int, short: list[tuple[int, int, int]], width: in
         l1[first:first + n] = array("I", [res]) * n
 
 
+def _small_size(n: int) -> int:
+    """A small chunk's padded size: the power of two >= n, at least 2."""
+    return max(2, 1 << (n - 1).bit_length())
+
+
+def _small_entry(size: int, off: int) -> int:
+    if off > SMALL_OFF:
+        raise LpmCapacityError(f"range offset {off} beyond the direct entry's {SMALL_OFF}")
+    return SMALL | (size.bit_length() - 2) << SMALL_SHIFT | off
+
+
+def _put_small(rng: array, words: list[int]) -> int:
+    """Pad words to a power of two by repeating the last one, append them
+    aligned to that size (zeros in the gap, never read); their index."""
+    size = _small_size(len(words))
+    rng.extend([0] * (-len(rng) % size))
+    off = len(rng)
+    rng.extend(words + [words[-1]] * (size - len(words)))
+    return off
+
+
 def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
     _paint_l1(t.v4_l1, dir_, [x for x in pfx if x[0] <= 16], 32)
     blocks: dict[int, list[Interval]] = defaultdict(list)
@@ -109,6 +139,10 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
         if len(rs) == 1:
             t.v4_l1[i] = rs[0][1]
             continue
+        if len(rs) <= SMALL_MAX:
+            off = _put_small(t.v4_rng, [(start << 16) | res for start, res in rs])
+            t.v4_l1[i] = _small_entry(_small_size(len(rs)), off)
+            continue
         t.v4_l1[i] = CHUNK | len(t.v4_rng)
         t.v4_rng.append(len(rs))
         t.v4_rng.extend((start << 16) | res for start, res in rs)
@@ -120,8 +154,16 @@ def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
     off = t.v6_entries()
     t.v6_rng.extend((len(rs), 0))
     for start, res in rs:
+        if res & CHUNK:
+            t.v6_ptrs.append(len(t.v6_rng) + 1)
         t.v6_rng.extend((start, res))
     return CHUNK | off
+
+
+def _v6_small(t: LpmTables, rs: list[tuple[int, int]]) -> int:
+    """Ranges relative to their /16 block (starts below 2^48), results only."""
+    off = _put_small(t.v6_rng, [(start << 16) | res for start, res in rs])
+    return _small_entry(_small_size(len(rs)), off // 2)
 
 
 def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
@@ -156,6 +198,9 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
             rs = ranges([(f - (block << 48), last - (block << 48), r) for f, last, r in mid[block]] + extra, base, 48)
         if len(rs) == 1:
             t.v6_l1[i] = rs[0][1]
+            continue
+        if len(rs) <= SMALL_MAX and not extra:
+            t.v6_l1[i] = _v6_small(t, rs)
             continue
         t.v6_l1[i] = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
 
@@ -201,6 +246,20 @@ def _search(n: int, start_of: object, key: int, steps: int, reads: list[int] | N
     return base
 
 
+def _small(rng: array, e: int, off: int, key: int, reads: list[int] | None) -> int:
+    """lpm4_small()/lpm6_small(): SMALL_STEPS halvings of a padded chunk
+    (a step whose half is 0 reads and changes nothing), then its result."""
+    base, length = 0, 2 << ((e >> SMALL_SHIFT) & 3)
+    for _ in range(SMALL_STEPS):
+        half = length >> 1
+        if reads is not None:
+            reads[0] += 1
+        if rng[off + base + half] >> 16 <= key:
+            base += half
+        length -= half
+    return rng[off + base] & 0xFFFF
+
+
 def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> int:
     """lpm4()/lpm6() in labeler.bpf.c: the result index for an address (0:
     none). ``reads[0]`` counts table reads: the bitmap, direct entries,
@@ -218,6 +277,8 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         reads[0] += 1
     if not v6:
         e = t.v4_l1[(dir_ << 16) | (addr >> 16)]
+        if e & SMALL and not e & CHUNK:
+            return _small(t.v4_rng, e, e & SMALL_OFF, addr & 0xFFFF, reads)
         if not e & CHUNK:
             return e
         off = (e & ~CHUNK) + 1
@@ -228,6 +289,8 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         return rng[off + i] & 0xFFFF
     hi64 = addr >> 64
     e = t.v6_l1[(dir_ << 16) | (hi64 >> 48)]
+    if e & SMALL and not e & CHUNK:
+        return _small(t.v6_rng, e, 2 * (e & SMALL_OFF), hi64 & ((1 << 48) - 1), reads)
     if not e & CHUNK:
         return e
     for key in (hi64, addr & ((1 << 64) - 1)):

@@ -257,6 +257,13 @@ def test_meta_key_is_a_rodata_u32(require_bpf_objects: Path, obj: str) -> None:
     assert size == 4 and off % 4 == 0
 
 
+def test_meta_h1_is_a_labeler_rodata_u32(require_bpf_objects: Path) -> None:
+    """The loader patches dw_meta_h1 (abi.meta_h1 of the key) into the
+    labeler's .rodata before load."""
+    off, size = _object_btf(str(require_bpf_objects), "labeler.bpf.o").datasec_vars(".rodata")["dw_meta_h1"]
+    assert size == 4 and off % 4 == 0
+
+
 # ---------------------------------------------------------------- the header itself
 
 @pytest.fixture(scope="module")
@@ -305,6 +312,7 @@ def header_mix(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
                    "#define __DW_USER_TYPES 1\n"
                    '#include "dropwatch.h"\n'
                    "unsigned mix(unsigned a, unsigned b, unsigned c, unsigned k) { return dw_meta_mix(a, b, c, k); }\n"
+                   "unsigned tail(unsigned h, unsigned b, unsigned c) { return dw_meta_tail(h, b, c); }\n"
                    "unsigned meta_size(void) { return sizeof(struct dw_meta); }\n")
     so = d / "mix.so"
     cmd = [cc, "-O2", "-shared", "-fPIC", f"-I{HEADER.parent}", str(src), "-o", str(so)]
@@ -313,6 +321,8 @@ def header_mix(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     lib = ctypes.CDLL(str(so))
     lib.mix.restype = ctypes.c_uint
     lib.mix.argtypes = [ctypes.c_uint] * 4
+    lib.tail.restype = ctypes.c_uint
+    lib.tail.argtypes = [ctypes.c_uint] * 3
     lib.meta_size.restype = ctypes.c_uint
     return lib
 
@@ -342,3 +352,15 @@ def test_meta_check_equals_header_mix(header_mix) -> None:  # type: ignore[no-un
     rec2 = abi.Meta.from_buffer_copy(raw)
     rec2.check, rec2.tail_pad = rec.check ^ 0xFFFF, 0xABCD
     assert abi.meta_check(rec2, 7) == abi.meta_check(rec, 7)
+
+
+def test_meta_h1_saves_the_constant_head(header_mix) -> None:  # type: ignore[no-untyped-def]
+    """The labeler mixes only words 1 and 2 from abi.meta_h1(key): that must
+    equal the whole check over its constant first word (magic, version,
+    rec_len)."""
+    import random
+
+    rnd = random.Random(2)
+    for _ in range(500):
+        key, w1, w2 = rnd.getrandbits(32), rnd.getrandbits(32), rnd.getrandbits(32)
+        assert header_mix.tail(abi.meta_h1(key), w1, w2) == header_mix.mix(0x1001D70B, w1, w2, key)

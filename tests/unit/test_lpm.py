@@ -87,3 +87,32 @@ def test_ranges_merge_equal_neighbours() -> None:
     t = lpm.build([(abi.DW_FD_V4_DST, 24, 0x0A000100, 7), (abi.DW_FD_V4_DST, 25, 0x0A000100, 7),
                    (abi.DW_FD_V4_DST, 25, 0x0A000180, 7), (abi.DW_FD_V4_DST, 16, 0x0A000000, 7)])
     assert t.v4_l1[(1 << 16) | 0x0A00] == 7 and len(t.v4_rng) == 0
+
+
+@pytest.mark.parametrize("v6", [False, True])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 30])
+def test_small_chunks(v6: bool, n: int) -> None:
+    """n /32s (IPv6: /48s) in one /16 give 2n or 2n + 1 ranges: up to
+    lpm.SMALL_MAX of them make a small chunk, padded to a power of two and
+    aligned to it; every address still finds its prefix."""
+    width = 128 if v6 else 32
+    plen = 48 if v6 else 32
+    fd = abi.DW_FD_V6_DST if v6 else abi.DW_FD_V4_DST
+    block = 0x2001 << 112 if v6 else 10 << 24
+    pfx = {(plen, block | (3 * i + 1) << (width - plen)): 1 + i for i in range(n)}
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    e = (t.v6_l1 if v6 else t.v4_l1)[(1 << 16) | (block >> (width - 16))]
+    n_ranges = 2 * n + 1
+    if n_ranges <= lpm.SMALL_MAX:
+        assert e & lpm.SMALL and not e & lpm.CHUNK
+        size = 2 << ((e >> lpm.SMALL_SHIFT) & 3)
+        assert size == max(2, 1 << (n_ranges - 1).bit_length())
+        off = (e & lpm.SMALL_OFF) * (2 if v6 else 1)
+        assert off % size == 0
+    else:
+        assert e & lpm.CHUNK
+    for (p, a), r in pfx.items():
+        for addr in (a, a | ((1 << (width - p)) - 1), a - 1, a + (1 << (width - p))):
+            reads = [0]
+            assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
+            assert reads[0] <= 3 + abi.DW_LPM4_STEPS
