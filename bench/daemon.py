@@ -4,18 +4,18 @@
 
     sudo .venv/bin/python bench/daemon.py [--quick] [--flood-seconds S] [--only poll,flood,api] [--profile]
 
-1. poll   In this process: a Loader (reader object loaded and attached, its
-          dw_drops map sized 131,072 because the production 65,536 cannot
-          hold 100,000 keys), a Store in a temporary file and a Collector, as
+1. poll   In this process: a Loader (reader object loaded and attached, with
+          131,072 drop slots because the production 65,536 cannot hold
+          100,000 keys), a Store in a temporary file and a Collector, as
           the daemon builds them (async_writes: a writer thread). 100,000
-          distinct (label, side, reason, location) keys are batch-written
-          into dw_drops from user space (1,000 labels x 2 sides x 10 reasons
-          x 5 locations), then Collector.poll() is timed: the first poll
+          distinct (label, side, reason, location) keys are given slots
+          from user space (Loader.write_drop_slots: 1,000 labels x 2 sides
+          x 10 reasons x 5 locations), then Collector.poll() is timed: the first poll
           (every key new), polls where every key changed, polls where 100
           keys changed, polls where none did, and all-changed polls back to
           back while the writer is still busy. The poll cycle is that call:
           from the kernel read to the deltas handed to the writer thread;
-          it is split into read (Loader.read_drops_changed) and the rest
+          it is split into read (Loader.read_drop_slots) and the rest
           (deltas, names, totals). The writer's time for each poll's batch
           (Store.record_rows inside it) is waited for and reported apart,
           as is one roll-up of the 10 s rows into the coarser tiers.

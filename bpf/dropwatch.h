@@ -427,7 +427,7 @@ enum dw_stat {
 	DW_STAT_XDP_FLOW_FAIL,		/* dw_flows update failed */
 	/* reader */
 	DW_STAT_DROPS = 8,
-	DW_STAT_DROPS_LABELED,		/* unused: the labeled share of dw_drops */
+	DW_STAT_DROPS_LABELED,		/* unused: the labeled share of the drops */
 	DW_STAT_CORRUPT_RECORDS,
 	DW_STAT_MAP_FULL,		/* no free slot for a new drop key: counted here only */
 	DW_STAT_FOREIGN_META,		/* meta_len set, not our magic */

@@ -887,10 +887,6 @@ def _c_drop_key(key: DropKeyT) -> abi.DropKey:
                        netns_ino=netns_ino, pop_id=pop_id, side=side, source=source, flags=flags)
 
 
-def _drop_key(k: abi.DropKey) -> DropKeyT:
-    return (k.label_id, k.side, k.reason, k.location, k.ifindex, k.pop_id, k.source, k.netns_ino, k.flags)
-
-
 def flow_key(saddr: str, daddr: str, proto: int, sport: int | None = None,
              dport: int | None = None) -> abi.FlowKey:
     """The dw_flows key of a flow, as the labeler and the reader build it
