@@ -78,6 +78,12 @@ static __inline __u16 dw_meta_tail(__u32 h1, __u32 w1, __u32 w2)
 	return (__u16)(h ^ (h >> 16));
 }
 
+/* The check of a record with pop_id DW_POP_NONE and no flags (every
+ * packet that was not tunnelled) depends on the label and side alone: the
+ * loader fills dw_metachk[label_id * DW_SIDE__COUNT + side] with it at
+ * load (dropwatch.abi.meta_check_table), and the labeler reads it instead
+ * of mixing two words per packet. */
+
 static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 {
 	return dw_meta_tail(dw_meta_head(w0, key), w1, w2);
@@ -104,10 +110,20 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 /*
  * Longest-prefix match, DXR-style (Zec, Rizzo, Mikuc 2012), compiled by user
  * space (dropwatch/lpm.py) so that a lookup reads one entry of a direct
- * table and, only where longer prefixes exist, binary-searches one sorted
- * chunk of ranges. Every range already carries the index of the longest
- * matching prefix's result, so there is no per-length probing and the worst
- * case is bounded by the search depth, not by the prefix lengths in use.
+ * table and, only where longer prefixes exist, one small chunk of that /16
+ * (or, for a crowded /16, binary-searches a larger one). Every answer
+ * already is the index of the longest matching prefix's result, so there
+ * is no per-length probing and the worst case is bounded by the search
+ * depth, not by the prefix lengths in use.
+ *
+ * What a lookup costs is decided by three things, measured on the machines
+ * in bench/README.md: data-dependent branches (a mispredicted one costs
+ * about as much as the whole lookup), cache misses (the tables of 10^5
+ * prefixes do not fit in L1/L2, so bytes per prefix matter), and
+ * instructions. So the coarse decisions below branch (they are skewed and
+ * predictable per direction: most sources hit no /16, most destinations
+ * one that holds prefixes), and the search inside a /16, whose outcome is
+ * a coin toss per packet, is branch-free.
  *
  * Bitmap (dw_lpm_bmp): one bit per (gen, family, direction, top 16 bits),
  * set iff the direct entry is not 0: 8 KB per direction, so it stays in the
@@ -118,39 +134,51 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * Direct table (dw_lpm4_l1, dw_lpm6_l1): one u32 per (gen, direction, top
  * 16 address bits), index ((gen * 2 + dir) << 16) | top16:
  *   0                     no prefix covers this /16: the side is skipped
- *   1..DW_MAX_RESULTS-1   the answer: index into this gen's dw_results
+ *   1..DW_MAX_RESULTS-1   the answer: index into this gen's results
  *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array
- *   DW_LPM_SMALL | c << DW_LPM_SMALL_SHIFT | off
- *                         a small chunk: 2 << c ranges (c = 0..3), no header
- * A chunk is a header entry holding n, then n ranges sorted by start; the
- * first starts at 0. An address takes the last range starting at or below
- * it. Offsets are absolute: the loader puts each gen in its own half.
+ *   IPv4: DW_LPM_LANES | (k - 1) << DW_LPM_LANES_SHIFT | off
+ *                         a lanes chunk of k (1..4) prefixes, off in u16s
+ *   IPv6: DW_LPM_LANES | (n - 1) << DW_LPM6_SMALL_SHIFT | off
+ *                         a small chunk of n (1..16) ranges, off in u64s
+ * Offsets are absolute: the loader puts each gen in its own half.
  *
- * Small chunks (most of them: a /16 rarely holds more than a few prefixes)
- * have their size in the direct entry, so the search needs no header read
- * and its trip count is fixed: n <= DW_LPM_SMALL_MAX ranges, padded to the
- * next power of two by repeating the last range, and aligned to that size,
- * so a small chunk never straddles a cache line (IPv6: a pair of lines).
- * IPv4: off is the u32 entry index. IPv6: off counts 16-byte units, and the
- * chunk's ranges are single u64s, (key bits 16..63 << 16) | result; a chunk
- * that points to a low-64 chunk is never small.
+ * IPv4 lanes (most /16s: with 10^5 random prefixes, 93% of them hold at
+ * most four): the /16's prefixes themselves, longest first, as u16 fields
+ * [a_1..a_k][m_1..m_k][r_1^b..r_k^b][b] where a is the prefix's low 16
+ * address bits, m its mask within the /16, r its result and b the /16's
+ * own (from prefixes of /16 or shorter). Three unaligned u64 loads give all
+ * lanes at once; lane i matches iff ((key ^ a_i) & m_i) == 0, tested for
+ * the four lanes together (SWAR), and the first match, the longest prefix,
+ * is extracted with arithmetic. 6 bytes per prefix, no branches. The
+ * builder keeps a chunk, and the bytes its u64 loads read past its end,
+ * inside one 64-byte line: one cache miss at most.
  *
- * IPv4 ranges (dw_lpm4_rng): (start of the range in the low 16 bits << 16)
- * | result. IPv6 ranges (dw_lpm6_rng) are 16 bytes, so a range's key and
- * value share a cache line: u64 key (the top 64 address bits), u64 value:
- * a result, or, for a /64 that holds prefixes longer than /64,
- * DW_LPM_CHUNK | off of a second chunk keyed by the low 64 bits. A v6
- * chunk header is the entry (n, 0).
+ * IPv6 small chunks: up to 16 sorted ranges, each one u64, (key bits
+ * 16..63 << 16) | result, inside one 128-byte value and never across a
+ * 64-byte line when they fit one; a fixed, branch-free 4-step search over
+ * exactly n ranges (no padding). Never used for a /16 that holds prefixes
+ * longer than /64.
+ *
+ * Chunks (the rest): a header entry holding n, then n ranges sorted by
+ * start; the first starts at 0. An address takes the last range starting at
+ * or below it. IPv4 ranges (dw_lpm4_rng): (start of the range in the low 16
+ * bits << 16) | result. IPv6 ranges (dw_lpm6_rng) are 16 bytes: u64 key
+ * (the top 64 address bits), u64 value: a result, or, for a /64 that holds
+ * prefixes longer than /64, DW_LPM_CHUNK | off of a second chunk keyed by
+ * the low 64 bits. A v6 chunk header is the entry (n, 0).
  *
  * Arrays of 64-byte lines, not of single words: an array map rounds each
  * value up to 8 bytes, and a line keeps neighbouring ranges in one cache
  * line. dw_lpm6_rng's values are pairs of lines (struct dw_line128).
  */
 #define DW_LPM_CHUNK	0x80000000u
-#define DW_LPM_SMALL	0x40000000u
-#define DW_LPM_SMALL_SHIFT 28
-#define DW_LPM_SMALL_OFF 0x0fffffffu
-#define DW_LPM_SMALL_MAX 16
+#define DW_LPM_LANES	0x40000000u
+#define DW_LPM_LANES_SHIFT 28
+#define DW_LPM_LANES_OFF 0x0fffffffu
+#define DW_LPM_LANES_MAX 4
+#define DW_LPM6_SMALL_SHIFT 26
+#define DW_LPM6_SMALL_OFF 0x03ffffffu
+#define DW_LPM6_SMALL_MAX 16
 #define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* u32 entries, 16 per line */
 #define DW_LPM4_ENTRIES	(1 << 22)	/* u32 ranges + headers, both gens (default size) */
 #define DW_LPM6_ENTRIES	(1 << 21)	/* 16-byte ranges + headers, both gens (default size) */
@@ -165,14 +193,28 @@ struct dw_line32 {
 	__u32 v[16];
 };
 
-struct dw_line64 {
-	__u64 v[8];
-};
-
-/* dw_lpm6_rng's value: two cache lines, so a small IPv6 chunk (at most
- * 128 bytes, aligned to its size) is always inside one value: one lookup. */
+/* dw_lpm6_rng's value: two cache lines, so a small IPv6 chunk of up to 16
+ * ranges is always inside one value: one lookup. */
 struct dw_line128 {
 	__u64 v[16];
+};
+
+/*
+ * A result's answer without evaluating its candidates: the labeler reads
+ * this for both sides and keeps the smaller key of each kind, so the common
+ * case (no proto/port condition) costs two loads and four compares, and no
+ * branch that depends on the packet. lkey = label_prio << 32 | label_id,
+ * skey = side_prio << 32 | side; a kind no candidate sets holds
+ * DW_PRIO_NONE << 32 (skey: | the rule set's default side). A result with
+ * a candidate that has a proto or port condition has DW_ANS_EVAL in skey:
+ * both sides' candidate lists are then evaluated the long way. Keys stay
+ * below 2^63, so the smaller one is found by a signed subtraction.
+ */
+#define DW_PRIO_NONE	0x7fffffffu
+#define DW_ANS_EVAL	(1ull << 62)
+struct dw_lpm_ans {
+	__u64 lkey;
+	__u64 skey;
 };
 
 /* A candidate rule: the packet must match proto (0 = any) and, with
@@ -193,8 +235,9 @@ struct dw_cand {
 /* A result: the candidates of the longest matching prefix that can still
  * win, shared by every prefix with the same list, except that a prefix
  * taking part in a src+dst rule keeps its own prefix_id, the dw_pairs key.
- * The labeler reads struct dw_lpm_res (24 bytes, so the results traffic
- * touches share cache lines); a list of 2 or more candidates is in
+ * The labeler reads its struct dw_lpm_ans (above) first; struct dw_lpm_res
+ * (24 bytes) at the same index only for the prefix ids of src+dst rules and
+ * for DW_ANS_EVAL results, and a list of 2 or more candidates is in
  * dw_results, a struct dw_cand_list, at the same index. */
 struct dw_cand_list {
 	__u32 prefix_id;	/* key for dw_pairs; 0 = takes part in no pair */

@@ -25,10 +25,15 @@ DW_MAX_PAIRS = 1 << 16
 DW_MAX_DROP_KEYS = 65536
 DW_NO_SLOT = 0xFFFFFFFF
 DW_LPM_CHUNK = 0x80000000
-DW_LPM_SMALL = 0x40000000
-DW_LPM_SMALL_SHIFT = 28
-DW_LPM_SMALL_OFF = 0x0FFFFFFF
-DW_LPM_SMALL_MAX = 16
+DW_LPM_LANES = 0x40000000
+DW_LPM_LANES_SHIFT = 28
+DW_LPM_LANES_OFF = 0x0FFFFFFF
+DW_LPM_LANES_MAX = 4
+DW_LPM6_SMALL_SHIFT = 26
+DW_LPM6_SMALL_OFF = 0x03FFFFFF
+DW_LPM6_SMALL_MAX = 16
+DW_PRIO_NONE = 0x7FFFFFFF
+DW_ANS_EVAL = 1 << 62
 DW_LPM_L1_LINES = DW_GENS * 2 * 65536 // 16
 DW_LPM4_ENTRIES = 1 << 22
 DW_LPM6_ENTRIES = 1 << 21
@@ -123,10 +128,6 @@ class Line32(ctypes.Structure):
     _fields_ = [("v", u32 * 16)]
 
 
-class Line64(ctypes.Structure):
-    _fields_ = [("v", u64 * 8)]
-
-
 class Line128(ctypes.Structure):
     _fields_ = [("v", u64 * 16)]
 
@@ -144,6 +145,10 @@ class CandList(ctypes.Structure):
 
 class LpmRes(ctypes.Structure):
     _fields_ = [("prefix_id", u32), ("n", u32), ("c0", Cand)]
+
+
+class LpmAns(ctypes.Structure):
+    _fields_ = [("lkey", u64), ("skey", u64)]
 
 
 class PairKey(ctypes.Structure):
@@ -232,11 +237,11 @@ class Bucket(ctypes.Structure):
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_meta": Meta,
     "dw_line32": Line32,
-    "dw_line64": Line64,
     "dw_line128": Line128,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
     "dw_lpm_res": LpmRes,
+    "dw_lpm_ans": LpmAns,
     "dw_pair_key": PairKey,
     "dw_ruleset": Ruleset,
     "dw_gen_state": GenState,
@@ -279,6 +284,28 @@ def meta_h1(key: int) -> int:
     rec_len) and the key: the labeler's dw_meta_h1, set by the loader."""
     head = bytes(Meta(magic=DW_META_MAGIC, version=DW_META_VERSION, rec_len=ctypes.sizeof(Meta)))[:4]
     return _mix32(_mix32((key ^ 0x2545F491) & 0xFFFFFFFF) ^ int.from_bytes(head, "little"))
+
+
+def meta_check_table(key: int) -> bytes:
+    """dw_metachk's contents for this key: the check of the record an
+    untunnelled packet gets, for every (label_id, side), at label_id *
+    DW_SIDE_COUNT + side (u16 little-endian). The same mix as
+    meta_check(), vectorised (65,536 records)."""
+    import numpy as np
+
+    def mix32(x: "np.ndarray") -> "np.ndarray":
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        return x ^ (x >> np.uint32(16))
+
+    n = DW_MAX_LABELS * DW_SIDE_COUNT
+    idx = np.arange(n, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        h = mix32(np.full(n, meta_h1(key), dtype=np.uint32) ^ (idx // np.uint32(DW_SIDE_COUNT)))
+        h = mix32(h ^ ((idx % np.uint32(DW_SIDE_COUNT)) << np.uint32(16)))
+    return ((h ^ (h >> np.uint32(16))) & np.uint32(0xFFFF)).astype("<u2").tobytes()
 
 
 def meta_check(rec: Meta, key: int) -> int:

@@ -33,7 +33,7 @@ from . import abi
 from .btf import Btf
 from .libbpf import BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, libbpf
 from .netns import entered
-from .lpm import CHUNK, SMALL
+from .lpm import CHUNK, LANES
 from .rules import CompiledRules, RulesError
 
 log = logging.getLogger("dropwatch.loader")
@@ -161,8 +161,10 @@ class Loader:
         # the largest rule set compile_rules accepts in most shapes; a
         # bigger set is refused at apply time, a bench may ask for more.
         for n in (lpm4_entries, lpm6_entries):
-            if not 1024 <= n <= 1 << 28 or n % 32:
-                raise ValueError(f"range array entries {n}: 1024..2^28, a multiple of 32")
+            # (2^25: a lanes or small chunk's relocated offset, in halves of
+            # entries, must fit its direct entry's field.)
+            if not 1024 <= n <= 1 << 25 or n % 32:
+                raise ValueError(f"range array entries {n}: 1024..2^25, a multiple of 32")
         self.lpm4_entries, self.lpm6_entries = lpm4_entries, lpm6_entries
         # What the reader is told about the flow map (dw_flow_cfg); follows
         # the active rule generation.
@@ -234,6 +236,8 @@ class Loader:
             bo = _BpfObject(path, obj)
             for map_name, m in self.lib.maps(obj):
                 bo.maps[map_name] = self.lib.map_fd(m)
+                if map_name.startswith(_GLOBAL_TABLE):  # a global table: its own name too
+                    bo.maps[map_name.removeprefix(_GLOBAL_TABLE)] = self.lib.map_fd(m)
             return bo
         except BaseException:
             self.lib.close_object(obj)
@@ -246,6 +250,7 @@ class Loader:
             "dw_lpm6_rng": self.lpm6_entries // 8})
         self._labeler_prog_fd = self.lib.program_fd(self.lib.find_program(self.labeler.obj, "dw_labeler"))
         self._init_rule_maps()
+        self._store("dw_metachk", 0, abi.meta_check_table(self.meta_key))
 
     def _load_reader(self, kind: str) -> None:
         btf = kind == "tp_btf"
@@ -461,9 +466,9 @@ class Loader:
         self._state_mmap = mmap.mmap(self.lib.map_fd(m), -(-size // mmap.PAGESIZE) * mmap.PAGESIZE,
                                      mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._state_obj = abi.LabelerState.from_buffer(self._state_mmap)
-        for name in LPM_MAPS:
-            m = self.lib.find_map(self.labeler.obj, name)
-            self._lpm_sizes[name] = self.lib.map_max_entries(m) * self.lib.map_value_size(m)
+        maps = {n.removeprefix(_GLOBAL_TABLE): m for n, m in self.lib.maps(self.labeler.obj)}
+        for name in LPM_MAPS + KEY_MAPS:
+            self._lpm_sizes[name] = self.lib.map_max_entries(maps[name]) * self.lib.map_value_size(maps[name])
 
     @contextmanager
     def _lpm_window(self, name: str, off: int, n: int) -> Iterator[tuple[mmap.mmap, int]]:
@@ -578,6 +583,7 @@ class Loader:
                 v6_rng[i] += base6
         res, lists = _results(c.results)
         return [
+            ("dw_lpm_ans", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmAns), _answers(c.results, c.default_side)),
             ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4).tobytes()),
             ("dw_lpm4_rng", base4 * 4, t.v4_rng.tobytes()),
             ("dw_lpm6_l1", gen * l1_bytes, _relocate(t.v6_l1, base6).tobytes()),
@@ -628,7 +634,8 @@ class Loader:
     def rule_map_entries(self) -> dict[str, int]:
         """What the rule maps hold, both generations, read from the kernel's
         memory (for tests and /healthz): results in use, range entries in
-        use (up to the last non-zero one), and pair entries."""
+        use (up to the end of the last 64-byte line holding a non-zero
+        byte), and pair entries."""
         out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_pairs": 0}
         rsize = ctypes.sizeof(abi.LpmRes)
         with self._lpm_window("dw_lpm_res", 0, self._lpm_sizes["dw_lpm_res"]) as (mm, _d):
@@ -641,7 +648,8 @@ class Loader:
             for gen in range(abi.DW_GENS):
                 with self._lpm_window(name, gen * half * width, half * width) as (mm, d):
                     region = mm[d:d + half * width]
-                out["dw_lpm_ranges"] += -(-len(region.rstrip(b"\0")) // width)
+                # Whole 64-byte lines, as the builder lays them out.
+                out["dw_lpm_ranges"] += -(-len(region.rstrip(b"\0")) // 64) * 64 // width
         fd = self._lmap("dw_pairs")
         k, nk = abi.PairKey(), abi.PairKey()
         cur = None
@@ -903,7 +911,14 @@ def flow_key(saddr: str, daddr: str, proto: int, sport: int | None = None,
     return k
 
 
-LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res", "dw_results")
+# The labeler's fixed-size tables are globals in sections .bss.<name>, which
+# libbpf turns into maps of that name; the loader knows them by <name>.
+_GLOBAL_TABLE = ".bss."
+# Written per rule generation, through mmap.
+LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res", "dw_lpm_ans",
+            "dw_results")
+# Written once at load, for this load's record key (the check table).
+KEY_MAPS = ("dw_metachk",)
 
 
 def _results(results: Sequence[tuple[int, Sequence[object]]]) -> tuple[bytes, bytes]:
@@ -922,12 +937,33 @@ def _results(results: Sequence[tuple[int, Sequence[object]]]) -> tuple[bytes, by
     return b"".join(res), b"".join(lists)
 
 
+def _answers(results: Sequence[tuple[int, Sequence[object]]], default_side: int) -> bytes:
+    """dw_lpm_ans from index 0 (struct dw_lpm_ans in bpf/dropwatch.h): per
+    result, the best label and side its candidates give without a
+    condition, or DW_ANS_EVAL if a candidate has a proto or port one."""
+    none_l, none_s = abi.DW_PRIO_NONE << 32, abi.DW_PRIO_NONE << 32 | default_side
+    out = array("Q")
+    for _pid, cands in results:
+        lkey, skey = none_l, none_s
+        if any(c.proto or c.flags & abi.DW_CAND_NEEDS_PORT for c in cands):  # type: ignore[attr-defined]
+            skey |= abi.DW_ANS_EVAL
+        else:
+            for c in cands:
+                if c.label_id:  # type: ignore[attr-defined]
+                    lkey = min(lkey, c.prio << 32 | c.label_id)  # type: ignore[attr-defined]
+                if c.side:  # type: ignore[attr-defined]
+                    skey = min(skey, c.prio << 32 | c.side)  # type: ignore[attr-defined]
+        out.extend((lkey, skey))
+    return out.tobytes()
+
+
 def _relocate(l1: array, base: int) -> array:
-    """Chunk offsets in a direct table, made absolute (a small IPv6 chunk's
-    offset counts 16-byte entries too, so one base serves both kinds)."""
+    """Chunk offsets in a direct table, made absolute. ``base`` counts the
+    range array's entries (IPv4 u32s, IPv6 16-byte pairs); a lanes or small
+    chunk's offset counts halves of them (u16s, u64s)."""
     if not base:
         return l1
-    return array("I", (x + base if x & (CHUNK | SMALL) else x for x in l1))
+    return array("I", (x + base if x & CHUNK else x + 2 * base if x & LANES else x for x in l1))
 
 
 def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:

@@ -3,15 +3,24 @@ set, searched by lpm4()/lpm6() in bpf/labeler.bpf.c (layout and encoding in
 bpf/dropwatch.h, "rule maps").
 
 DXR-style: a direct table on the top 16 address bits, whose entry is the
-answer itself (a result index, 0 for "no prefix") or a chunk of sorted,
-non-overlapping ranges covering that /16, each already resolved to the
-longest matching prefix's result. IPv6 ranges are keyed by the top 64 bits;
-inside a /64 that holds prefixes longer than /64, a second chunk keyed by
-the low 64 bits. A lookup is one direct-table read plus at most one (IPv4)
-or two (IPv6) binary searches of bounded depth, whatever the prefix lengths.
-A chunk of at most ``SMALL_MAX`` ranges is "small": padded to a power of two,
-aligned to its size, its size in the direct entry (no header), and for IPv6
-each range one u64; its search takes a fixed number of steps.
+answer itself (a result index, 0 for "no prefix") or a chunk for that /16:
+
+* IPv4 lanes: a /16 holding at most ``LANES_MAX`` prefixes longer than /16
+  (most of them) keeps the prefixes themselves, longest first, as 16-bit
+  (address, mask, result) lanes that the labeler tests all at once, without
+  a branch; 6 bytes a prefix.
+* IPv6 small chunks: at most ``SMALL6_MAX`` sorted ranges keyed by the top
+  64 bits, one u64 each, searched in a fixed number of branch-free steps.
+* Chunks: sorted, non-overlapping ranges covering the /16, each already
+  resolved to the longest matching prefix's result, binary-searched. IPv6
+  ranges are keyed by the top 64 bits; inside a /64 that holds prefixes
+  longer than /64, a second chunk keyed by the low 64 bits.
+
+A lookup is one direct-table read plus one lanes test or small search, or at
+most one (IPv4) or two (IPv6) binary searches of bounded depth, whatever the
+prefix lengths. Lanes and small chunks are packed into 64-byte lines (a
+small IPv6 chunk of more than 8 ranges into one 128-byte value) so that a
+lookup touches one cache line of them.
 
 ``lookup()`` is the same walk in Python, step for step, for tests.
 """
@@ -27,13 +36,17 @@ from dataclasses import dataclass, field
 from . import abi
 
 CHUNK = abi.DW_LPM_CHUNK
-SMALL = abi.DW_LPM_SMALL
-SMALL_SHIFT = abi.DW_LPM_SMALL_SHIFT
-SMALL_OFF = abi.DW_LPM_SMALL_OFF
-SMALL_MAX = abi.DW_LPM_SMALL_MAX
-SMALL_STEPS = SMALL_MAX.bit_length() - 1  # the BPF search's fixed trip count
+LANES = abi.DW_LPM_LANES
+LANES_SHIFT = abi.DW_LPM_LANES_SHIFT
+LANES_OFF = abi.DW_LPM_LANES_OFF
+LANES_MAX = abi.DW_LPM_LANES_MAX
+SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
+SMALL6_OFF = abi.DW_LPM6_SMALL_OFF
+SMALL6_MAX = abi.DW_LPM6_SMALL_MAX
+SMALL6_STEPS = SMALL6_MAX.bit_length() - 1  # the BPF search's fixed trip count
 L1_SIZE = 1 << 16
 MAX_V6_CHUNK = 1 << abi.DW_LPM6_STEPS
+LINE = 64  # bytes
 
 
 class LpmCapacityError(ValueError):
@@ -46,9 +59,9 @@ class LpmTables:
     this generation's part of each range array (the loader relocates)."""
 
     v4_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))  # [dir << 16 | top16]
-    v4_rng: array = field(default_factory=lambda: array("I"))
+    v4_rng: array = field(default_factory=lambda: array("I"))  # lanes lines first (u16 fields), then chunks
     v6_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))
-    v6_rng: array = field(default_factory=lambda: array("Q"))  # (key, value) pairs; small chunks: u64 ranges
+    v6_rng: array = field(default_factory=lambda: array("Q"))  # small chunks (u64 ranges), then (key, value) pairs
     v6_ptrs: list[int] = field(default_factory=list)  # u64 indexes of values that point to a chunk
     # Bit per /16 with a non-zero direct entry: word ((v6 * 2 + dir) << 10) | top16 >> 6.
     bmp: array = field(default_factory=lambda: array("Q", bytes(8 * 4 * 1024)))
@@ -58,7 +71,38 @@ class LpmTables:
         return sum(a.itemsize * len(a) for a in (self.v4_l1, self.v4_rng, self.v6_l1, self.v6_rng, self.bmp))
 
     def v6_entries(self) -> int:
-        return len(self.v6_rng) // 2  # always whole 16-byte entries (small chunks hold 2, 4, 8 or 16 u64s)
+        return len(self.v6_rng) // 2  # always whole 16-byte entries
+
+
+class _Lines:
+    """First-fit-decreasing placement of small items into 64-byte lines, so
+    that no item crosses a line (or, for items of more than one line, a
+    128-byte value): its lookup touches one line, one map value."""
+
+    def __init__(self) -> None:
+        self.n = 0  # lines used
+        self.free: dict[int, list[int]] = defaultdict(list)  # free bytes at a line's end -> lines
+
+    def place(self, size: int) -> int:
+        """Byte offset of a new item of ``size`` bytes (even; <= 128)."""
+        if size > LINE:  # a whole 128-byte value: an even line and the next
+            if self.n % 2:
+                self.free[LINE].append(self.n)
+                self.n += 1
+            line, self.n = self.n, self.n + 2
+            if 2 * LINE - size:
+                self.free[2 * LINE - size].append(line + 1)
+            return line * LINE
+        for f in range(size, LINE + 1):
+            if self.free[f]:
+                line = self.free[f].pop()
+                break
+        else:
+            line, f = self.n, LINE
+            self.n += 1
+        if f - size:
+            self.free[f - size].append(line)
+        return line * LINE + LINE - f
 
 
 Interval = tuple[int, int, int]  # (first, last, result), nested or disjoint
@@ -105,44 +149,53 @@ def _paint_l1(l1: array, dir_: int, short: list[tuple[int, int, int]], width: in
         l1[first:first + n] = array("I", [res]) * n
 
 
-def _small_size(n: int) -> int:
-    """A small chunk's padded size: the power of two >= n, at least 2."""
-    return max(2, 1 << (n - 1).bit_length())
+def _lanes(items: list[tuple[int, int, int]], base: int) -> list[tuple[int, int, int]]:
+    """(plen, low 16 address bits, result) of one /16's prefixes longer than
+    /16 -> its lanes, longest first, without the prefixes that change no
+    answer (same result as the prefix or base they sit in)."""
+    out: list[tuple[int, int, int]] = []
+    kept: list[tuple[int, int, int]] = []  # (first, last, result), shortest first
+    for plen, low, res in sorted(items):
+        first, last = low, low | ((1 << (32 - plen)) - 1)
+        parent = base
+        for f, la, r in kept:
+            if f <= first and last <= la:
+                parent = r  # the longest so far that contains it
+        if res == parent:
+            continue
+        kept.append((first, last, res))
+        out.append((plen, low, res))
+    return sorted(out, key=lambda t: -t[0])
 
 
-def _small_entry(size: int, off: int) -> int:
-    if off > SMALL_OFF:
-        raise LpmCapacityError(f"range offset {off} beyond the direct entry's {SMALL_OFF}")
-    return SMALL | (size.bit_length() - 2) << SMALL_SHIFT | off
+def _lane_bytes(k: int) -> int:
+    """A lanes chunk's bytes in its line: 6k + 2 of fields, and what the
+    three u64 loads read past the last field's end (8 - 2k for k < 4)."""
+    return max(6 * k + 2, 4 * k + 8)
 
 
-def _put_small(rng: array, words: list[int]) -> int:
-    """Pad words to a power of two by repeating the last one, append them
-    aligned to that size (zeros in the gap, never read); their index."""
-    size = _small_size(len(words))
-    rng.extend([0] * (-len(rng) % size))
-    off = len(rng)
-    rng.extend(words + [words[-1]] * (size - len(words)))
-    return off
-
-
-def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
+def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines,
+              lane_chunks: list[tuple[int, list[int]]]) -> None:
     _paint_l1(t.v4_l1, dir_, [x for x in pfx if x[0] <= 16], 32)
-    blocks: dict[int, list[Interval]] = defaultdict(list)
+    blocks: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     for plen, addr, res in pfx:
         if plen > 16:
-            low = addr & 0xFFFF
-            blocks[addr >> 16].append((low, low + (1 << (32 - plen)) - 1, res))
+            blocks[addr >> 16].append((plen, addr & 0xFFFF, res))
     for block in sorted(blocks):
         i = (dir_ << 16) | block
-        rs = ranges(blocks[block], t.v4_l1[i], 16)
-        if len(rs) == 1:
-            t.v4_l1[i] = rs[0][1]
+        base = t.v4_l1[i]
+        lanes = _lanes(blocks[block], base)
+        if not lanes:
+            continue  # the direct entry already holds the answer
+        if len(lanes) <= LANES_MAX:
+            k = len(lanes)
+            at = lines.place(_lane_bytes(k))
+            words = ([low for _, low, _ in lanes] + [0xFFFF ^ ((1 << (32 - p)) - 1) for p, _, _ in lanes]
+                     + [r ^ base for _, _, r in lanes] + [base])
+            lane_chunks.append((at, words))
+            t.v4_l1[i] = LANES | (k - 1) << LANES_SHIFT | at // 2
             continue
-        if len(rs) <= SMALL_MAX:
-            off = _put_small(t.v4_rng, [(start << 16) | res for start, res in rs])
-            t.v4_l1[i] = _small_entry(_small_size(len(rs)), off)
-            continue
+        rs = ranges([(low, low + (1 << (32 - p)) - 1, r) for p, low, r in blocks[block]], base, 16)
         t.v4_l1[i] = CHUNK | len(t.v4_rng)
         t.v4_rng.append(len(rs))
         t.v4_rng.extend((start << 16) | res for start, res in rs)
@@ -160,13 +213,8 @@ def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
     return CHUNK | off
 
 
-def _v6_small(t: LpmTables, rs: list[tuple[int, int]]) -> int:
-    """Ranges relative to their /16 block (starts below 2^48), results only."""
-    off = _put_small(t.v6_rng, [(start << 16) | res for start, res in rs])
-    return _small_entry(_small_size(len(rs)), off // 2)
-
-
-def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
+def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines,
+              small: list[tuple[int, int, list[int]]]) -> None:
     _paint_l1(t.v6_l1, dir_, [x for x in pfx if x[0] <= 16], 128)
     mid: dict[int, list[Interval]] = defaultdict(list)  # /16 block -> intervals on the top 64 bits
     deep: dict[int, list[Interval]] = defaultdict(list)  # /64 -> intervals on the low 64 bits
@@ -199,8 +247,9 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
         if len(rs) == 1:
             t.v6_l1[i] = rs[0][1]
             continue
-        if len(rs) <= SMALL_MAX and not extra:
-            t.v6_l1[i] = _v6_small(t, rs)
+        if len(rs) <= SMALL6_MAX and not extra:
+            at = lines.place(8 * len(rs))
+            small.append((i, at, [(start << 16) | res for start, res in rs]))
             continue
         t.v6_l1[i] = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
 
@@ -214,12 +263,48 @@ def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
             raise LpmCapacityError(f"result index {res} outside 0..{abi.DW_MAX_RESULTS - 1}")
         by_fd[fd].append((plen, addr, res))
     t = LpmTables()
+    # IPv4: lanes chunks in whole lines at the start of the range array,
+    # then the larger chunks (u32 entries).
+    lines, lane_chunks = _Lines(), []
     for fd in (abi.DW_FD_V4_SRC, abi.DW_FD_V4_DST):
         if by_fd.get(fd):
-            _build_v4(t, fd & 1, by_fd[fd])
+            _build_v4(t, fd & 1, by_fd[fd], lines, lane_chunks)
+    if lines.n:
+        chunks, t.v4_rng = t.v4_rng, array("I", bytes(lines.n * LINE))
+        if lines.n * LINE // 2 > LANES_OFF:
+            raise LpmCapacityError(f"{lines.n} lines of IPv4 lanes; offsets end at {LANES_OFF}")
+        with memoryview(t.v4_rng) as mv, mv.cast("B") as b, b.cast("H") as u16:
+            for at, words in lane_chunks:
+                u16[at // 2:at // 2 + len(words)] = array("H", words)
+        shift = lines.n * LINE // 4
+        for i, e in enumerate(t.v4_l1):
+            if e & CHUNK:
+                t.v4_l1[i] = e + shift
+        t.v4_rng.extend(chunks)
+    # IPv6: small chunks first, then the (key, value) chunks.
+    lines, small = _Lines(), []
     for fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST):
         if by_fd.get(fd):
-            _build_v6(t, fd & 1, by_fd[fd])
+            _build_v6(t, fd & 1, by_fd[fd], lines, small)
+    if lines.n:
+        chunks, t.v6_rng = t.v6_rng, array("Q", bytes(lines.n * LINE))
+        if lines.n * LINE // 8 > SMALL6_OFF:
+            raise LpmCapacityError(f"{lines.n} lines of small IPv6 chunks; offsets end at {SMALL6_OFF}")
+        for i, at, words in small:
+            t.v6_rng[at // 8:at // 8 + len(words)] = array("Q", words)
+            t.v6_l1[i] = LANES | (len(words) - 1) << SMALL6_SHIFT | at // 8
+        shift = lines.n * LINE // 16  # in 16-byte entries
+        for i, e in enumerate(t.v6_l1):
+            if e & CHUNK:
+                t.v6_l1[i] = e + shift
+        for j in range(1, len(chunks), 2):
+            if chunks[j] & CHUNK:
+                chunks[j] += shift
+        t.v6_ptrs = [j + 2 * shift for j in t.v6_ptrs]
+        t.v6_rng.extend(chunks)
+    # Whole lines: what the loader writes and counts (rule_map_entries).
+    t.v4_rng.extend([0] * (-len(t.v4_rng) % (LINE // 4)))
+    t.v6_rng.extend([0] * (-len(t.v6_rng) % (LINE // 8)))
     for v6, l1 in ((0, t.v4_l1), (1, t.v6_l1)):
         for i, e in enumerate(l1):
             if e:
@@ -246,15 +331,35 @@ def _search(n: int, start_of: object, key: int, steps: int, reads: list[int] | N
     return base
 
 
-def _small(rng: array, e: int, off: int, key: int, reads: list[int] | None) -> int:
-    """lpm4_small()/lpm6_small(): SMALL_STEPS halvings of a padded chunk
-    (a step whose half is 0 reads and changes nothing), then its result."""
-    base, length = 0, 2 << ((e >> SMALL_SHIFT) & 3)
-    for _ in range(SMALL_STEPS):
+def _lanes4(rng: array, e: int, key: int, reads: list[int] | None) -> int:
+    """lpm4_lanes(): the first lane (longest prefix) whose masked address
+    equals the key's, else the base; one line read."""
+    k = ((e >> LANES_SHIFT) & 3) + 1
+    at = (e & LANES_OFF) * 2
+    assert at // LINE == (at + _lane_bytes(k) - 1) // LINE, "a lanes chunk crosses a line"
+    w = at // 2
+    with memoryview(rng) as mv, mv.cast("B") as b, b.cast("H") as u16:
+        a, m, r, base = list(u16[w:w + k]), list(u16[w + k:w + 2 * k]), list(u16[w + 2 * k:w + 3 * k]), u16[w + 3 * k]
+    if reads is not None:
+        reads[0] += 1
+    for i in range(k):
+        if (key ^ a[i]) & m[i] == 0:
+            return r[i] ^ base
+    return base
+
+
+def _small6(rng: array, e: int, key48: int, reads: list[int] | None) -> int:
+    """lpm6_small(): SMALL6_STEPS halvings of exactly n ranges (a step whose
+    half is 0 reads and changes nothing), then its result."""
+    n = ((e >> SMALL6_SHIFT) & 15) + 1
+    off = e & SMALL6_OFF
+    assert off // 16 == (off + n - 1) // 16, "a small chunk crosses a 128-byte value"
+    base, length = 0, n
+    if reads is not None:
+        reads[0] += 1  # one line (or value); the steps read inside it
+    for _ in range(SMALL6_STEPS):
         half = length >> 1
-        if reads is not None:
-            reads[0] += 1
-        if rng[off + base + half] >> 16 <= key:
+        if rng[off + base + half] >> 16 <= key48:
             base += half
         length -= half
     return rng[off + base] & 0xFFFF
@@ -262,9 +367,9 @@ def _small(rng: array, e: int, off: int, key: int, reads: list[int] | None) -> i
 
 def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> int:
     """lpm4()/lpm6() in labeler.bpf.c: the result index for an address (0:
-    none). ``reads[0]`` counts table reads: the bitmap, direct entries,
-    chunk headers and search probes (not the final range, which the search
-    already read)."""
+    none). ``reads[0]`` counts dependent table reads: the bitmap, direct
+    entries, a lanes or small chunk's line, chunk headers and search probes
+    (not the final range, which the search already read)."""
     dir_ = fd & 1
     v6 = fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST)
     top16 = addr >> (112 if v6 else 16)
@@ -277,8 +382,8 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         reads[0] += 1
     if not v6:
         e = t.v4_l1[(dir_ << 16) | (addr >> 16)]
-        if e & SMALL and not e & CHUNK:
-            return _small(t.v4_rng, e, e & SMALL_OFF, addr & 0xFFFF, reads)
+        if e & LANES:
+            return _lanes4(t.v4_rng, e, addr & 0xFFFF, reads)
         if not e & CHUNK:
             return e
         off = (e & ~CHUNK) + 1
@@ -289,8 +394,8 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         return rng[off + i] & 0xFFFF
     hi64 = addr >> 64
     e = t.v6_l1[(dir_ << 16) | (hi64 >> 48)]
-    if e & SMALL and not e & CHUNK:
-        return _small(t.v6_rng, e, 2 * (e & SMALL_OFF), hi64 & ((1 << 48) - 1), reads)
+    if e & LANES:
+        return _small6(t.v6_rng, e, hi64 & ((1 << 48) - 1), reads)
     if not e & CHUNK:
         return e
     for key in (hi64, addr & ((1 << 64) - 1)):

@@ -89,30 +89,82 @@ def test_ranges_merge_equal_neighbours() -> None:
     assert t.v4_l1[(1 << 16) | 0x0A00] == 7 and len(t.v4_rng) == 0
 
 
-@pytest.mark.parametrize("v6", [False, True])
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 30])
-def test_small_chunks(v6: bool, n: int) -> None:
-    """n /32s (IPv6: /48s) in one /16 give 2n or 2n + 1 ranges: up to
-    lpm.SMALL_MAX of them make a small chunk, padded to a power of two and
-    aligned to it; every address still finds its prefix."""
-    width = 128 if v6 else 32
-    plen = 48 if v6 else 32
-    fd = abi.DW_FD_V6_DST if v6 else abi.DW_FD_V4_DST
-    block = 0x2001 << 112 if v6 else 10 << 24
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 30])
+def test_v4_lanes(n: int) -> None:
+    """n /32s in one /16: up to lpm.LANES_MAX of them are lanes (the
+    prefixes themselves, longest first), more make a chunk of ranges; a
+    lanes chunk never crosses a 64-byte line; every address still finds its
+    prefix, in at most 3 reads with lanes."""
+    fd, block = abi.DW_FD_V4_DST, 10 << 24
+    pfx = {(32, block | (3 * i + 1)): 1 + i for i in range(n)}
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    e = t.v4_l1[(1 << 16) | (block >> 16)]
+    if n <= lpm.LANES_MAX:
+        assert e & lpm.LANES and not e & lpm.CHUNK
+        assert ((e >> lpm.LANES_SHIFT) & 3) + 1 == n
+    else:
+        assert e & lpm.CHUNK and not e & lpm.LANES
+    for (p, a), _r in pfx.items():
+        for addr in (a, a - 1, a + 1):
+            reads = [0]
+            assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 32, addr), hex(addr)
+            assert reads[0] <= (3 if n <= lpm.LANES_MAX else 3 + abi.DW_LPM4_STEPS)
+
+
+def test_v4_lanes_keep_the_longest_and_drop_the_idle() -> None:
+    """Nested prefixes: the longest wins whatever the order; a prefix with
+    its container's result is no lane; a /16 whose prefixes all change
+    nothing keeps its direct entry."""
+    fd = abi.DW_FD_V4_DST
+    pfx = {(16, 0x0A000000): 3, (20, 0x0A000000): 5, (24, 0x0A000100): 7, (28, 0x0A000110): 5,
+           (30, 0x0A001000): 3}  # /30 in the /16 only, same result: idle
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    e = t.v4_l1[(1 << 16) | 0x0A00]
+    assert e & lpm.LANES and ((e >> lpm.LANES_SHIFT) & 3) + 1 == 3
+    for addr in (0x0A000000, 0x0A0000FF, 0x0A000100, 0x0A00010F, 0x0A000110, 0x0A00011F, 0x0A000120,
+                 0x0A000800, 0x0A000FFF, 0x0A001000, 0x0A001003, 0x0A001004, 0x0A00FFFF):
+        assert lpm.lookup(t, fd, addr) == _brute(pfx, 32, addr), hex(addr)
+    idle = lpm.build([(fd, 16, 0x0B000000, 4), (fd, 24, 0x0B000100, 4)])
+    assert idle.v4_l1[(1 << 16) | 0x0B00] == 4 and len(idle.v4_rng) == 0
+
+
+def test_v4_lanes_are_packed_into_lines() -> None:
+    """Thousands of /16s with one to four prefixes each: no lanes chunk
+    crosses a line (lookup() asserts it), and the lines are nearly full."""
+    rng = random.Random(7)
+    fd = abi.DW_FD_V4_SRC
+    pfx: dict[tuple[int, int], int] = {}
+    for block in rng.sample(range(1 << 16), 3000):
+        for _ in range(rng.randint(1, 4)):
+            plen = rng.choice([20, 24, 28, 32])
+            pfx[(plen, (block << 16 | rng.getrandbits(16)) & _mask(32, plen))] = rng.randrange(1, 1000)
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    for (p, a) in pfx:
+        assert lpm.lookup(t, fd, a) == _brute(pfx, 32, a)
+    assert len(t.v4_rng) * 4 < 1.1 * sum(lpm._lane_bytes(((e >> lpm.LANES_SHIFT) & 3) + 1)
+                                         for e in t.v4_l1 if e & lpm.LANES)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 30])
+def test_v6_small_chunks(n: int) -> None:
+    """n /48s in one /16 give 2n or 2n + 1 ranges: up to lpm.SMALL6_MAX of
+    them make a small chunk of exactly that many u64 ranges, inside one
+    line (9 or more: one 128-byte value); more make a chunk."""
+    fd, block, width, plen = abi.DW_FD_V6_DST, 0x2001 << 112, 128, 48
     pfx = {(plen, block | (3 * i + 1) << (width - plen)): 1 + i for i in range(n)}
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    e = (t.v6_l1 if v6 else t.v4_l1)[(1 << 16) | (block >> (width - 16))]
+    e = t.v6_l1[(1 << 16) | 0x2001]
     n_ranges = 2 * n + 1
-    if n_ranges <= lpm.SMALL_MAX:
-        assert e & lpm.SMALL and not e & lpm.CHUNK
-        size = 2 << ((e >> lpm.SMALL_SHIFT) & 3)
-        assert size == max(2, 1 << (n_ranges - 1).bit_length())
-        off = (e & lpm.SMALL_OFF) * (2 if v6 else 1)
-        assert off % size == 0
+    if n_ranges <= lpm.SMALL6_MAX:
+        assert e & lpm.LANES and not e & lpm.CHUNK
+        assert ((e >> lpm.SMALL6_SHIFT) & 15) + 1 == n_ranges
+        off = e & lpm.SMALL6_OFF
+        line = 8 if n_ranges <= 8 else 16
+        assert off // line == (off + n_ranges - 1) // line
     else:
         assert e & lpm.CHUNK
-    for (p, a), r in pfx.items():
+    for (p, a), _r in pfx.items():
         for addr in (a, a | ((1 << (width - p)) - 1), a - 1, a + (1 << (width - p))):
             reads = [0]
             assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
-            assert reads[0] <= 3 + abi.DW_LPM4_STEPS
+            assert reads[0] <= 3 + abi.DW_LPM6_STEPS

@@ -1,0 +1,169 @@
+"""The labeler's longest-prefix match, run in the kernel on large random
+prefix sets, against the brute-force meaning of the rules.
+
+tests/unit/test_lpm.py checks dropwatch.lpm's tables through their Python
+walk; here the BPF code walks them: every form of a /16 is reached (a
+direct answer, IPv4 lanes of 1 to 4 prefixes packed at every position of a
+line, IPv4 chunks, IPv6 small chunks of 1 to 16 ranges, IPv6 chunks and the
+chunks below a /64), on both sides, at every prefix's edges and at random
+addresses, and each record must carry the label and side that
+dropwatch.rules.classify_reference gives.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import packets as P
+import pytest
+
+from dropwatch import abi, lpm
+from dropwatch.loader import Loader
+from dropwatch.loader import test_run_xdp as xdp_test_run
+from dropwatch.rules import classify_reference, compile_rules, parse_rules
+
+pytestmark = pytest.mark.bpf
+
+META_KEY = 0x1B5C0DE5
+N_LABELS = 300
+
+
+def _prefix_set(rng: random.Random, width: int, blocks: int, lens: list[int],
+                deep: list[int]) -> list[tuple[int, int]]:
+    """(plen, network) in ``blocks`` random /16s: 1 to 12 prefixes each,
+    often nested, plus a few covering prefixes of /16 or shorter; ``deep``
+    lengths (IPv6 beyond /64) inside a few /64s."""
+    out: set[tuple[int, int]] = set()
+
+    def net(plen: int, a: int) -> int:
+        return a & (((1 << width) - 1) ^ ((1 << (width - plen)) - 1))
+
+    for b in rng.sample(range(1 << 16), blocks):
+        top = b << (width - 16)
+        anchor = top | rng.getrandbits(width - 16)
+        for _ in range(rng.choice([1, 1, 2, 2, 3, 4, 5, 6, 12])):
+            plen = rng.choice(lens)
+            # Half of them near one address of the block, so they nest.
+            a = anchor ^ rng.getrandbits(rng.randint(0, width - 16)) if rng.random() < 0.5 else \
+                top | rng.getrandbits(width - 16)
+            out.add((plen, net(plen, a)))
+        if deep and rng.random() < 0.1:
+            q = net(64, anchor)
+            out.add((64, q))
+            for _ in range(rng.randint(1, 6)):
+                plen = rng.choice(deep)
+                out.add((plen, net(plen, q | rng.getrandbits(64))))
+    for _ in range(8):
+        plen = rng.randint(1, 16)
+        out.add((plen, net(plen, rng.getrandbits(width))))
+    return sorted(out)
+
+
+def _cidr(width: int, plen: int, a: int) -> str:
+    net = ipaddress.IPv4Network if width == 32 else ipaddress.IPv6Network
+    return str(net((a, plen)))
+
+
+def _edges(width: int, pfx: list[tuple[int, int]], rng: random.Random, n_random: int) -> list[int]:
+    top = (1 << width) - 1
+    out = []
+    for plen, a in pfx:
+        last = a | ((1 << (width - plen)) - 1)
+        out += [a, last, (a - 1) & top, (last + 1) & top]
+    blocks = sorted({a >> (width - 16) for _, a in pfx})
+    out += [(rng.choice(blocks) << (width - 16)) | rng.getrandbits(width - 16) for _ in range(n_random)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tables() -> Iterator[tuple[Loader, Any, dict[str, int], dict[int, tuple[list[tuple[int, int]], ...]]]]:
+    rng = random.Random(20261205)
+    sets = {4: (_prefix_set(rng, 32, 700, list(range(17, 33)), []),
+                _prefix_set(rng, 32, 200, list(range(17, 33)), [])),
+            6: (_prefix_set(rng, 128, 500, [17, 24, 32, 40, 44, 48, 56, 60, 63, 64], [65, 80, 96, 112, 128]),
+                _prefix_set(rng, 128, 150, [20, 32, 48, 64], []))}
+    by_label: dict[str, list[str]] = {f"l{i}": [] for i in range(N_LABELS)}
+    origin: list[str] = []
+    for fam, (dst, src) in sets.items():
+        width = 32 if fam == 4 else 128
+        for i, (plen, a) in enumerate(dst):
+            by_label[f"l{(i * 7) % N_LABELS}"].append(_cidr(width, plen, a))
+        origin += [_cidr(width, plen, a) for plen, a in src]
+    rules = [{"label": name, "dst": cidrs} for name, cidrs in by_label.items() if cidrs]
+    rules.append({"side": "origin", "src": origin})
+    rs = parse_rules({"default_side": "eyeball", "rules": rules})
+    ids = {f"l{i}": i + 1 for i in range(N_LABELS)}
+    compiled = compile_rules(rs, ids)
+    with Loader(meta_key=META_KEY) as ld:
+        ld.load()
+        ld.apply_rules(compiled)
+        yield ld, rs, ids, {fam: v for fam, v in sets.items()} | {0: (compiled,)}  # type: ignore[dict-item]
+
+
+def test_every_table_form_is_reached(tables: Any) -> None:
+    """The sets are big enough to hold each form many times (else the
+    comparison below would prove less than it says)."""
+    _ld, _rs, _ids, sets = tables
+    t = sets[0][0].lpm
+    v4 = Counter("lanes%d" % (((e >> lpm.LANES_SHIFT) & 3) + 1) if e & lpm.LANES else
+                 "chunk" if e & lpm.CHUNK else "direct" for e in t.v4_l1 if e)
+    v6 = Counter("small" if e & lpm.LANES else "chunk" if e & lpm.CHUNK else "direct" for e in t.v6_l1 if e)
+    for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "direct"):
+        assert v4[form] >= 10, v4
+    for form in ("small", "chunk", "direct"):
+        assert v6[form] >= 10, v6
+    # Lanes at many positions of their line, some ending at its last byte
+    # (the u64 loads read up to there).
+    at = [((e & lpm.LANES_OFF) * 2 % lpm.LINE, lpm._lane_bytes(((e >> lpm.LANES_SHIFT) & 3) + 1))
+          for e in t.v4_l1 if e & lpm.LANES]
+    assert len({a for a, _ in at}) >= 12, sorted({a for a, _ in at})
+    assert any(a + n == lpm.LINE for a, n in at)
+    assert t.v6_ptrs, "no chunk below a /64"
+
+
+def _longest(table: dict[tuple[int, int], Any], width: int, addr: int) -> Any:
+    for plen in range(width, -1, -1):
+        hit = table.get((plen, addr & (((1 << width) - 1) ^ ((1 << (width - plen)) - 1))))
+        if hit is not None:
+            return hit
+    return None
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_kernel_walk_matches_the_rules(tables: Any, family: int) -> None:
+    """Brute force for this rule shape (each dst prefix in one label rule,
+    one src side rule): the longest matching dst prefix's label, origin if
+    any src prefix matches; classify_reference agrees on every 50th probe
+    (it is too slow for all of them)."""
+    ld, rs, ids, sets = tables
+    rng = random.Random(family)
+    width = 32 if family == 4 else 128
+    dst_set, src_set = sets[family]
+    label_of = {p: ids[f"l{(i * 7) % N_LABELS}"] for i, p in enumerate(dst_set)}
+    src_of = {p: True for p in src_set}
+    dsts = _edges(width, dst_set, rng, 3000)
+    srcs = _edges(width, src_set, rng, 500)
+    fmt = ipaddress.IPv4Address if family == 4 else ipaddress.IPv6Address
+    labeled = origin = 0
+    for i, dst in enumerate(dsts):
+        # Every source probe is used, most with random destinations.
+        src = srcs[i % len(srcs)] if i % 3 else rng.getrandbits(width)
+        pkt = P.build(family, "udp", src=str(fmt(src)), dst=str(fmt(dst)), dport=443)
+        verdict, meta, _out, _ = xdp_test_run(ld, pkt.frame)
+        assert verdict == 2
+        source, rec = abi.decode_meta(meta, META_KEY)
+        assert source == abi.Source.META and rec is not None, (fmt(src), fmt(dst))
+        want = (_longest(label_of, width, dst) or 0,
+                int(abi.Side.ORIGIN if _longest(src_of, width, src) else abi.Side.EYEBALL))
+        if i % 50 == 0:
+            e = pkt.expect()
+            assert classify_reference(rs, ids, e.family, e.saddr, e.daddr, e.proto, e.dport) == want
+        assert (rec.label_id, rec.side) == want, f"src {fmt(src)} dst {fmt(dst)}"
+        labeled += want[0] != 0
+        origin += want[1] == abi.Side.ORIGIN
+    # Both sides' lookups took their matching paths often.
+    assert labeled > len(dsts) // 3 and origin > len(dsts) // 10, (labeled, origin, len(dsts))
