@@ -201,10 +201,11 @@ def deep_spec(rng: random.Random, blocks: int = 4) -> Spec:
 
 def table_bytes(comp: Compiled) -> int:
     """What one generation of the set occupies in the labeler's tables:
-    bitmaps, direct tables, ranges, and the results in use."""
+    bitmaps, direct tables, lanes and ranges, and the results and their
+    answers in use."""
     lists = sum(1 for _, cands in comp.results if len(cands) > 1)
-    return comp.lpm.nbytes() + (len(comp.results) - 1) * ctypes.sizeof(abi.LpmRes) + \
-        lists * ctypes.sizeof(abi.CandList)
+    return comp.lpm.nbytes() + (len(comp.results) - 1) * (ctypes.sizeof(abi.LpmRes) + ctypes.sizeof(abi.LpmAns)) \
+        + lists * ctypes.sizeof(abi.CandList)
 
 
 def rules_dict(spec: Spec) -> dict[str, Any]:
@@ -488,14 +489,38 @@ class Bench:
             raise SystemExit(f"test run returned {ret}, not XDP_PASS: a tail call failed?")
         return (t1 - t0) / rep
 
-    def interleaved(self, variants: dict[Any, tuple[Any, ...]], runs: int | None = None) -> dict[Any, float]:
-        """variants: name -> (callable setting up, prog_fd, data). Median per name."""
+    def interleaved(self, variants: dict[Any, tuple[Any, ...]], runs: int | None = None) -> Rounds:
+        """variants: name -> (callable setting up, prog_fd, data). Every
+        round runs each variant once, in alternating order, so that the
+        machine's slow phases (other guests on this core) fall on all of
+        them alike."""
         res: dict[Any, list[float]] = {k: [] for k in variants}
-        for _ in range(runs or self.runs):
-            for name, (setup, fd, data) in variants.items():
+        names = list(variants)
+        for i in range(runs or self.runs):
+            for name in names if i % 2 == 0 else names[::-1]:
+                setup, fd, data = variants[name]
                 setup()
                 res[name].append(self.time_run(fd, data))
-        return {k: B.median(v) for k, v in res.items()}
+        return Rounds(res)
+
+
+class Rounds(dict[Any, float]):
+    """Per-round ns/packet of interleaved variants; r[name] is the median.
+    d(a, b) is the median over rounds of a - b measured in the same round:
+    a slow phase of the machine (this VM's core is shared; it can run 1.5-2x
+    slower for seconds) moves both, so their difference is steadier than a
+    difference of medians. best(a, b) = min(a) - min(b): the least disturbed
+    run of each."""
+
+    def __init__(self, rounds: dict[Any, list[float]]) -> None:
+        super().__init__({k: B.median(v) for k, v in rounds.items()})
+        self.rounds = rounds
+
+    def d(self, a: Any, b: Any) -> float:
+        return B.median([x - y for x, y in zip(self.rounds[a], self.rounds[b], strict=True)])
+
+    def best(self, a: Any, b: Any) -> float:
+        return min(self.rounds[a]) - min(self.rounds[b])
 
 
 class Front:
@@ -669,7 +694,8 @@ def main() -> None:
                     def setter(target: int, nfl: int = nfl, l3: int = l3, fr: Front = front, fam: int = spec.family) \
                             -> Any:
                         return lambda: fr.cfg(nfl, l3, fam, target)
-                    variants = {"base": (setter(T_EMPTY), front.fd["bench_front"], data),
+                    variants = {"empty": (lambda: None, bench.empty_fd, data),
+                                "base": (setter(T_EMPTY), front.fd["bench_front"], data),
                                 "lab": (setter(T_LABELER), front.fd["bench_front"], data)}
                     want_parts = shape == fam_shape and not spec.worst and \
                         spec.size in ((100_000,) if args.quick else (10, 100_000))
@@ -677,25 +703,28 @@ def main() -> None:
                         for nm, t in (("parse", T_PARSE), ("classify", T_CLASSIFY), ("count", T_COUNT)):
                             variants[nm] = (setter(t), front.fd["bench_front"], data)
                     r = bench.interleaved(variants, runs=max(runs, 5) if want_parts else None)
-                    delta = r["lab"] - r["base"]
-                    ns = empty[shape] + delta
+                    delta, best = r.d("lab", "base"), r.best("lab", "base")
+                    ns = r["empty"] + delta
                     row = {"ruleset": spec.name, "family": spec.family, "prefixes": spec.n_prefixes(),
                            "dst_prefixes": spec.size, "frame": len(data), "vlan": shape[2],
-                           "flows": nfl or 1, "empty_ns": empty[shape], "front_empty_ns": r["base"],
+                           "flows": nfl or 1, "empty_ns": r["empty"], "front_empty_ns": r["base"],
                            "front_labeler_ns": r["lab"], "labeler_minus_empty_ns": delta, "ns_per_pkt": ns,
-                           "ratio": ns / empty[shape], "probes_per_pkt": probes if nfl else None,
+                           "labeler_minus_empty_ns_best": best,
+                           "ns_per_pkt_best": min(r.rounds["empty"]) + best, "runs": len(r.rounds["lab"]),
+                           "ratio": ns / r["empty"], "probes_per_pkt": probes if nfl else None,
                            "labeled_share": labeled if nfl else None, "load_s": load_s, "prep_s": prep_s,
                            "table_bytes": table_bytes(comp),
                            "bytes_per_prefix": table_bytes(comp) / max(1, spec.n_prefixes()),
                            "repeat": bench.repeat}
                     results["rows"].append(row)
                     rows.append([spec.name, f"{spec.n_prefixes():,}", f"{len(data)}{' vlan' if shape[2] else ''}",
-                                 f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta), f"{ns / empty[shape]:.2f}",
+                                 f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta), B.fmt(best),
+                                 f"{ns / r['empty']:.2f}",
                                  B.fmt(probes if nfl else None), f"{labeled:.0%}" if nfl else "-",
                                  f"{table_bytes(comp) / max(1, spec.n_prefixes()):.1f}"])
                     if want_parts:
-                        p = {"parse": r["parse"] - r["base"], "classify": r["classify"] - r["parse"],
-                             "count+stat": r["count"] - r["classify"], "record write": r["lab"] - r["count"]}
+                        p = {"parse": r.d("parse", "base"), "classify": r.d("classify", "parse"),
+                             "count+stat": r.d("count", "classify"), "record write": r.d("lab", "count")}
                         results.setdefault("parts", {})[f"{spec.name}, {nfl or 1} flows"] = p
                         parts_rows.append([spec.name, f"{nfl:,}" if nfl else "1", B.fmt(p["parse"]),
                                            B.fmt(p["classify"]),
@@ -719,16 +748,17 @@ def main() -> None:
                     alt_variants: dict[Any, tuple[Any, ...]] = {}
                     alt_targets: list[tuple[Any, int]] = [("base", T_EMPTY), ("lab", T_LABELER),
                                                           (T_ALT_LPM, T_ALT_LPM), (T_ALT_DIR, T_ALT_DIR)]
+                    alt_variants["empty"] = (lambda: None, bench.empty_fd, data)
                     for nm, t in alt_targets:
                         alt_variants[nm] = ((lambda t=t, nfl=nfl, fr=front, l3=l3: fr.cfg(nfl, l3, 4, t)),
                                             front.fd["bench_front"], data)
                     r = bench.interleaved(alt_variants)
                     named: list[tuple[Any, tuple[str, str]]] = [("lab", ("dw_labeler", "dropwatch (this build)"))]
                     for key, (prog, desc) in named + list(ALT_PROGS.items()):
-                        delta = r[key] - r["base"]
-                        ns = empty[fam_shape] + delta
+                        delta = r.d(key, "base")
+                        ns = r["empty"] + delta
                         alt_rows.append([desc, f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta),
-                                         f"{ns / empty[fam_shape]:.2f}"])
+                                         f"{ns / r['empty']:.2f}"])
                         results.setdefault("alternatives", []).append(
                             {"program": prog, "flows": nfl or 1, "ns_per_pkt": ns, "minus_empty_ns": delta})
                         if prog == "alt_lpm_trie" and nfl:
@@ -759,12 +789,15 @@ def main() -> None:
     print(B.table([[f"v{s[0]}", f"{len(frames[s][0])}{' vlan' if s[2] else ''}", B.fmt(empty[s])] for s in shapes],
                   ["empty XDP", "frame", "ns/pkt"]))
     print()
-    print(B.table(rows, ["ruleset", "prefixes", "frame", "flows", "ns/pkt", "-empty", "ratio", "reads/pkt",
+    print(B.table(rows, ["ruleset", "prefixes", "frame", "flows", "ns/pkt", "-empty", "best", "ratio", "reads/pkt",
                          "labeled", "B/prefix"]))
-    print("\nns/pkt = empty + (front->labeler - front->empty); ratio = ns/pkt / empty; reads/pkt = table reads per "
-          "packet (src + dst: bitmap, direct entry, chunk header, search probes; dropwatch.lpm.lookup's walk over "
-          "the flows), result lists not counted; B/prefix = one generation's tables (bitmaps, 2 x 256 KB direct "
-          "tables per family, ranges, results in use) / prefixes; worst-case sets: repeat "
+    print("\nns/pkt = empty + (front->labeler - front->empty), each run of a round back to back, median over the "
+          "rounds of the difference; best = the least disturbed run of each (min - min); ratio = ns/pkt / empty; "
+          "reads/pkt = dependent table reads per "
+          "packet (src + dst: bitmap, direct entry, a lanes or small chunk's line, chunk header, search probes; "
+          "dropwatch.lpm.lookup's walk over the flows), results not counted; B/prefix = one generation's tables "
+          "(bitmaps, 2 x 256 KB direct tables per family, lanes and ranges, results and answers in use) / "
+          "prefixes; worst-case sets: repeat "
           f"{max(100_000, args.repeat // (10 if args.quick else 5)):,}")
     if parts_rows:
         print()
@@ -791,15 +824,20 @@ def main() -> None:
     results["direct_production_meta_failed_share"] = failed
     results["empty"] = {f"v{s[0]}-{s[1]}{'-vlan' if s[2] else ''}": empty[s] for s in shapes}
 
-    def pick(fam: int, size: int, flows: int) -> float | None:
+    def pick(fam: int, size: int, flows: int) -> dict[str, Any]:
         for r in results["rows"]:
-            if (r["family"], r["dst_prefixes"], r["frame"], r["vlan"], r["flows"]) == \
-                    (fam, size, 64 if fam == 4 else 64, False, flows):
-                return float(r["ns_per_pkt"])
-        return None
-    results["xdp_empty_ns_per_pkt"] = empty[(4, 64, False)]
-    results["xdp_ns_per_pkt_100k"] = pick(4, 100_000, args.flows)
-    results["xdp_ns_per_pkt_100k_v6"] = pick(6, 100_000, args.flows)
+            if (r["family"], r["dst_prefixes"], r["frame"], r["vlan"], r["flows"]) == (fam, size, 64, False, flows):
+                return r  # type: ignore[no-any-return]
+        return {}
+    for fam, sfx in ((4, ""), (6, "_v6")):
+        row = pick(fam, 100_000, args.flows)
+        results[f"xdp_ns_per_pkt_100k{sfx}"] = row.get("ns_per_pkt")
+        results[f"xdp_minus_empty_ns_100k{sfx}"] = row.get("labeler_minus_empty_ns")
+        results[f"xdp_ns_per_pkt_100k{sfx}_best"] = row.get("ns_per_pkt_best")
+        results[f"xdp_minus_empty_ns_100k{sfx}_best"] = row.get("labeler_minus_empty_ns_best")
+        if fam == 4:
+            # The empty program of that row's rounds (the table above: its own runs).
+            results["xdp_empty_ns_per_pkt"] = row.get("empty_ns", empty[(4, 64, False)])
     results["elapsed_s"] = time.monotonic() - t_start
     B.write_json(args.json, results)
     print(f"\nwrote {args.json} ({results['elapsed_s']:.0f}s)")

@@ -94,7 +94,12 @@ def _compile(src: str, out: Path) -> None:
 @pytest.fixture
 def chained(tmp_path: Path) -> Iterator[tuple[Lab, Path, Path]]:
     with lab() as lb:
-        pin = Path(f"/sys/fs/bpf/dwtest-{lb.lab_id}")
+        # A bpffs of the test's own (a machine without systemd may have none
+        # at /sys/fs/bpf): unmounted at the end, with every pin in it.
+        bpffs = tmp_path / "bpffs"
+        bpffs.mkdir()
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+        pin = bpffs / f"dwtest-{lb.lab_id}"
         pin.mkdir()
         try:
             # nsenter: network namespace only, so bpffs is the host's (ip netns
@@ -114,6 +119,7 @@ def chained(tmp_path: Path) -> Iterator[tuple[Lab, Path, Path]]:
             yield lb, pin, tmp_path
         finally:
             shutil.rmtree(pin, ignore_errors=True)
+            subprocess.run(["umount", str(bpffs)], check=False)
 
 
 def _seen(pin: Path) -> list[int]:
