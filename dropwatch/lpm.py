@@ -152,18 +152,18 @@ def _paint_l1(l1: array, dir_: int, short: list[tuple[int, int, int]], width: in
 def _lanes(items: list[tuple[int, int, int]], base: int) -> list[tuple[int, int, int]]:
     """(plen, low 16 address bits, result) of one /16's prefixes longer than
     /16 -> its lanes, longest first, without the prefixes that change no
-    answer (same result as the prefix or base they sit in)."""
+    answer (same result as the prefix or base they sit in). Prefixes nest
+    or are disjoint, so one pass in address order with a stack of the
+    enclosing kept ones finds each one's container."""
     out: list[tuple[int, int, int]] = []
-    kept: list[tuple[int, int, int]] = []  # (first, last, result), shortest first
-    for plen, low, res in sorted(items):
-        first, last = low, low | ((1 << (32 - plen)) - 1)
-        parent = base
-        for f, la, r in kept:
-            if f <= first and last <= la:
-                parent = r  # the longest so far that contains it
-        if res == parent:
+    stack: list[tuple[int, int]] = []  # (last address, result) of the kept prefixes enclosing this one
+    for plen, low, res in sorted(items, key=lambda t: (t[1], t[0])):  # by start, the shorter first
+        last = low | ((1 << (32 - plen)) - 1)
+        while stack and stack[-1][0] < low:
+            stack.pop()
+        if res == (stack[-1][1] if stack else base):
             continue
-        kept.append((first, last, res))
+        stack.append((last, res))
         out.append((plen, low, res))
     return sorted(out, key=lambda t: -t[0])
 
