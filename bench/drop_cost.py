@@ -272,14 +272,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="2 rounds, no xdp0 reference configuration, one bpf_stats flood")
     ap.add_argument("--packets", type=int, default=1_000_000, help="datagrams per flood (default 1,000,000)")
-    ap.add_argument("--rounds", type=int, help="rounds over all configurations (default 3; quick 2)")
+    ap.add_argument("--rounds", type=int, help="rounds over all configurations (default 6; quick 2)")
     ap.add_argument("--max-seconds", type=float, default=15.0, help="time bound of one flood")
     ap.add_argument("--no-stats", action="store_true", help="skip the bpf_stats pass")
     ap.add_argument("--json", type=Path, default=B.OUT / "drop_cost.json")
     args = ap.parse_args()
     B.need_root()
     packets = args.packets
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 6)
     if packets < 1_000_000:
         print("note: below the issue's minimum of 1,000,000 packets per run", file=sys.stderr)
     if subprocess.run(["which", "bpftrace"], capture_output=True).returncode != 0:
@@ -361,9 +361,19 @@ def report(results: dict[str, Any]) -> None:
                                                                              "pps")}
             med[(cfg, target)]["spread"] = max(r["cpu_ns_per_drop"] for r in rs) - min(r["cpu_ns_per_drop"] for r in rs)
             if cfg != "none":
-                # Against the median of every 'none' run (two per round, at
-                # its start and end): one disturbed baseline run cannot move it.
-                added[(cfg, target)] = med[(cfg, target)]["cpu_ns_per_drop"] - med[("none", target)]["cpu_ns_per_drop"]
+                # Paired within each round: against the mean of that round's
+                # two 'none' runs (its first and last), then the median over
+                # rounds. This machine's speed drifts over seconds to minutes
+                # (other guests on its cores), and a round's runs share it.
+                per_round = []
+                for rnd in sorted({r["round"] for r in rs}):
+                    base = [r["cpu_ns_per_drop"] for r in runs if r["config"] == "none" and r["target"] == target
+                            and r["round"] == rnd]
+                    mine = [r["cpu_ns_per_drop"] for r in rs if r["round"] == rnd]
+                    if base and mine:
+                        per_round.append(B.median(mine) - sum(base) / len(base))
+                added[(cfg, target)] = B.median(per_round)
+                med[(cfg, target)]["added_spread"] = max(per_round) - min(per_round)
     rows = []
     for target in TARGETS:
         bt_add = added[("bpftrace", target)]
@@ -371,13 +381,16 @@ def report(results: dict[str, Any]) -> None:
             m = med[(cfg, target)]
             add = added.get((cfg, target))
             rows.append([target, cfg, B.fmt(m["cpu_ns_per_drop"], 0), B.fmt(m["spread"], 0), B.fmt(add, 0),
+                         B.fmt(m.get("added_spread"), 0),
                          f"{add / bt_add:.2f}" if add is not None and cfg != "bpftrace" and bt_add > 0 else "-",
                          B.fmt(m["busy_ns_per_drop"], 0), f"{m['pps'] / 1e6:.2f}"])
     print()
-    print(B.table(rows, ["target", "config", "ns/drop", "spread", "added", "vs bpftrace", "all CPUs ns", "Mpps"]))
+    print(B.table(rows, ["target", "config", "ns/drop", "spread", "added", "its spread", "vs bpftrace",
+                         "all CPUs ns", "Mpps"]))
     print("\nns/drop: CPU time of the sender thread (the whole receive path, XDP and the drop run in its "
           "context) plus its CPU's ksoftirqd, per kernel-counted drop, median over rounds; spread: max-min over "
-          "rounds; added: median minus the median of all 'none' runs (two per round); vs bpftrace: added / "
+          "rounds; added: per round, the run minus the mean of that round's two 'none' runs (its first and "
+          "last), median over rounds (its spread: max-min of those); vs bpftrace: added / "
           "bpftrace's added; all CPUs: /proc/stat busy time of the whole machine per drop (includes every other "
           "process running meanwhile)")
     ex_rows = []

@@ -137,9 +137,11 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  *   1..DW_MAX_RESULTS-1   the answer: index into this gen's results
  *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array
  *   IPv4: DW_LPM_LANES | (k - 1) << DW_LPM_LANES_SHIFT | off
- *                         a lanes chunk of k (1..4) prefixes, off in u16s
+ *                         a lanes chunk of k (1..4) prefixes at u16 off of
+ *                         dw_lanes4
  *   IPv6: DW_LPM_LANES | (n - 1) << DW_LPM6_SMALL_SHIFT | off
- *                         a small chunk of n (1..16) ranges, off in u64s
+ *                         a small chunk of n (1..16) ranges at u64 off of
+ *                         the range array (each gen's small chunks first)
  * Offsets are absolute: the loader puts each gen in its own half.
  *
  * IPv4 lanes (most /16s: with 10^5 random prefixes, 93% of them hold at
@@ -151,7 +153,8 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * the four lanes together (SWAR), and the first match, the longest prefix,
  * is extracted with arithmetic. 6 bytes per prefix, no branches. The
  * builder keeps a chunk, and the bytes its u64 loads read past its end,
- * inside one 64-byte line: one cache miss at most.
+ * inside one 64-byte line: one cache miss at most. Lanes live in a global
+ * table of their own (dw_lanes4), read without a map lookup.
  *
  * IPv6 small chunks: up to 16 sorted ranges, each one u64, (key bits
  * 16..63 << 16) | result, inside one 128-byte value and never across a
@@ -179,6 +182,10 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM6_SMALL_SHIFT 26
 #define DW_LPM6_SMALL_OFF 0x03ffffffu
 #define DW_LPM6_SMALL_MAX 16
+/* Bytes of IPv4 lanes per generation: a global table of two such halves (a
+ * /16 whose lanes do not fit gets a chunk of ranges instead; 10^5 random
+ * prefixes need 0.8 MB). */
+#define DW_LPM_SMALL_BYTES (1 << 21)
 #define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* u32 entries, 16 per line */
 #define DW_LPM4_ENTRIES	(1 << 22)	/* u32 ranges + headers, both gens (default size) */
 #define DW_LPM6_ENTRIES	(1 << 21)	/* 16-byte ranges + headers, both gens (default size) */

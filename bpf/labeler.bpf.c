@@ -49,6 +49,8 @@ struct dw_lpm_ans dw_lpm_ans[DW_GENS * DW_MAX_RESULTS] SEC(".bss.dw_lpm_ans");
 /* [label_id * DW_SIDE__COUNT + side]: the record check of an untunnelled
  * packet, filled by the loader for this load's key. */
 __u16 dw_metachk[DW_MAX_LABELS * DW_SIDE__COUNT] SEC(".bss.dw_metachk");
+/* IPv4 lanes chunks, DW_LPM_SMALL_BYTES per gen. */
+__u8 dw_lanes4[DW_GENS * DW_LPM_SMALL_BYTES] SEC(".bss.dw_lanes4");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -558,12 +560,11 @@ static __always_inline __u32 lpm_l1(const __u32 *l1, __u32 gen, __u32 dir, __u32
 #define DW_L16	0x7fff7fff7fff7fffull
 #define DW_ONE16 0x0001000100010001ull
 
-/* The u64 at byte `at` of a 64-byte line; at <= 56 (the caller checks, and
- * the builder never places a chunk so that it fails: the check only tells
- * the verifier). x86 loads unaligned words at full speed. */
-static __always_inline __u64 line_u64(const struct dw_line32 *l, __u32 at)
+/* The u64 at byte `at` of dw_lanes4 (x86 loads unaligned words at full
+ * speed; the builder keeps every one inside its chunk's line). */
+static __always_inline __u64 lanes_u64(__u32 at)
 {
-	return *(const __u64 *)((const __u8 *)l + at);
+	return *(const __u64 *)&dw_lanes4[at];
 }
 
 /*
@@ -575,19 +576,15 @@ static __always_inline __u64 line_u64(const struct dw_line32 *l, __u32 at)
  */
 static __always_inline __u32 lpm4_lanes(__u32 e, __u32 key)
 {
-	__u32 off = e & DW_LPM_LANES_OFF;
 	__u32 k = ((e >> DW_LPM_LANES_SHIFT) & 3) + 1;
-	__u32 line = off >> 5;
-	const struct dw_line32 *l = bpf_map_lookup_elem(&dw_lpm4_rng, &line);
+	__u32 at = (e & DW_LPM_LANES_OFF) * 2;
 
-	if (!l)
+	/* Never true (the builder leaves the table's last line empty); it
+	 * tells the verifier that every read below stays in the table. */
+	if (at > DW_GENS * DW_LPM_SMALL_BYTES - 64)
 		return 0;
-	__u32 at_a = (off & 31) * 2, at_m = at_a + 2 * k, at_r = at_m + 2 * k, at_b = at_r + 2 * k;
-
-	if (at_a > 56 || at_m > 56 || at_r > 56 || at_b > 62)
-		return 0;
-	__u64 a = line_u64(l, at_a), m = line_u64(l, at_m), r = line_u64(l, at_r);
-	__u32 base = *(const __u16 *)((const __u8 *)l + at_b);
+	__u64 a = lanes_u64(at), m = lanes_u64(at + 2 * k), r = lanes_u64(at + 4 * k);
+	__u32 base = *(const __u16 *)&dw_lanes4[at + 6 * k];
 	__u64 x = ((__u64)key * DW_ONE16 ^ a) & m;
 	/* Top bit of each lane: lane == 0 (exact: no carry crosses lanes). */
 	__u64 z = ~(((x & DW_L16) + DW_L16) | x) & DW_H16;
@@ -695,10 +692,11 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 
 /*
  * A small IPv6 chunk: n <= 16 u64 ranges, (key bits 16..63 << 16) |
- * result, inside one dw_line128: one map lookup, then always 4 halvings of
- * exactly n ranges (a step whose half is 0 rereads and changes nothing),
- * without a branch: the trip count and every step's outcome would be a
- * coin toss per packet.
+ * result, in one line of dw_lpm6_rng (two for more than 8 ranges, but one
+ * dw_line128 value: one map lookup); always 4
+ * halvings of exactly n ranges (a step whose half is 0 rereads and changes
+ * nothing), without a branch: the trip count and every step's outcome
+ * would be a coin toss per packet.
  */
 static __always_inline __u32 lpm6_small(__u32 e, __u64 key48)
 {

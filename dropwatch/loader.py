@@ -571,23 +571,26 @@ class Loader:
         offsets become absolute entry indexes into its half."""
         t = c.lpm
         half4, half6 = self.lpm4_entries // 2, self.lpm6_entries // 2
+        small6 = len(t.v6_small) // 2  # 16-byte entries at the start of the gen's IPv6 part; chunks after them
         if len(t.v4_rng) > half4 or t.v6_entries() > half6:
             raise RulesError(f"the rules need {len(t.v4_rng)} IPv4 and {t.v6_entries()} IPv6 range entries; the "
                              f"labeler holds {half4} and {half6} per generation")
         base4, base6 = gen * half4, gen * half6
         l1_bytes = 4 * 2 * 65536
         v6_rng = t.v6_rng
-        if base6:  # values that point to a chunk
+        if base6 + small6:  # values that point to a chunk
             v6_rng = array("Q", v6_rng)
             for i in t.v6_ptrs:
-                v6_rng[i] += base6
+                v6_rng[i] += base6 + small6
         res, lists = _results(c.results)
+        small = gen * abi.DW_LPM_SMALL_BYTES  # this gen's half of dw_lanes4
         return [
             ("dw_lpm_ans", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmAns), _answers(c.results, c.default_side)),
-            ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4).tobytes()),
+            ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4, small // 2).tobytes()),
+            ("dw_lanes4", small, bytes(t.v4_lanes)),
             ("dw_lpm4_rng", base4 * 4, t.v4_rng.tobytes()),
-            ("dw_lpm6_l1", gen * l1_bytes, _relocate(t.v6_l1, base6).tobytes()),
-            ("dw_lpm6_rng", base6 * 16, v6_rng.tobytes()),
+            ("dw_lpm6_l1", gen * l1_bytes, _relocate(t.v6_l1, base6 + small6, 2 * base6).tobytes()),
+            ("dw_lpm6_rng", base6 * 16, t.v6_small.tobytes() + v6_rng.tobytes()),
             ("dw_lpm_bmp", gen * len(t.bmp) * 8, t.bmp.tobytes()),
             ("dw_lpm_res", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmRes), res),
             ("dw_results", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.CandList), lists),
@@ -633,10 +636,11 @@ class Loader:
 
     def rule_map_entries(self) -> dict[str, int]:
         """What the rule maps hold, both generations, read from the kernel's
-        memory (for tests and /healthz): results in use, range entries in
-        use (up to the end of the last 64-byte line holding a non-zero
-        byte), and pair entries."""
-        out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_pairs": 0}
+        memory (for tests and /healthz): results in use, range entries
+        (small IPv6 chunks included) and lines of lanes in use (up to the end
+        of the last 64-byte line holding a non-zero byte), and pair
+        entries."""
+        out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_lpm_small": 0, "dw_pairs": 0}
         rsize = ctypes.sizeof(abi.LpmRes)
         with self._lpm_window("dw_lpm_res", 0, self._lpm_sizes["dw_lpm_res"]) as (mm, _d):
             res = mm[:]
@@ -650,6 +654,10 @@ class Loader:
                     region = mm[d:d + half * width]
                 # Whole 64-byte lines, as the builder lays them out.
                 out["dw_lpm_ranges"] += -(-len(region.rstrip(b"\0")) // 64) * 64 // width
+        for gen in range(abi.DW_GENS):
+            with self._lpm_window("dw_lanes4", gen * abi.DW_LPM_SMALL_BYTES, abi.DW_LPM_SMALL_BYTES) as (mm, d):
+                region = mm[d:d + abi.DW_LPM_SMALL_BYTES]
+            out["dw_lpm_small"] += -(-len(region.rstrip(b"\0")) // 64)
         fd = self._lmap("dw_pairs")
         k, nk = abi.PairKey(), abi.PairKey()
         cur = None
@@ -915,8 +923,8 @@ def flow_key(saddr: str, daddr: str, proto: int, sport: int | None = None,
 # libbpf turns into maps of that name; the loader knows them by <name>.
 _GLOBAL_TABLE = ".bss."
 # Written per rule generation, through mmap.
-LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res", "dw_lpm_ans",
-            "dw_results")
+LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lanes4", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res",
+            "dw_lpm_ans", "dw_results")
 # Written once at load, for this load's record key (the check table).
 KEY_MAPS = ("dw_metachk",)
 
@@ -957,13 +965,13 @@ def _answers(results: Sequence[tuple[int, Sequence[object]]], default_side: int)
     return out.tobytes()
 
 
-def _relocate(l1: array, base: int) -> array:
-    """Chunk offsets in a direct table, made absolute. ``base`` counts the
-    range array's entries (IPv4 u32s, IPv6 16-byte pairs); a lanes or small
-    chunk's offset counts halves of them (u16s, u64s)."""
-    if not base:
+def _relocate(l1: array, base: int, small_base: int) -> array:
+    """Chunk offsets in a direct table, made absolute: ``base`` (in the range
+    array's entries) for chunks, ``small_base`` (in dw_lanes4's u16s or
+    dw_small6's u64s) for lanes and small chunks."""
+    if not base and not small_base:
         return l1
-    return array("I", (x + base if x & CHUNK else x + 2 * base if x & LANES else x for x in l1))
+    return array("I", (x + base if x & CHUNK else x + small_base if x & LANES else x for x in l1))
 
 
 def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:

@@ -20,7 +20,9 @@ A lookup is one direct-table read plus one lanes test or small search, or at
 most one (IPv4) or two (IPv6) binary searches of bounded depth, whatever the
 prefix lengths. Lanes and small chunks are packed into 64-byte lines (a
 small IPv6 chunk of more than 8 ranges into one 128-byte value) so that a
-lookup touches one cache line of them.
+lookup touches one cache line of them; the lanes in a table of
+``SMALL_BYTES`` per generation, and a /16 whose lanes no longer fit there
+gets a chunk instead.
 
 ``lookup()`` is the same walk in Python, step for step, for tests.
 """
@@ -47,6 +49,9 @@ SMALL6_STEPS = SMALL6_MAX.bit_length() - 1  # the BPF search's fixed trip count
 L1_SIZE = 1 << 16
 MAX_V6_CHUNK = 1 << abi.DW_LPM6_STEPS
 LINE = 64  # bytes
+# A generation's IPv4 lanes: the labeler's global table holds two of these
+# (dw_lanes4), less the last line, which the labeler's bounds check leaves out.
+SMALL_BYTES = abi.DW_LPM_SMALL_BYTES - LINE
 
 
 class LpmCapacityError(ValueError):
@@ -56,40 +61,55 @@ class LpmCapacityError(ValueError):
 @dataclass
 class LpmTables:
     """One generation's tables, with chunk offsets relative to the start of
-    this generation's part of each range array (the loader relocates)."""
+    this generation's part of each table (the loader relocates)."""
 
     v4_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))  # [dir << 16 | top16]
-    v4_rng: array = field(default_factory=lambda: array("I"))  # lanes lines first (u16 fields), then chunks
+    v4_lanes: bytearray = field(default_factory=bytearray)  # 64-byte lines of lanes chunks (u16 fields)
+    v4_rng: array = field(default_factory=lambda: array("I"))  # chunks: header, ranges
     v6_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))
-    v6_rng: array = field(default_factory=lambda: array("Q"))  # small chunks (u64 ranges), then (key, value) pairs
+    # 64-byte lines of small chunks (u64 ranges): the loader puts them at the
+    # start of the gen's part of the IPv6 range array, its chunks after them.
+    v6_small: array = field(default_factory=lambda: array("Q"))
+    v6_rng: array = field(default_factory=lambda: array("Q"))  # chunks: (key, value) pairs
     v6_ptrs: list[int] = field(default_factory=list)  # u64 indexes of values that point to a chunk
     # Bit per /16 with a non-zero direct entry: word ((v6 * 2 + dir) << 10) | top16 >> 6.
     bmp: array = field(default_factory=lambda: array("Q", bytes(8 * 4 * 1024)))
 
     def nbytes(self) -> int:
         """Memory the set needs in one generation (direct tables included)."""
-        return sum(a.itemsize * len(a) for a in (self.v4_l1, self.v4_rng, self.v6_l1, self.v6_rng, self.bmp))
+        return len(self.v4_lanes) + sum(a.itemsize * len(a) for a in (self.v4_l1, self.v4_rng, self.v6_l1,
+                                                                      self.v6_small, self.v6_rng, self.bmp))
 
     def v6_entries(self) -> int:
-        return len(self.v6_rng) // 2  # always whole 16-byte entries
+        """16-byte entries of the IPv6 range array: small chunks and chunks."""
+        return (len(self.v6_small) + len(self.v6_rng)) // 2
+
+    def small_lines(self) -> int:
+        """64-byte lines of IPv4 lanes."""
+        return len(self.v4_lanes) // LINE
 
 
 class _Lines:
-    """First-fit-decreasing placement of small items into 64-byte lines, so
-    that no item crosses a line (or, for items of more than one line, a
-    128-byte value): its lookup touches one line, one map value."""
+    """First-fit-decreasing placement of small items into at most ``cap``
+    64-byte lines, so that no item crosses a line (or, for items of more
+    than one line, a 128-byte value): its lookup touches one line, one map
+    value. place() says None when no line has room."""
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int | None = None) -> None:
         self.n = 0  # lines used
+        self.cap = SMALL_BYTES // LINE if cap is None else cap
         self.free: dict[int, list[int]] = defaultdict(list)  # free bytes at a line's end -> lines
 
-    def place(self, size: int) -> int:
+    def place(self, size: int) -> int | None:
         """Byte offset of a new item of ``size`` bytes (even; <= 128)."""
         if size > LINE:  # a whole 128-byte value: an even line and the next
-            if self.n % 2:
+            pad = self.n % 2
+            if self.n + pad + 2 > self.cap:
+                return None
+            if pad:
                 self.free[LINE].append(self.n)
-                self.n += 1
-            line, self.n = self.n, self.n + 2
+            line = self.n + pad
+            self.n = line + 2
             if 2 * LINE - size:
                 self.free[2 * LINE - size].append(line + 1)
             return line * LINE
@@ -98,6 +118,8 @@ class _Lines:
                 line = self.free[f].pop()
                 break
         else:
+            if self.n >= self.cap:
+                return None
             line, f = self.n, LINE
             self.n += 1
         if f - size:
@@ -174,8 +196,7 @@ def _lane_bytes(k: int) -> int:
     return max(6 * k + 2, 4 * k + 8)
 
 
-def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines,
-              lane_chunks: list[tuple[int, list[int]]]) -> None:
+def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines) -> None:
     _paint_l1(t.v4_l1, dir_, [x for x in pfx if x[0] <= 16], 32)
     blocks: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     for plen, addr, res in pfx:
@@ -187,12 +208,14 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
         lanes = _lanes(blocks[block], base)
         if not lanes:
             continue  # the direct entry already holds the answer
-        if len(lanes) <= LANES_MAX:
+        at = lines.place(_lane_bytes(len(lanes))) if len(lanes) <= LANES_MAX else None
+        if at is not None:
             k = len(lanes)
-            at = lines.place(_lane_bytes(k))
             words = ([low for _, low, _ in lanes] + [0xFFFF ^ ((1 << (32 - p)) - 1) for p, _, _ in lanes]
                      + [r ^ base for _, _, r in lanes] + [base])
-            lane_chunks.append((at, words))
+            if len(t.v4_lanes) < at + 2 * len(words):
+                t.v4_lanes.extend(bytes(-(-(at + 2 * len(words)) // LINE) * LINE - len(t.v4_lanes)))
+            t.v4_lanes[at:at + 2 * len(words)] = array("H", words).tobytes()
             t.v4_l1[i] = LANES | (k - 1) << LANES_SHIFT | at // 2
             continue
         rs = ranges([(low, low + (1 << (32 - p)) - 1, r) for p, low, r in blocks[block]], base, 16)
@@ -204,7 +227,7 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
 def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
     if len(rs) > MAX_V6_CHUNK:
         raise LpmCapacityError(f"{len(rs)} IPv6 ranges under one /16; at most {MAX_V6_CHUNK}")
-    off = t.v6_entries()
+    off = len(t.v6_rng) // 2
     t.v6_rng.extend((len(rs), 0))
     for start, res in rs:
         if res & CHUNK:
@@ -213,8 +236,7 @@ def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
     return CHUNK | off
 
 
-def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines,
-              small: list[tuple[int, int, list[int]]]) -> None:
+def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines) -> None:
     _paint_l1(t.v6_l1, dir_, [x for x in pfx if x[0] <= 16], 128)
     mid: dict[int, list[Interval]] = defaultdict(list)  # /16 block -> intervals on the top 64 bits
     deep: dict[int, list[Interval]] = defaultdict(list)  # /64 -> intervals on the low 64 bits
@@ -247,9 +269,13 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
         if len(rs) == 1:
             t.v6_l1[i] = rs[0][1]
             continue
-        if len(rs) <= SMALL6_MAX and not extra:
-            at = lines.place(8 * len(rs))
-            small.append((i, at, [(start << 16) | res for start, res in rs]))
+        at = lines.place(8 * len(rs)) if len(rs) <= SMALL6_MAX and not extra else None
+        if at is not None:
+            w = at // 8
+            if len(t.v6_small) < w + len(rs):
+                t.v6_small.extend([0] * (-(-(w + len(rs)) // 8) * 8 - len(t.v6_small)))
+            t.v6_small[w:w + len(rs)] = array("Q", [(start << 16) | res for start, res in rs])
+            t.v6_l1[i] = LANES | (len(rs) - 1) << SMALL6_SHIFT | w
             continue
         t.v6_l1[i] = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
 
@@ -263,45 +289,14 @@ def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
             raise LpmCapacityError(f"result index {res} outside 0..{abi.DW_MAX_RESULTS - 1}")
         by_fd[fd].append((plen, addr, res))
     t = LpmTables()
-    # IPv4: lanes chunks in whole lines at the start of the range array,
-    # then the larger chunks (u32 entries).
-    lines, lane_chunks = _Lines(), []
+    lines = _Lines()
     for fd in (abi.DW_FD_V4_SRC, abi.DW_FD_V4_DST):
         if by_fd.get(fd):
-            _build_v4(t, fd & 1, by_fd[fd], lines, lane_chunks)
-    if lines.n:
-        chunks, t.v4_rng = t.v4_rng, array("I", bytes(lines.n * LINE))
-        if lines.n * LINE // 2 > LANES_OFF:
-            raise LpmCapacityError(f"{lines.n} lines of IPv4 lanes; offsets end at {LANES_OFF}")
-        with memoryview(t.v4_rng) as mv, mv.cast("B") as b, b.cast("H") as u16:
-            for at, words in lane_chunks:
-                u16[at // 2:at // 2 + len(words)] = array("H", words)
-        shift = lines.n * LINE // 4
-        for i, e in enumerate(t.v4_l1):
-            if e & CHUNK:
-                t.v4_l1[i] = e + shift
-        t.v4_rng.extend(chunks)
-    # IPv6: small chunks first, then the (key, value) chunks.
-    lines, small = _Lines(), []
+            _build_v4(t, fd & 1, by_fd[fd], lines)
+    lines = _Lines(cap=SMALL6_OFF // 8)  # in the range array: as many as offsets reach
     for fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST):
         if by_fd.get(fd):
-            _build_v6(t, fd & 1, by_fd[fd], lines, small)
-    if lines.n:
-        chunks, t.v6_rng = t.v6_rng, array("Q", bytes(lines.n * LINE))
-        if lines.n * LINE // 8 > SMALL6_OFF:
-            raise LpmCapacityError(f"{lines.n} lines of small IPv6 chunks; offsets end at {SMALL6_OFF}")
-        for i, at, words in small:
-            t.v6_rng[at // 8:at // 8 + len(words)] = array("Q", words)
-            t.v6_l1[i] = LANES | (len(words) - 1) << SMALL6_SHIFT | at // 8
-        shift = lines.n * LINE // 16  # in 16-byte entries
-        for i, e in enumerate(t.v6_l1):
-            if e & CHUNK:
-                t.v6_l1[i] = e + shift
-        for j in range(1, len(chunks), 2):
-            if chunks[j] & CHUNK:
-                chunks[j] += shift
-        t.v6_ptrs = [j + 2 * shift for j in t.v6_ptrs]
-        t.v6_rng.extend(chunks)
+            _build_v6(t, fd & 1, by_fd[fd], lines)
     # Whole lines: what the loader writes and counts (rule_map_entries).
     t.v4_rng.extend([0] * (-len(t.v4_rng) % (LINE // 4)))
     t.v6_rng.extend([0] * (-len(t.v6_rng) % (LINE // 8)))
@@ -331,15 +326,14 @@ def _search(n: int, start_of: object, key: int, steps: int, reads: list[int] | N
     return base
 
 
-def _lanes4(rng: array, e: int, key: int, reads: list[int] | None) -> int:
+def _lanes4(lanes: bytearray, e: int, key: int, reads: list[int] | None) -> int:
     """lpm4_lanes(): the first lane (longest prefix) whose masked address
     equals the key's, else the base; one line read."""
     k = ((e >> LANES_SHIFT) & 3) + 1
     at = (e & LANES_OFF) * 2
     assert at // LINE == (at + _lane_bytes(k) - 1) // LINE, "a lanes chunk crosses a line"
-    w = at // 2
-    with memoryview(rng) as mv, mv.cast("B") as b, b.cast("H") as u16:
-        a, m, r, base = list(u16[w:w + k]), list(u16[w + k:w + 2 * k]), list(u16[w + 2 * k:w + 3 * k]), u16[w + 3 * k]
+    u16 = array("H", lanes[at:at + 2 * (3 * k + 1)])
+    a, m, r, base = u16[:k], u16[k:2 * k], u16[2 * k:3 * k], u16[3 * k]
     if reads is not None:
         reads[0] += 1
     for i in range(k):
@@ -383,7 +377,7 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
     if not v6:
         e = t.v4_l1[(dir_ << 16) | (addr >> 16)]
         if e & LANES:
-            return _lanes4(t.v4_rng, e, addr & 0xFFFF, reads)
+            return _lanes4(t.v4_lanes, e, addr & 0xFFFF, reads)
         if not e & CHUNK:
             return e
         off = (e & ~CHUNK) + 1
@@ -395,7 +389,7 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
     hi64 = addr >> 64
     e = t.v6_l1[(dir_ << 16) | (hi64 >> 48)]
     if e & LANES:
-        return _small6(t.v6_rng, e, hi64 & ((1 << 48) - 1), reads)
+        return _small6(t.v6_small, e, hi64 & ((1 << 48) - 1), reads)
     if not e & CHUNK:
         return e
     for key in (hi64, addr & ((1 << 64) - 1)):

@@ -58,8 +58,10 @@ RULES_A = parse_rules({"default_side": "eyeball", "rules": [
 # prefix writes) and several pair rules.
 RULES_B = parse_rules({"default_side": "origin", "rules": [
     {"label": "custA", "dst": ["10.10.2.0/24"]},
-    {"label": "custB", "dst": ["10.10.1.0/24", "10.10.0.0/16", "2001:db8:b::/48"]
-     + [f"172.16.{i}.0/24" for i in range(24)]},
+    {"label": "custB", "dst": ["10.10.1.0/24", "10.10.0.0/16", "2001:db8:b::/48", "2a00:1::/48"]
+     + [f"172.16.{i}.0/24" for i in range(24)]
+     # more than a small chunk holds in one IPv6 /16: a chunk of ranges
+     + [f"2001:db8:c:{i}::/64" for i in range(0, 18, 2)]},
     {"label": "quic", "side": "eyeball", "src": ["192.0.2.0/24", "203.0.113.0/24"],
      "dst": ["10.20.0.0/16", "10.10.1.0/24", "10.30.0.0/16"]},
     {"label": "peer", "src": ["198.51.100.0/25", "198.51.100.128/25"], "dst": ["10.30.0.0/16", "10.20.0.0/16"]},
@@ -74,6 +76,7 @@ PROBES = [P.build(4, l4, src=s, dst=d, dport=p) for l4, s, d, p in (
     ("icmp", "8.8.8.8", "172.16.7.9", 0), ("tcp", "8.8.8.8", "172.16.7.9", 22))]
 PROBES.append(P.build(6, "tcp", src="2001:db8::1", dst="2001:db8:a::1"))
 PROBES.append(P.build(6, "udp", src="2001:db8::1", dst="2001:db8:b::1", dport=53))
+PROBES.append(P.build(6, "udp", src="2001:db8::1", dst="2001:db8:c:6::1", dport=53))
 
 
 def classify_all(ld: Loader) -> list[tuple[int, int]]:
@@ -100,7 +103,10 @@ def test_probes_tell_a_from_b() -> None:
     assert reference(RULES_A) != reference(RULES_B)
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     assert len(b.prefixes) > 20 and len(b.pairs) > 3 and a.pairs
-    assert len(b.lpm.v4_rng) and b.lpm.v6_entries() and a.lpm.v6_entries()
+    # Both rule sets fill the lanes and small-chunk tables, B chunks of ranges too.
+    for c in (a, b):
+        assert c.lpm.v4_lanes and c.lpm.v6_small
+    assert len(b.lpm.v4_rng) and b.lpm.v6_entries()
 
 
 # ---------------------------------------------------------------- reading the maps back
@@ -108,7 +114,7 @@ def test_probes_tell_a_from_b() -> None:
 def map_entries(c: CompiledRules) -> dict[str, int]:
     """What Loader.rule_map_entries() reads (both gens) with only ``c`` loaded."""
     return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + c.lpm.v6_entries(),
-            "dw_pairs": len(c.pairs)}
+            "dw_lpm_small": c.lpm.small_lines(), "dw_pairs": len(c.pairs)}
 
 
 def _iter_keys(ld: Loader, name: str, ktype: type[ctypes.Structure]) -> Iterator[ctypes.Structure]:
@@ -469,9 +475,10 @@ def test_range_capacity_refused_before_the_flip(monkeypatch: pytest.MonkeyPatch)
         small.load()
         a = compile_rules(RULES_A, IDS)
         small.apply_rules(a)
-        # 200 /24s in distinct /16s: a 4-entry chunk each, 800 > 512 per gen.
-        big = compile_rules(parse_rules({"rules": [{"label": "custB", "dst": [f"10.{i}.1.0/24"
-                                                                                for i in range(200)]}]}), IDS)
+        # 6 /24s in each of 50 /16s (more than lanes hold): a 14-entry chunk
+        # of ranges each, 700 > 512 per gen.
+        big = compile_rules(parse_rules({"rules": [{"label": "custB", "dst": [f"10.{i}.{j}.0/24" for i in range(50)
+                                                                                for j in range(1, 12, 2)]}]}), IDS)
         with pytest.raises(RulesError, match="range entries"):
             small.apply_rules(big)
         assert_only(small, a, RULES_A, "after an over-capacity set")

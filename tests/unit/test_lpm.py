@@ -125,7 +125,7 @@ def test_v4_lanes_keep_the_longest_and_drop_the_idle() -> None:
                  0x0A000800, 0x0A000FFF, 0x0A001000, 0x0A001003, 0x0A001004, 0x0A00FFFF):
         assert lpm.lookup(t, fd, addr) == _brute(pfx, 32, addr), hex(addr)
     idle = lpm.build([(fd, 16, 0x0B000000, 4), (fd, 24, 0x0B000100, 4)])
-    assert idle.v4_l1[(1 << 16) | 0x0B00] == 4 and len(idle.v4_rng) == 0
+    assert idle.v4_l1[(1 << 16) | 0x0B00] == 4 and len(idle.v4_rng) == len(idle.v4_lanes) == 0
 
 
 def test_v4_lanes_are_packed_into_lines() -> None:
@@ -141,7 +141,7 @@ def test_v4_lanes_are_packed_into_lines() -> None:
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
     for (p, a) in pfx:
         assert lpm.lookup(t, fd, a) == _brute(pfx, 32, a)
-    assert len(t.v4_rng) * 4 < 1.1 * sum(lpm._lane_bytes(((e >> lpm.LANES_SHIFT) & 3) + 1)
+    assert len(t.v4_lanes) < 1.1 * sum(lpm._lane_bytes(((e >> lpm.LANES_SHIFT) & 3) + 1)
                                          for e in t.v4_l1 if e & lpm.LANES)
 
 
@@ -168,3 +168,23 @@ def test_v6_small_chunks(n: int) -> None:
             reads = [0]
             assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
             assert reads[0] <= 3 + abi.DW_LPM6_STEPS
+
+
+def test_full_lanes_table_falls_back_to_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a generation's lanes fill their table, the remaining /16s get
+    chunks of ranges: every address still finds its prefix, and nothing is
+    written past the table."""
+    monkeypatch.setattr(lpm, "SMALL_BYTES", 4 * lpm.LINE)
+    rng = random.Random(3)
+    fd = abi.DW_FD_V4_DST
+    pfx: dict[tuple[int, int], int] = {}
+    for block in rng.sample(range(1 << 16), 60):
+        for _ in range(rng.randint(1, 3)):
+            plen = rng.choice([20, 24, 28, 32])
+            pfx[(plen, ((block << 16) | rng.getrandbits(16)) & _mask(32, plen))] = rng.randrange(1, 100)
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    assert sum(1 for e in t.v4_l1 if e & lpm.LANES) and sum(1 for e in t.v4_l1 if e & lpm.CHUNK)
+    assert t.small_lines() <= 4
+    for (p, a), _r in pfx.items():
+        for addr in (a, a | ((1 << (32 - p)) - 1), a - 1):
+            assert lpm.lookup(t, fd, addr) == _brute(pfx, 32, addr), hex(addr)
