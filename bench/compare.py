@@ -94,7 +94,8 @@ def compare(trees: dict[str, Path], family: int, size: int, rounds: int, repeat:
             delta = {n: [a - b for a, b in zip(res[(n, "lab")], res[(n, "empty")], strict=True)] for n in trees}
             a, b = list(trees)
             out["flows"]["100000" if nfl else "1"] = {
-                **{n: {"minus_empty_median": statistics.median(d), "minus_empty_p10": p10(d)} for n, d in delta.items()},
+                **{n: {"minus_empty_median": statistics.median(d), "minus_empty_p10": p10(d)}
+                   for n, d in delta.items()},
                 "difference_median": statistics.median([x - y for x, y in zip(delta[b], delta[a], strict=True)]),
             }
         return out

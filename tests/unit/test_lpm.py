@@ -104,7 +104,7 @@ def test_v4_lanes(n: int) -> None:
         assert ((e >> lpm.LANES_SHIFT) & 3) + 1 == n
     else:
         assert e & lpm.CHUNK and not e & lpm.LANES
-    for (p, a), _r in pfx.items():
+    for (_p, a), _r in pfx.items():
         for addr in (a, a - 1, a + 1):
             reads = [0]
             assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 32, addr), hex(addr)
@@ -128,18 +128,23 @@ def test_v4_lanes_keep_the_longest_and_drop_the_idle() -> None:
     assert idle.v4_l1[(1 << 16) | 0x0B00] == 4 and len(idle.v4_rng) == len(idle.v4_lanes) == 0
 
 
+def _v4_blocks(rng: random.Random, blocks: int, most: int) -> dict[tuple[int, int], int]:
+    """1 to ``most`` random /20-/32 prefixes in each of ``blocks`` /16s."""
+    pfx: dict[tuple[int, int], int] = {}
+    for block in rng.sample(range(1 << 16), blocks):
+        for _ in range(rng.randint(1, most)):
+            plen = rng.choice([20, 24, 28, 32])
+            pfx[(plen, (block << 16 | rng.getrandbits(16)) & _mask(32, plen))] = rng.randrange(1, 1000)
+    return pfx
+
+
 def test_v4_lanes_are_packed_into_lines() -> None:
     """Thousands of /16s with one to four prefixes each: no lanes chunk
     crosses a line (lookup() asserts it), and the lines are nearly full."""
-    rng = random.Random(7)
     fd = abi.DW_FD_V4_SRC
-    pfx: dict[tuple[int, int], int] = {}
-    for block in rng.sample(range(1 << 16), 3000):
-        for _ in range(rng.randint(1, 4)):
-            plen = rng.choice([20, 24, 28, 32])
-            pfx[(plen, (block << 16 | rng.getrandbits(16)) & _mask(32, plen))] = rng.randrange(1, 1000)
+    pfx = _v4_blocks(random.Random(7), 3000, 4)
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    for (p, a) in pfx:
+    for (_p, a) in pfx:
         assert lpm.lookup(t, fd, a) == _brute(pfx, 32, a)
     assert len(t.v4_lanes) < 1.1 * sum(lpm._lane_bytes(((e >> lpm.LANES_SHIFT) & 3) + 1)
                                          for e in t.v4_l1 if e & lpm.LANES)
@@ -175,13 +180,8 @@ def test_full_lanes_table_falls_back_to_chunks(monkeypatch: pytest.MonkeyPatch) 
     chunks of ranges: every address still finds its prefix, and nothing is
     written past the table."""
     monkeypatch.setattr(lpm, "SMALL_BYTES", 4 * lpm.LINE)
-    rng = random.Random(3)
     fd = abi.DW_FD_V4_DST
-    pfx: dict[tuple[int, int], int] = {}
-    for block in rng.sample(range(1 << 16), 60):
-        for _ in range(rng.randint(1, 3)):
-            plen = rng.choice([20, 24, 28, 32])
-            pfx[(plen, ((block << 16) | rng.getrandbits(16)) & _mask(32, plen))] = rng.randrange(1, 100)
+    pfx = _v4_blocks(random.Random(3), 60, 3)
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
     assert sum(1 for e in t.v4_l1 if e & lpm.LANES) and sum(1 for e in t.v4_l1 if e & lpm.CHUNK)
     assert t.small_lines() <= 4
