@@ -31,7 +31,6 @@ const volatile struct dw_meta dw_btf_anchor_meta = {};
 
 struct dw_labeler_state dw_state = {};
 
-
 /*
  * The fixed-size tables are globals, each in its own .bss.* section, which
  * libbpf makes its own map (named after the section): the program reads
@@ -60,7 +59,6 @@ struct {
 	__type(value, struct dw_line32);
 } dw_lpm4_rng SEC(".maps");
 
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, DW_LPM6_ENTRIES / 8);
@@ -68,7 +66,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct dw_line128);
 } dw_lpm6_rng SEC(".maps");
-
 
 /* Index gen * DW_MAX_RESULTS + result: what a lookup yields. */
 struct {
@@ -88,8 +85,6 @@ struct {
 	__type(value, struct dw_cand_list);
 } dw_results SEC(".maps");
 
-
-
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, DW_MAX_PAIRS);
@@ -107,7 +102,6 @@ struct {
 	__type(key, struct dw_pop_key);
 	__type(value, __u32);
 } dw_pops SEC(".maps");
-
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
