@@ -160,11 +160,11 @@ class Loader:
         # Range-array sizes (entries, both generations): the default holds
         # the largest rule set compile_rules accepts in most shapes; a
         # bigger set is refused at apply time, a bench may ask for more.
-        for n in (lpm4_entries, lpm6_entries):
-            # (2^25: a lanes or small chunk's relocated offset, in halves of
-            # entries, must fit its direct entry's field.)
-            if not 1024 <= n <= 1 << 25 or n % 32:
-                raise ValueError(f"range array entries {n}: 1024..2^25, a multiple of 32")
+        # IPv6 at most 2^25: a small chunk's relocated offset, in u64s (half
+        # entries), must fit its direct entry's 26-bit field.
+        for fam, n, most in ((4, lpm4_entries, 28), (6, lpm6_entries, 25)):
+            if not 1024 <= n <= 1 << most or n % 32:
+                raise ValueError(f"IPv{fam} range array entries {n}: 1024..2^{most}, a multiple of 32")
         self.lpm4_entries, self.lpm6_entries = lpm4_entries, lpm6_entries
         # What the reader is told about the flow map (dw_flow_cfg); follows
         # the active rule generation.

@@ -484,6 +484,20 @@ def test_range_capacity_refused_before_the_flip(monkeypatch: pytest.MonkeyPatch)
         assert_only(small, a, RULES_A, "after an over-capacity set")
 
 
+@pytest.mark.parametrize(("v4", "v6", "ok"), [(1 << 28, 1 << 25, True), (1 << 28, 1 << 26, False),
+                                              ((1 << 28) + 32, 1024, False), (1000, 1024, False)])
+def test_range_array_sizes_the_entries_can_address(v4: int, v6: int, ok: bool) -> None:
+    """IPv6 at most 2^25 entries: a small chunk's offset (in u64s, relocated
+    to the second generation's half) must fit the direct entry's 26 bits;
+    IPv4 lanes live elsewhere, so its chunks may take up to 2^28."""
+    if ok:
+        Loader(meta_key=META_KEY, lpm4_entries=v4, lpm6_entries=v6).close()
+    else:
+        with pytest.raises(ValueError, match="range array entries"):
+            Loader(meta_key=META_KEY, lpm4_entries=v4, lpm6_entries=v6)
+    assert (2 * (1 << 25) - 1) <= abi.DW_LPM6_SMALL_OFF
+
+
 def test_full_drop_map_is_counted(tmp_path: Path) -> None:
     """More distinct drop keys than the reader has slots: the extra drops
     are counted in DW_STAT_MAP_FULL (and reach the collector's map_full
