@@ -26,6 +26,7 @@ sets (checked equal on the small sets each run), written in batches.
 from __future__ import annotations
 
 import argparse
+import mmap
 import ctypes
 import dataclasses
 import random
@@ -52,6 +53,9 @@ BENCH_OBJ_DIR = B.OUT / "labeler_bench"
 PROD_OBJ = B.ROOT / "dropwatch" / "bpfobj" / "labeler.bpf.o"
 # bench_jmp slots (bench/bpf/labeler_bench.bpf.c)
 T_LABELER, T_EMPTY, T_PARSE, T_CLASSIFY, T_COUNT, T_ALT_LPM, T_ALT_DIR, T_PROBE = 0, 1, 2, 3, 4, 5, 6, 7
+T_FLOOR_NONE, T_FLOOR_READ = 8, 9
+FLOOR_PROGS = {T_FLOOR_NONE: ("floor_none", "lower bound: parse + count + record, no lookup"),
+               T_FLOOR_READ: ("floor_read", "lower bound: + one 2-byte read (128 KB table, dst /16)")}
 PROBE_SIZES_KB = (64, 256, 1024, 4096, 16384, 65536, 262144)
 ALT_PROGS = {T_ALT_LPM: ("alt_lpm_trie", "LPM trie (BPF_MAP_TYPE_LPM_TRIE), 1 lookup per side"),
              T_ALT_DIR: ("alt_dir248", "DIR-24-8 (rte_lpm style: tbl24 + tbl8 arrays)")}
@@ -464,7 +468,26 @@ def load_alternatives(ld: Loader, spec: Spec, comp: Compiled) -> float:
         if groups:
             B.update_batch(lib, maps[f"alt_tbl8_{side}"], array("I", range(len(groups))).tobytes(),
                            b"".join(g.tobytes() for g in groups), 4, 1024)
+    fill_floor(ld, spec, comp)
     return time.monotonic() - t0
+
+
+def fill_floor(ld: Loader, spec: Spec, comp: Compiled) -> None:
+    """floor_read's table: a label for every /16 that holds a destination
+    prefix (spread over the set's labels, so the counters it touches are as
+    many as the labeler's), 0 elsewhere."""
+    from array import array
+    rng = random.Random(7)
+    tbl = array("H", bytes(2 << 16))
+    for (fd, _p, a) in comp.prefixes:
+        if fd == abi.DW_FD_V4_DST:
+            tbl[a >> 16] = rng.randint(1, max(1, spec.dst_rules))
+    fd_ = ld.labeler.maps["floor_tbl"]  # type: ignore[union-attr]
+    mm = mmap.mmap(fd_, len(tbl) * 2, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    try:
+        mm[:] = tbl.tobytes()
+    finally:
+        mm.close()
 
 
 # ---------------------------------------------------------------- running
@@ -537,7 +560,8 @@ class Front:
         self.fd = {name: lib.program_fd(p) for name, p in progs.items()}
         for slot, name in ((T_LABELER, "dw_labeler"), (T_EMPTY, "bench_target_empty"), (T_PARSE, "part_parse"),
                            (T_CLASSIFY, "part_classify"), (T_COUNT, "part_count"),
-                           (T_ALT_LPM, "alt_lpm_trie"), (T_ALT_DIR, "alt_dir248"), (T_PROBE, "probe_chain")):
+                           (T_ALT_LPM, "alt_lpm_trie"), (T_ALT_DIR, "alt_dir248"), (T_PROBE, "probe_chain"),
+                           (T_FLOOR_NONE, "floor_none"), (T_FLOOR_READ, "floor_read")):
             lib.map_update(self.maps["bench_jmp"], ctypes.c_uint32(slot), ctypes.c_uint32(self.fd[name]))
 
     def cfg(self, n_flows: int, l3_off: int, family: int, target: int) -> None:
@@ -747,14 +771,16 @@ def main() -> None:
                 for nfl in (0, len(flows)):
                     alt_variants: dict[Any, tuple[Any, ...]] = {}
                     alt_targets: list[tuple[Any, int]] = [("base", T_EMPTY), ("lab", T_LABELER),
-                                                          (T_ALT_LPM, T_ALT_LPM), (T_ALT_DIR, T_ALT_DIR)]
+                                                          (T_ALT_LPM, T_ALT_LPM), (T_ALT_DIR, T_ALT_DIR),
+                                                          (T_FLOOR_NONE, T_FLOOR_NONE),
+                                                          (T_FLOOR_READ, T_FLOOR_READ)]
                     alt_variants["empty"] = (lambda: None, bench.empty_fd, data)
                     for nm, t in alt_targets:
                         alt_variants[nm] = ((lambda t=t, nfl=nfl, fr=front, l3=l3: fr.cfg(nfl, l3, 4, t)),
                                             front.fd["bench_front"], data)
                     r = bench.interleaved(alt_variants)
                     named: list[tuple[Any, tuple[str, str]]] = [("lab", ("dw_labeler", "dropwatch (this build)"))]
-                    for key, (prog, desc) in named + list(ALT_PROGS.items()):
+                    for key, (prog, desc) in named + list(ALT_PROGS.items()) + list(FLOOR_PROGS.items()):
                         delta = r.d(key, "base")
                         ns = r["empty"] + delta
                         alt_rows.append([desc, f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta),
@@ -763,6 +789,8 @@ def main() -> None:
                             {"program": prog, "flows": nfl or 1, "ns_per_pkt": ns, "minus_empty_ns": delta})
                         if prog == "alt_lpm_trie" and nfl:
                             results["xdp_lpm_trie_ns_per_pkt_100k"] = ns
+                        if prog in ("floor_none", "floor_read"):
+                            results[f"xdp_{prog}_minus_empty_ns{'_100k_flows' if nfl else '_1_flow'}"] = delta
                 print(f"  alternatives loaded in {alt_s:.1f}s; per-label counts == reference", file=sys.stderr)
                 # What one dependent random access costs, by working-set size.
                 for kb in (() if args.quick else PROBE_SIZES_KB):
