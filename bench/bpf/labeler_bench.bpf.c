@@ -231,6 +231,9 @@ int part_count(struct xdp_md *ctx)
 #define ALT_MAX_PIDS	(1 << 18)
 #define ALT_TBL8_GROUPS	(1 << 15)
 #define ALT_IS_GROUP	0x80000000u
+/* alt_classify()'s dir past the two designs: the lower bounds below */
+#define ALT_FLOOR_NONE	2
+#define ALT_FLOOR_READ	3
 
 struct alt_lpm_key {
 	__u32 prefixlen;
@@ -311,12 +314,28 @@ static __always_inline void alt_eval(__u32 pid, const struct pkt_info *pi, struc
 		eval_list(l, pi, r);
 }
 
+/*
+ * ---- Lower bounds: what any labeler pays on this machine ----
+ *
+ * Not classifiers: dw_labeler's own parse, counters and record
+ * (finish_packet) around no lookup at all (floor_none), or around the
+ * least any table-driven lookup over 10^5 prefixes must do (floor_read):
+ * one read, indexed by the destination's top 16 bits, of a 2-byte label
+ * from a 128 KB table that bench/xdp_labeler.py fills with the rule set's
+ * labels. No source lookup, no bitmap, no priorities.
+ */
+__u16 floor_tbl[1 << 16] SEC(".bss.floor_tbl");
+
 /* Self-contained on purpose (no rule-set state of the labeler): the bench's
  * rule sets have no prefix-less rules and default_side eyeball. */
 static __always_inline void alt_classify(const struct pkt_info *pi, struct dw_result *r, const int dir)
 {
 	r->side = DW_SIDE_EYEBALL;
 	if (pi->family != 4)
+		return;
+	if (dir == ALT_FLOOR_READ)
+		r->label_id = floor_tbl[(bpf_ntohl(pi->daddr[0]) >> 16) & 0xffff];
+	if (dir >= ALT_FLOOR_NONE)
 		return;
 	if (dir) {
 		alt_eval(dir248(&alt_tbl24_src, &alt_tbl8_src, pi->saddr[0]), pi, r);
@@ -356,45 +375,16 @@ int alt_dir248(struct xdp_md *ctx)
 	return alt_labeler(ctx, 1);
 }
 
-/*
- * ---- Lower bounds: what any labeler pays on this machine ----
- *
- * Not classifiers: dw_labeler's own parse, counters and record
- * (finish_packet) around no lookup at all (floor_none), or around the
- * least any table-driven lookup over 10^5 prefixes must do (floor_read):
- * one read, indexed by the destination's top 16 bits, of a 2-byte label
- * from a 128 KB table that bench/xdp_labeler.py fills with the rule set's
- * labels. No source lookup, no bitmap, no priorities.
- */
-__u16 floor_tbl[1 << 16] SEC(".bss.floor_tbl");
-
 SEC("xdp")
 int floor_none(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct pkt_info pi = {};
-	struct dw_result r = { .side = DW_SIDE_EYEBALL };
-
-	dw_parse_frame(ctx, &pi);
-	if (pi.truncated)
-		stat_inc(DW_STAT_XDP_PARSE_STOP);
-	return finish_packet(ctx, data, end, &pi, &r);
+	return alt_labeler(ctx, ALT_FLOOR_NONE);
 }
 
 SEC("xdp")
 int floor_read(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct pkt_info pi = {};
-	struct dw_result r = { .side = DW_SIDE_EYEBALL };
-
-	dw_parse_frame(ctx, &pi);
-	if (pi.truncated)
-		stat_inc(DW_STAT_XDP_PARSE_STOP);
-	r.label_id = floor_tbl[(bpf_ntohl(pi.daddr[0]) >> 16) & 0xffff];
-	return finish_packet(ctx, data, end, &pi, &r);
+	return alt_labeler(ctx, ALT_FLOOR_READ);
 }
 
 /*
