@@ -636,7 +636,7 @@ class Loader:
 
     def rule_map_entries(self) -> dict[str, int]:
         """What the rule maps hold, both generations, read from the kernel's
-        memory (for tests and /healthz): results in use, range entries
+        memory (for tests: what a reload left behind): results in use, range entries
         (small IPv6 chunks included) and lines of lanes in use (up to the end
         of the last 64-byte line holding a non-zero byte), and pair
         entries."""
