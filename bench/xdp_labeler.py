@@ -26,9 +26,9 @@ sets (checked equal on the small sets each run), written in batches.
 from __future__ import annotations
 
 import argparse
-import mmap
 import ctypes
 import dataclasses
+import mmap
 import random
 import struct
 import subprocess
@@ -482,8 +482,8 @@ def fill_floor(ld: Loader, spec: Spec, comp: Compiled) -> None:
     for (fd, _p, a) in comp.prefixes:
         if fd == abi.DW_FD_V4_DST:
             tbl[a >> 16] = rng.randint(1, max(1, spec.dst_rules))
-    fd_ = ld.labeler.maps["floor_tbl"]  # type: ignore[union-attr]
-    mm = mmap.mmap(fd_, len(tbl) * 2, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    map_fd = ld.labeler.maps["floor_tbl"]  # type: ignore[union-attr]
+    mm = mmap.mmap(map_fd, len(tbl) * 2, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     try:
         mm[:] = tbl.tobytes()
     finally:
@@ -836,7 +836,8 @@ def main() -> None:
     if alt_rows:
         print()
         print(B.table(alt_rows, ["IPv4 100k prefixes, 64B: classifier", "flows", "ns/pkt", "-empty", "ratio"]))
-        print("(same parse, counters and record; only the longest-prefix match differs; same labels checked)")
+        print("(same parse, counters and record; only the longest-prefix match differs; same labels checked. "
+              "The lower bounds are not classifiers: the least any labeler does, in the same rounds)")
     if probe_rows:
         print()
         print(B.table(probe_rows, ["working set", "ns per dependent random access (XDP, this machine)"]))
