@@ -395,6 +395,9 @@ struct dw_pkt_val {
 	__u64 bytes;
 };
 
+/* Cells of one CPU's stripe of dw_pkt_counts: [label_id][side]. */
+#define DW_PKT_CELLS	(DW_MAX_LABELS * DW_SIDE__COUNT)
+
 /* Packets that carry a PoP (tunnelled) are counted here, by PoP; the rest
  * in the dw_pkt_counts array (pop DW_POP_NONE), which stays a plain index. */
 struct dw_pop_pkt_key {

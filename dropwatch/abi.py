@@ -43,6 +43,8 @@ DW_MAX_RESULTS = 65536
 DW_LPM4_STEPS = 16
 DW_LPM6_STEPS = 24
 DW_SIDE_COUNT = 4
+# Cells of one CPU's stripe of dw_pkt_counts ([label_id][side]).
+DW_PKT_CELLS = DW_MAX_LABELS * DW_SIDE_COUNT
 DW_POP_NONE = 0
 DW_POP_UNKNOWN = 0xFFFF
 DW_MAX_POPS = 4096

@@ -246,7 +246,8 @@ class Loader:
     def load(self) -> None:
         """Load both objects (nothing is attached yet)."""
         self.labeler = self._open(LABELER_OBJ, max_entries={
-            "dw_flows": self.flow_entries, "dw_lpm4_rng": self.lpm4_entries // 16,
+            "dw_flows": self.flow_entries, "dw_pkt_counts": self.ncpus * abi.DW_PKT_CELLS,
+            "dw_lpm4_rng": self.lpm4_entries // 16,
             "dw_lpm6_rng": self.lpm6_entries // 8})
         self._labeler_prog_fd = self.lib.program_fd(self.lib.find_program(self.labeler.obj, "dw_labeler"))
         self._init_rule_maps()
@@ -819,31 +820,18 @@ class Loader:
         """Cumulative packets/bytes seen at ingress: (label_id, side, pop_id) ->
         (packets, bytes). Untunnelled packets (pop_id DW_POP_NONE) come from
         the dw_pkt_counts array, tunnelled ones from dw_pop_pkt_counts."""
-        fd = self._lmap("dw_pkt_counts")
-        n_entries = min((max_label_id + 1) * abi.DW_SIDE_COUNT, abi.DW_MAX_LABELS * abi.DW_SIDE_COUNT)
-        stride = ctypes.sizeof(abi.PktVal) // 8
+        n_cells = min((max_label_id + 1) * abi.DW_SIDE_COUNT, abi.DW_PKT_CELLS)
+        cells = self._pkt_cells(n_cells)
         out: dict[tuple[int, int, int], tuple[int, int]] = {}
-        keys = (ctypes.c_uint32 * _BATCH)()
+        for idx in np.flatnonzero(cells[:, 0]).tolist():
+            out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (
+                int(cells[idx, 0]), int(cells[idx, 1]))
+        stride = ctypes.sizeof(abi.PktVal) // 8
         values = (ctypes.c_uint64 * (_BATCH * self.ncpus * stride))()
         # Decoded from the batch buffers: per CPU (packets, bytes), summed.
-        kview = memoryview(keys).cast("B").cast("I")
         vsz = 8 * stride * self.ncpus
         vview = memoryview(values).cast("B")
         vfmt = struct.Struct(f"={stride * self.ncpus}Q")
-        in_b: object | None = None
-        out_b = ctypes.c_uint32()
-        done = 0
-        while done < n_entries:
-            want = min(_BATCH, n_entries - done)
-            n, more = self.lib.map_lookup_batch(fd, in_b, out_b, keys, values, want)
-            for idx, pb in zip(kview[:n], vfmt.iter_unpack(vview[:n * vsz]), strict=True):
-                pk = sum(pb[0::2])
-                if pk:
-                    out[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (pk, sum(pb[1::2]))
-            done += n
-            if not more or n == 0:
-                break
-            in_b = ctypes.c_uint32(out_b.value)
         pfd = self._lmap("dw_pop_pkt_counts")
         pkeys = (abi.PopPktKey * _BATCH)()
         pin_b: object | None = None
@@ -859,6 +847,26 @@ class Loader:
                 break
             pin_b = abi.PopPktKey.from_buffer_copy(bytes(pout_b))
         return out
+
+    def _pkt_cells(self, n_cells: int) -> npt.NDArray[np.uint64]:
+        """Cells [0, n_cells) of dw_pkt_counts as (packets, bytes) rows,
+        summed over the CPUs' stripes. Each stripe's first pages are mapped
+        for the call only: the whole array is 1 MB per possible CPU, and a
+        BPF array's mapping keeps every page it maps resident."""
+        assert self.labeler is not None
+        cell = ctypes.sizeof(abi.PktVal)
+        length = max(1, -(-n_cells * cell // mmap.PAGESIZE)) * mmap.PAGESIZE
+        total = np.zeros((n_cells, 2), dtype=np.uint64)
+        for cpu in range(self.ncpus):
+            mm = mmap.mmap(self.labeler.maps["dw_pkt_counts"], length, mmap.MAP_SHARED, mmap.PROT_READ,
+                           offset=cpu * abi.DW_PKT_CELLS * cell)
+            try:
+                view = np.frombuffer(mm, dtype=np.uint64, count=2 * n_cells).reshape(n_cells, 2)
+                total += view
+                del view  # (a mapping cannot close while a view exports it)
+            finally:
+                mm.close()
+        return total
 
     def lookup_flow(self, key: abi.FlowKey) -> abi.FlowVal | None:
         """The labeler's flow-fallback entry for a flow, if any."""

@@ -82,33 +82,30 @@ def _c_int_expr(expr: str, names: dict[str, int]) -> int:
     return ev(tree)
 
 
+# A #define line or an enum body, in the header's order: a name is known
+# from where C knows it (a define may use an earlier enum member).
+_HEADER_ITEM = re.compile(r"^[ \t]*#[ \t]*define[ \t]+(DW_\w+)(?!\()[ \t]+([^\n]+?)[ \t]*$"
+                          r"|\benum\s+(\w+)\s*\{(.*?)\}\s*;", re.MULTILINE | re.DOTALL)
+
+
 @functools.cache
-def header_defines() -> dict[str, int | None]:
-    """DW_* object-like macros -> value (None: not an integer expression)."""
-    out: dict[str, int | None] = {}
+def _header() -> tuple[dict[str, int | None], dict[str, dict[str, int]]]:
+    defines: dict[str, int | None] = {}
+    enums: dict[str, dict[str, int]] = {}
     known: dict[str, int] = {}
-    for line in _strip_comments(HEADER.read_text()).splitlines():
-        m = re.match(r"\s*#\s*define\s+(DW_\w+)(?!\()\s+(.+?)\s*$", line)
-        if not m:
+    for m in _HEADER_ITEM.finditer(_strip_comments(HEADER.read_text())):
+        if m.group(1):
+            try:
+                val: int | None = _c_int_expr(m.group(2), known)
+            except (ValueError, SyntaxError):
+                val = None
+            defines[m.group(1)] = val
+            if val is not None:
+                known[m.group(1)] = val
             continue
-        try:
-            val: int | None = _c_int_expr(m.group(2), known)
-        except (ValueError, SyntaxError):
-            val = None
-        out[m.group(1)] = val
-        if val is not None:
-            known[m.group(1)] = val
-    return out
-
-
-@functools.cache
-def header_enums() -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    known = {k: v for k, v in header_defines().items() if v is not None}
-    for m in re.finditer(r"\benum\s+(\w+)\s*\{(.*?)\}\s*;", _strip_comments(HEADER.read_text()), flags=re.DOTALL):
         vals: dict[str, int] = {}
         nxt = 0
-        for item in m.group(2).split(","):
+        for item in m.group(4).split(","):
             item = item.strip()
             if not item:
                 continue
@@ -117,8 +114,18 @@ def header_enums() -> dict[str, dict[str, int]]:
             nxt = _c_int_expr(expr, {**known, **vals}) if expr.strip() else nxt
             vals[name] = nxt
             nxt += 1
-        out[m.group(1)] = vals
-    return out
+        enums[m.group(3)] = vals
+        known.update(vals)
+    return defines, enums
+
+
+def header_defines() -> dict[str, int | None]:
+    """DW_* object-like macros -> value (None: not an integer expression)."""
+    return _header()[0]
+
+
+def header_enums() -> dict[str, dict[str, int]]:
+    return _header()[1]
 
 
 def test_header_parser_sanity() -> None:

@@ -208,14 +208,20 @@ def test_collector_deltas_exact(ld: Loader, tmp_path: Path, monkeypatch: pytest.
 
 
 def test_read_packets_sums_cpus(ld: Loader) -> None:
-    """Both packet maps: per-CPU (packets, bytes) summed, zero entries left out."""
+    """Both packet maps: per-CPU (packets, bytes) summed, zero entries left out.
+    dw_pkt_counts holds one stripe of DW_PKT_CELLS cells per possible CPU;
+    the last cell of the read range counts too."""
     stride = ctypes.sizeof(abi.PktVal) // 8
     want = {}
-    for idx, (p, b) in {1 * abi.DW_SIDE_COUNT + 2: (3, 300), 7 * abi.DW_SIDE_COUNT + 1: (5, 70)}.items():
-        vals = (ctypes.c_uint64 * (ld.ncpus * stride))(*[x for c in range(ld.ncpus) for x in (p + c, b + c)])
-        ld.lib.map_update(ld._lmap("dw_pkt_counts"), ctypes.c_uint32(idx), vals)
+    for idx, (p, b) in {1 * abi.DW_SIDE_COUNT + 2: (3, 300), 7 * abi.DW_SIDE_COUNT + 1: (5, 70),
+                        10 * abi.DW_SIDE_COUNT + 3: (1, 64)}.items():
+        for c in range(ld.ncpus):
+            ld.lib.map_update(ld._lmap("dw_pkt_counts"), ctypes.c_uint32(c * abi.DW_PKT_CELLS + idx),
+                              abi.PktVal(packets=p + c, bytes=b + c))
         want[(idx // abi.DW_SIDE_COUNT, idx % abi.DW_SIDE_COUNT, abi.DW_POP_NONE)] = (
             sum(p + c for c in range(ld.ncpus)), sum(b + c for c in range(ld.ncpus)))
+    # Past the range asked for (labels up to 10): not read.
+    ld.lib.map_update(ld._lmap("dw_pkt_counts"), ctypes.c_uint32(11 * abi.DW_SIDE_COUNT), abi.PktVal(packets=9))
     k = abi.PopPktKey(label_id=9, pop_id=4, side=1)
     vals = (ctypes.c_uint64 * (ld.ncpus * stride))(*[x for c in range(ld.ncpus) for x in (2 * c + 1, 100)])
     ld.lib.map_update(ld._lmap("dw_pop_pkt_counts"), k, vals)

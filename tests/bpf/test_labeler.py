@@ -8,6 +8,7 @@ and what the labeler must read from a frame from packets.Packet.expect().
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import ipaddress
 import os
@@ -424,12 +425,25 @@ def test_packet_counters_exact(loader_factory: Any) -> None:
     # Only failures are counted per packet; packets come from dw_pkt_counts.
     assert not stats
 
-    # Cumulative, also with the kernel repeating the run itself.
+    # Cumulative, also with the kernel repeating the run itself, on every
+    # CPU this process may use: each CPU counts into its own stripe.
     pkt, _ = plan[0]
     key = expected(RS, IDS, pkt.expect())  # type: ignore[arg-type]
-    ret, _, _, _ = ld.lib.test_run(ld.labeler_prog_fd, pkt.frame, repeat=1000)
-    assert ret == XDP_PASS
-    assert untunnelled_packets(ld, max(IDS.values()))[key] == (want[key][0] + 1000, want[key][1] + 1000 * len(pkt.frame))
+    cpus = sorted(os.sched_getaffinity(0))
+    try:
+        for cpu in cpus:
+            os.sched_setaffinity(0, {cpu})
+            ret, _, _, _ = ld.lib.test_run(ld.labeler_prog_fd, pkt.frame, repeat=1000)
+            assert ret == XDP_PASS
+    finally:
+        os.sched_setaffinity(0, cpus)
+    n = 1000 * len(cpus)
+    cell = key[0] * abi.DW_SIDE_COUNT + key[1]
+    for cpu in cpus:
+        v = abi.PktVal()
+        assert ld.lib.map_lookup(ld._lmap("dw_pkt_counts"), ctypes.c_uint32(cpu * abi.DW_PKT_CELLS + cell), v)
+        assert v.packets >= 1000, f"CPU {cpu}'s stripe"
+    assert untunnelled_packets(ld, max(IDS.values()))[key] == (want[key][0] + n, want[key][1] + n * len(pkt.frame))
 
 
 def test_counter_for_highest_label_id(loader_factory: Any) -> None:
