@@ -115,8 +115,8 @@ struct {
  * stripe per possible CPU (the loader sets max_entries), summed by user
  * space through mmap, as the reader's dw_drop_counts. Not a per-CPU array:
  * its lookup loads the cell's per-CPU pointer first, a dependent read that
- * measured 4-6 ns a packet with random flows; here the address is
- * arithmetic on the CPU number.
+ * cost 4-9 ns a packet with random flows (bench/compare.py); here the
+ * address is arithmetic on the CPU number.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
