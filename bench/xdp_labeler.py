@@ -205,8 +205,8 @@ def deep_spec(rng: random.Random, blocks: int = 4) -> Spec:
 
 def table_bytes(comp: Compiled) -> int:
     """What one generation of the set occupies in the labeler's tables:
-    bitmaps, direct tables, lanes and ranges, and the results and their
-    answers in use."""
+    bitmaps, direct tables, ranges and small chunks, and the results and
+    their answers in use."""
     lists = sum(1 for _, cands in comp.results if len(cands) > 1)
     return comp.lpm.nbytes() + (len(comp.results) - 1) * (ctypes.sizeof(abi.LpmRes) + ctypes.sizeof(abi.LpmAns)) \
         + lists * ctypes.sizeof(abi.CandList)
@@ -831,9 +831,9 @@ def main() -> None:
     print("\nns/pkt = empty + (front->labeler - front->empty), each run of a round back to back, median over the "
           "rounds of the difference; best = the least disturbed run of each (min - min); ratio = ns/pkt / empty; "
           "reads/pkt = dependent table reads per "
-          "packet (src + dst: bitmap, direct entry, a lanes or small chunk's line, chunk header, search probes; "
+          "packet (src + dst: bitmap, direct entry, an IPv6 small chunk's line, chunk header, search probes; "
           "dropwatch.lpm.lookup's walk over the flows), results not counted; B/prefix = one generation's tables "
-          "(bitmaps, 2 x 256 KB direct tables per family, lanes and ranges, results and answers in use) / "
+          "(bitmaps, direct tables: 2 x 2 MB IPv4, 2 x 256 KB IPv6, ranges, results and answers in use) / "
           "prefixes; worst-case sets: repeat "
           f"{max(100_000, args.repeat // (10 if args.quick else 5)):,}")
     if parts_rows:

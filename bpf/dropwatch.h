@@ -110,51 +110,54 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 /*
  * Longest-prefix match, DXR-style (Zec, Rizzo, Mikuc 2012), compiled by user
  * space (dropwatch/lpm.py) so that a lookup reads one entry of a direct
- * table and, only where longer prefixes exist, one small chunk of that /16
- * (or, for a crowded /16, binary-searches a larger one). Every answer
- * already is the index of the longest matching prefix's result, so there
- * is no per-length probing and the worst case is bounded by the search
- * depth, not by the prefix lengths in use.
+ * table on the top 16 address bits and, only for a crowded /16, searches
+ * a chunk of ranges. Every answer already is the index of the longest
+ * matching prefix's result, so there is no per-length probing and the
+ * worst case is bounded by the search depth, not by the prefix lengths in
+ * use.
  *
  * What a lookup costs is decided by three things, measured on the machines
- * in bench/README.md: data-dependent branches (a mispredicted one costs
- * about as much as the whole lookup), cache misses (the tables of 10^5
- * prefixes do not fit in L1/L2, so bytes per prefix matter), and
- * instructions. So the coarse decisions below branch (they are skewed and
- * predictable per direction: most sources hit no /16, most destinations
- * one that holds prefixes), and the search inside a /16, whose outcome is
- * a coin toss per packet, is branch-free.
+ * in bench/README.md: dependent reads of memory that is not in L1 (with
+ * 10^5 random flows each costs 10-30 ns here, and a second read that
+ * depends on the first costs that again), data-dependent branches (a
+ * mispredicted one costs about as much as the whole lookup), and
+ * instructions. So an IPv4 /16 holding up to four prefixes (98% of them
+ * with 10^5 random prefixes) is answered by its direct entry alone; the
+ * coarse decisions branch (they are skewed and predictable per direction:
+ * most sources hit no /16, most destinations one that holds prefixes); the
+ * search inside a /16, whose outcome is a coin toss per packet, is
+ * branch-free.
  *
  * Bitmap (dw_lpm_bmp): one bit per (gen, family, direction, top 16 bits),
- * set iff the direct entry is not 0: 8 KB per direction, so it stays in the
- * L1 cache, and a side whose /16 holds no prefix (most sources) costs no
- * read of the 256 KB direct table. Line ((gen * 2 + v6) * 2 + dir) * 128 +
- * top16 / 512, word (top16 / 64) % 8, bit top16 % 64.
+ * set iff the direct entry is not empty: 8 KB per direction, so it stays
+ * in the L1 cache, and a side whose /16 holds no prefix (most sources)
+ * costs no read of the direct table. Line ((gen * 2 + v6) * 2 + dir) *
+ * 128 + top16 / 512, word (top16 / 64) % 8, bit top16 % 64.
  *
- * Direct table (dw_lpm4_l1, dw_lpm6_l1): one u32 per (gen, direction, top
- * 16 address bits), index ((gen * 2 + dir) << 16) | top16:
+ * IPv4 direct table (dw_slot4): one struct dw_lpm4_slot (32 bytes, half a
+ * cache line) per (gen, direction, top 16 address bits), index ((gen * 2 +
+ * dir) << 16) | top16. It holds the /16's prefixes longer than /16
+ * themselves, up to DW_LPM_LANES_MAX of them, longest first, as four
+ * 16-bit lanes: a = the prefix's low 16 address bits, m = its mask within
+ * the /16, r = its result ^ b, where b (the low 16 bits of b) is the /16's
+ * own result (from prefixes of /16 or shorter; 0: none). Lane i matches
+ * iff ((key ^ a_i) & m_i) == 0; the four are tested at once (SWAR) and the
+ * first match, the longest prefix, is extracted with arithmetic; no match
+ * gives b. Lanes past the /16's k prefixes repeat lane 0 (a lane that does
+ * not match when lane 0 does not). So an empty slot answers 0, and a /16
+ * covered only by a shorter prefix has lanes of mask 0 (match, r = 0):
+ * b. A /16 of more than four prefixes has DW_LPM_CHUNK | off in b: a chunk
+ * header at entry off of dw_lpm4_rng, and no lanes.
+ *
+ * IPv6 direct table (dw_lpm6_l1): one u32 per (gen, direction, top 16
+ * bits), index as above:
  *   0                     no prefix covers this /16: the side is skipped
  *   1..DW_MAX_RESULTS-1   the answer: index into this gen's results
  *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array
- *   IPv4: DW_LPM_LANES | (k - 1) << DW_LPM_LANES_SHIFT | off
- *                         a lanes chunk of k (1..4) prefixes at u16 off of
- *                         dw_lanes4
- *   IPv6: DW_LPM_LANES | (n - 1) << DW_LPM6_SMALL_SHIFT | off
+ *   DW_LPM_LANES | (n - 1) << DW_LPM6_SMALL_SHIFT | off
  *                         a small chunk of n (1..16) ranges at u64 off of
  *                         the range array (each gen's small chunks first)
  * Offsets are absolute: the loader puts each gen in its own half.
- *
- * IPv4 lanes (most /16s: with 10^5 random prefixes, 93% of them hold at
- * most four): the /16's prefixes themselves, longest first, as u16 fields
- * [a_1..a_k][m_1..m_k][r_1^b..r_k^b][b] where a is the prefix's low 16
- * address bits, m its mask within the /16, r its result and b the /16's
- * own (from prefixes of /16 or shorter). Three unaligned u64 loads give all
- * lanes at once; lane i matches iff ((key ^ a_i) & m_i) == 0, tested for
- * the four lanes together (SWAR), and the first match, the longest prefix,
- * is extracted with arithmetic. 6 bytes per prefix, no branches. The
- * builder keeps a chunk, and the bytes its u64 loads read past its end,
- * inside one 64-byte line: one cache miss at most. Lanes live in a global
- * table of their own (dw_lanes4), read without a map lookup.
  *
  * IPv6 small chunks: up to 16 sorted ranges, each one u64, (key bits
  * 16..63 << 16) | result, inside one 128-byte value and never across a
@@ -176,17 +179,12 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  */
 #define DW_LPM_CHUNK	0x80000000u
 #define DW_LPM_LANES	0x40000000u
-#define DW_LPM_LANES_SHIFT 28
-#define DW_LPM_LANES_OFF 0x0fffffffu
-#define DW_LPM_LANES_MAX 4
+#define DW_LPM_LANES_MAX 4	/* IPv4 prefixes of one /16 in its direct entry */
 #define DW_LPM6_SMALL_SHIFT 26
 #define DW_LPM6_SMALL_OFF 0x03ffffffu
 #define DW_LPM6_SMALL_MAX 16
-/* Bytes of IPv4 lanes per generation: a global table of two such halves (a
- * /16 whose lanes do not fit gets a chunk of ranges instead; 10^5 random
- * prefixes need 0.8 MB). */
-#define DW_LPM_SMALL_BYTES (1 << 21)
-#define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* u32 entries, 16 per line */
+#define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* IPv6 direct table: u32 entries, 16 per line */
+#define DW_LPM4_SLOTS	(DW_GENS * 2 * 65536)	/* IPv4 direct table: struct dw_lpm4_slot */
 #define DW_LPM4_ENTRIES	(1 << 22)	/* u32 ranges + headers, both gens (default size) */
 #define DW_LPM6_ENTRIES	(1 << 21)	/* 16-byte ranges + headers, both gens (default size) */
 #define DW_LPM_BMP_LINES (DW_GENS * 2 * 2 * 128)	/* 65536 bits per (gen, family, dir) */
@@ -198,6 +196,14 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 
 struct dw_line32 {
 	__u32 v[16];
+};
+
+/* An IPv4 direct entry (above): four u16 lanes in each of a, m and r. */
+struct dw_lpm4_slot {
+	__u64 a;
+	__u64 m;
+	__u64 r;
+	__u64 b;
 };
 
 /* dw_lpm6_rng's value: two cache lines, so a small IPv6 chunk of up to 16

@@ -26,16 +26,14 @@ DW_MAX_DROP_KEYS = 65536
 DW_NO_SLOT = 0xFFFFFFFF
 DW_LPM_CHUNK = 0x80000000
 DW_LPM_LANES = 0x40000000
-DW_LPM_LANES_SHIFT = 28
-DW_LPM_LANES_OFF = 0x0FFFFFFF
 DW_LPM_LANES_MAX = 4
 DW_LPM6_SMALL_SHIFT = 26
 DW_LPM6_SMALL_OFF = 0x03FFFFFF
 DW_LPM6_SMALL_MAX = 16
-DW_LPM_SMALL_BYTES = 1 << 21
 DW_PRIO_NONE = 0x7FFFFFFF
 DW_ANS_EVAL = 1 << 62
 DW_LPM_L1_LINES = DW_GENS * 2 * 65536 // 16
+DW_LPM4_SLOTS = DW_GENS * 2 * 65536
 DW_LPM4_ENTRIES = 1 << 22
 DW_LPM6_ENTRIES = 1 << 21
 DW_LPM_BMP_LINES = DW_GENS * 2 * 2 * 128
@@ -129,6 +127,10 @@ class Meta(ctypes.Structure):
 
 class Line32(ctypes.Structure):
     _fields_ = [("v", u32 * 16)]
+
+
+class Lpm4Slot(ctypes.Structure):
+    _fields_ = [("a", u64), ("m", u64), ("r", u64), ("b", u64)]
 
 
 class Line128(ctypes.Structure):
@@ -241,6 +243,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_meta": Meta,
     "dw_line32": Line32,
     "dw_line128": Line128,
+    "dw_lpm4_slot": Lpm4Slot,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
     "dw_lpm_res": LpmRes,

@@ -33,6 +33,7 @@ from . import abi
 from .btf import Btf
 from .libbpf import BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, libbpf
 from .netns import entered
+from . import lpm
 from .lpm import CHUNK, LANES
 from .rules import CompiledRules, RulesError
 
@@ -584,11 +585,15 @@ class Loader:
             for i in t.v6_ptrs:
                 v6_rng[i] += base6 + small6
         res, lists = _results(c.results)
-        small = gen * abi.DW_LPM_SMALL_BYTES  # this gen's half of dw_lanes4
+        slots = t.v4_slots
+        if base4 and t.v4_chunks:
+            slots = array("Q", slots)
+            for i in t.v4_chunks:
+                slots[i * lpm.SLOT + 3] += base4
+        slot_bytes = len(t.v4_slots) * 8
         return [
             ("dw_lpm_ans", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmAns), _answers(c.results, c.default_side)),
-            ("dw_lpm4_l1", gen * l1_bytes, _relocate(t.v4_l1, base4, small // 2).tobytes()),
-            ("dw_lanes4", small, bytes(t.v4_lanes)),
+            ("dw_slot4", gen * slot_bytes, slots.tobytes()),
             ("dw_lpm4_rng", base4 * 4, t.v4_rng.tobytes()),
             ("dw_lpm6_l1", gen * l1_bytes, _relocate(t.v6_l1, base6 + small6, 2 * base6).tobytes()),
             ("dw_lpm6_rng", base6 * 16, t.v6_small.tobytes() + v6_rng.tobytes()),
@@ -638,10 +643,9 @@ class Loader:
     def rule_map_entries(self) -> dict[str, int]:
         """What the rule maps hold, both generations, read from the kernel's
         memory (for tests: what a reload left behind): results in use, range entries
-        (small IPv6 chunks included) and lines of lanes in use (up to the end
-        of the last 64-byte line holding a non-zero byte), and pair
+        (small IPv6 chunks included), IPv4 direct entries in use, and pair
         entries."""
-        out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_lpm_small": 0, "dw_pairs": 0}
+        out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_slot4": 0, "dw_pairs": 0}
         rsize = ctypes.sizeof(abi.LpmRes)
         with self._lpm_window("dw_lpm_res", 0, self._lpm_sizes["dw_lpm_res"]) as (mm, _d):
             res = mm[:]
@@ -655,10 +659,9 @@ class Loader:
                     region = mm[d:d + half * width]
                 # Whole 64-byte lines, as the builder lays them out.
                 out["dw_lpm_ranges"] += -(-len(region.rstrip(b"\0")) // 64) * 64 // width
-        for gen in range(abi.DW_GENS):
-            with self._lpm_window("dw_lanes4", gen * abi.DW_LPM_SMALL_BYTES, abi.DW_LPM_SMALL_BYTES) as (mm, d):
-                region = mm[d:d + abi.DW_LPM_SMALL_BYTES]
-            out["dw_lpm_small"] += -(-len(region.rstrip(b"\0")) // 64)
+        with self._lpm_window("dw_slot4", 0, self._lpm_sizes["dw_slot4"]) as (mm, _d):
+            slots = np.frombuffer(mm[:], dtype=np.uint64).reshape(-1, lpm.SLOT)
+        out["dw_slot4"] = int(slots.any(axis=1).sum())
         fd = self._lmap("dw_pairs")
         k, nk = abi.PairKey(), abi.PairKey()
         cur = None
@@ -931,7 +934,7 @@ def flow_key(saddr: str, daddr: str, proto: int, sport: int | None = None,
 # libbpf turns into maps of that name; the loader knows them by <name>.
 _GLOBAL_TABLE = ".bss."
 # Written per rule generation, through mmap.
-LPM_MAPS = ("dw_lpm_bmp", "dw_lpm4_l1", "dw_lanes4", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res",
+LPM_MAPS = ("dw_lpm_bmp", "dw_slot4", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res",
             "dw_lpm_ans", "dw_results")
 # Written once at load, for this load's record key (the check table).
 KEY_MAPS = ("dw_metachk",)
@@ -974,9 +977,9 @@ def _answers(results: Sequence[tuple[int, Sequence[object]]], default_side: int)
 
 
 def _relocate(l1: array, base: int, small_base: int) -> array:
-    """Chunk offsets in a direct table, made absolute: ``base`` (in the range
-    array's entries) for chunks, ``small_base`` (in dw_lanes4's u16s or
-    dw_small6's u64s) for lanes and small chunks."""
+    """Chunk offsets in the IPv6 direct table, made absolute: ``base`` (in
+    the range array's entries) for chunks, ``small_base`` (in its u64s) for
+    small chunks."""
     if not base and not small_base:
         return l1
     return array("I", (x + base if x & CHUNK else x + small_base if x & LANES else x for x in l1))

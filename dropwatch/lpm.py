@@ -3,12 +3,13 @@ set, searched by lpm4()/lpm6() in bpf/labeler.bpf.c (layout and encoding in
 bpf/dropwatch.h, "rule maps").
 
 DXR-style: a direct table on the top 16 address bits, whose entry is the
-answer itself (a result index, 0 for "no prefix") or a chunk for that /16:
+answer for that /16 or leads to a chunk of it:
 
-* IPv4 lanes: a /16 holding at most ``LANES_MAX`` prefixes longer than /16
-  (most of them) keeps the prefixes themselves, longest first, as 16-bit
-  (address, mask, result) lanes that the labeler tests all at once, without
-  a branch; 6 bytes a prefix.
+* IPv4: a 32-byte entry per /16 holding its prefixes longer than /16
+  themselves, up to ``LANES_MAX`` of them (most /16s), longest first, as
+  16-bit (address, mask, result) lanes that the labeler tests all at once,
+  without a branch, plus the /16's own result. A lookup reads that one
+  entry.
 * IPv6 small chunks: at most ``SMALL6_MAX`` sorted ranges keyed by the top
   64 bits, one u64 each, searched in a fixed number of branch-free steps.
 * Chunks: sorted, non-overlapping ranges covering the /16, each already
@@ -16,13 +17,11 @@ answer itself (a result index, 0 for "no prefix") or a chunk for that /16:
   ranges are keyed by the top 64 bits; inside a /64 that holds prefixes
   longer than /64, a second chunk keyed by the low 64 bits.
 
-A lookup is one direct-table read plus one lanes test or small search, or at
-most one (IPv4) or two (IPv6) binary searches of bounded depth, whatever the
-prefix lengths. Lanes and small chunks are packed into 64-byte lines (a
-small IPv6 chunk of more than 8 ranges into one 128-byte value) so that a
-lookup touches one cache line of them; the lanes in a table of
-``SMALL_BYTES`` per generation, and a /16 whose lanes no longer fit there
-gets a chunk instead.
+A lookup is one direct-table read (IPv4) or one plus one small search
+(IPv6), or at most one (IPv4) or two (IPv6) binary searches of bounded
+depth, whatever the prefix lengths. Small IPv6 chunks are packed into
+64-byte lines (one of more than 8 ranges into one 128-byte value) so that a
+lookup touches one cache line of them.
 
 ``lookup()`` is the same walk in Python, step for step, for tests.
 """
@@ -39,8 +38,6 @@ from . import abi
 
 CHUNK = abi.DW_LPM_CHUNK
 LANES = abi.DW_LPM_LANES
-LANES_SHIFT = abi.DW_LPM_LANES_SHIFT
-LANES_OFF = abi.DW_LPM_LANES_OFF
 LANES_MAX = abi.DW_LPM_LANES_MAX
 SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
 SMALL6_OFF = abi.DW_LPM6_SMALL_OFF
@@ -49,9 +46,7 @@ SMALL6_STEPS = SMALL6_MAX.bit_length() - 1  # the BPF search's fixed trip count
 L1_SIZE = 1 << 16
 MAX_V6_CHUNK = 1 << abi.DW_LPM6_STEPS
 LINE = 64  # bytes
-# A generation's IPv4 lanes: the labeler's global table holds two of these
-# (dw_lanes4), less the last line, which the labeler's bounds check leaves out.
-SMALL_BYTES = abi.DW_LPM_SMALL_BYTES - LINE
+SLOT = 4  # u64 words of an IPv4 direct entry (struct dw_lpm4_slot: a, m, r, b)
 
 
 class LpmCapacityError(ValueError):
@@ -63,8 +58,9 @@ class LpmTables:
     """One generation's tables, with chunk offsets relative to the start of
     this generation's part of each table (the loader relocates)."""
 
-    v4_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))  # [dir << 16 | top16]
-    v4_lanes: bytearray = field(default_factory=bytearray)  # 64-byte lines of lanes chunks (u16 fields)
+    # IPv4 direct entries, SLOT words each, at (dir << 16 | top16) * SLOT.
+    v4_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT * 2 * L1_SIZE)))
+    v4_chunks: list[int] = field(default_factory=list)  # indexes of the entries that point to a chunk
     v4_rng: array = field(default_factory=lambda: array("I"))  # chunks: header, ranges
     v6_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))
     # 64-byte lines of small chunks (u64 ranges): the loader puts them at the
@@ -77,27 +73,28 @@ class LpmTables:
 
     def nbytes(self) -> int:
         """Memory the set needs in one generation (direct tables included)."""
-        return len(self.v4_lanes) + sum(a.itemsize * len(a) for a in (self.v4_l1, self.v4_rng, self.v6_l1,
-                                                                      self.v6_small, self.v6_rng, self.bmp))
+        return sum(a.itemsize * len(a) for a in (self.v4_slots, self.v4_rng, self.v6_l1, self.v6_small, self.v6_rng,
+                                                 self.bmp))
+
+    def v4_used(self) -> int:
+        """IPv4 direct entries that are not empty."""
+        s = self.v4_slots
+        return sum(1 for i in range(0, len(s), SLOT) if s[i] | s[i + 1] | s[i + 2] | s[i + 3])
 
     def v6_entries(self) -> int:
         """16-byte entries of the IPv6 range array: small chunks and chunks."""
         return (len(self.v6_small) + len(self.v6_rng)) // 2
 
-    def small_lines(self) -> int:
-        """64-byte lines of IPv4 lanes."""
-        return len(self.v4_lanes) // LINE
-
 
 class _Lines:
-    """First-fit-decreasing placement of small items into at most ``cap``
-    64-byte lines, so that no item crosses a line (or, for items of more
+    """First-fit-decreasing placement of small IPv6 chunks into at most
+    ``cap`` 64-byte lines, so that no item crosses a line (or, for items of more
     than one line, a 128-byte value): its lookup touches one line, one map
     value. place() says None when no line has room."""
 
-    def __init__(self, cap: int | None = None) -> None:
+    def __init__(self, cap: int) -> None:
         self.n = 0  # lines used
-        self.cap = SMALL_BYTES // LINE if cap is None else cap
+        self.cap = cap
         self.free: dict[int, list[int]] = defaultdict(list)  # free bytes at a line's end -> lines
 
     def place(self, size: int) -> int | None:
@@ -190,36 +187,39 @@ def _lanes(items: list[tuple[int, int, int]], base: int) -> list[tuple[int, int,
     return sorted(out, key=lambda t: -t[0])
 
 
-def _lane_bytes(k: int) -> int:
-    """A lanes chunk's bytes in its line: 6k + 2 of fields, and what the
-    three u64 loads read past the last field's end (8 - 2k for k < 4)."""
-    return max(6 * k + 2, 4 * k + 8)
-
-
-def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines) -> None:
-    _paint_l1(t.v4_l1, dir_, [x for x in pfx if x[0] <= 16], 32)
+def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
+    own = array("I", bytes(4 * L1_SIZE))  # each /16's result from prefixes of /16 or shorter
+    _paint_l1(own, 0, [x for x in pfx if x[0] <= 16], 32)
+    slots = t.v4_slots
+    bmp_word = dir_ << 10  # (v6 << 1 | dir) << 10
+    for block, b in enumerate(own):
+        if b:
+            slots[((dir_ << 16) | block) * SLOT + 3] = b
+            t.bmp[bmp_word | (block >> 6)] |= 1 << (block & 63)
     blocks: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     for plen, addr, res in pfx:
         if plen > 16:
             blocks[addr >> 16].append((plen, addr & 0xFFFF, res))
     for block in sorted(blocks):
         i = (dir_ << 16) | block
-        base = t.v4_l1[i]
+        base = own[block]
         lanes = _lanes(blocks[block], base)
         if not lanes:
-            continue  # the direct entry already holds the answer
-        at = lines.place(_lane_bytes(len(lanes))) if len(lanes) <= LANES_MAX else None
-        if at is not None:
-            k = len(lanes)
-            words = ([low for _, low, _ in lanes] + [0xFFFF ^ ((1 << (32 - p)) - 1) for p, _, _ in lanes]
-                     + [r ^ base for _, _, r in lanes] + [base])
-            if len(t.v4_lanes) < at + 2 * len(words):
-                t.v4_lanes.extend(bytes(-(-(at + 2 * len(words)) // LINE) * LINE - len(t.v4_lanes)))
-            t.v4_lanes[at:at + 2 * len(words)] = array("H", words).tobytes()
-            t.v4_l1[i] = LANES | (k - 1) << LANES_SHIFT | at // 2
+            continue  # the /16's own result already is the answer
+        t.bmp[bmp_word | (block >> 6)] |= 1 << (block & 63)
+        if len(lanes) <= LANES_MAX:
+            # Lanes past k repeat lane 0: they match only where it does.
+            lanes += [lanes[0]] * (LANES_MAX - len(lanes))
+            words = [0, 0, 0]
+            for n, (plen, low, res) in enumerate(lanes):
+                words[0] |= low << (16 * n)
+                words[1] |= (0xFFFF ^ ((1 << (32 - plen)) - 1)) << (16 * n)
+                words[2] |= (res ^ base) << (16 * n)
+            slots[i * SLOT:i * SLOT + 3] = array("Q", words)
             continue
         rs = ranges([(low, low + (1 << (32 - p)) - 1, r) for p, low, r in blocks[block]], base, 16)
-        t.v4_l1[i] = CHUNK | len(t.v4_rng)
+        slots[i * SLOT + 3] = CHUNK | len(t.v4_rng)
+        t.v4_chunks.append(i)
         t.v4_rng.append(len(rs))
         t.v4_rng.extend((start << 16) | res for start, res in rs)
 
@@ -289,10 +289,9 @@ def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
             raise LpmCapacityError(f"result index {res} outside 0..{abi.DW_MAX_RESULTS - 1}")
         by_fd[fd].append((plen, addr, res))
     t = LpmTables()
-    lines = _Lines()
     for fd in (abi.DW_FD_V4_SRC, abi.DW_FD_V4_DST):
         if by_fd.get(fd):
-            _build_v4(t, fd & 1, by_fd[fd], lines)
+            _build_v4(t, fd & 1, by_fd[fd])
     lines = _Lines(cap=SMALL6_OFF // 8)  # in the range array: as many as offsets reach
     for fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST):
         if by_fd.get(fd):
@@ -300,10 +299,9 @@ def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
     # Whole lines: what the loader writes and counts (rule_map_entries).
     t.v4_rng.extend([0] * (-len(t.v4_rng) % (LINE // 4)))
     t.v6_rng.extend([0] * (-len(t.v6_rng) % (LINE // 8)))
-    for v6, l1 in ((0, t.v4_l1), (1, t.v6_l1)):
-        for i, e in enumerate(l1):
-            if e:
-                t.bmp[(v6 << 11) | (i >> 6)] |= 1 << (i & 63)
+    for i, e in enumerate(t.v6_l1):
+        if e:
+            t.bmp[(1 << 11) | (i >> 6)] |= 1 << (i & 63)
     return t
 
 
@@ -326,20 +324,15 @@ def _search(n: int, start_of: object, key: int, steps: int, reads: list[int] | N
     return base
 
 
-def _lanes4(lanes: bytearray, e: int, key: int, reads: list[int] | None) -> int:
-    """lpm4_lanes(): the first lane (longest prefix) whose masked address
-    equals the key's, else the base; one line read."""
-    k = ((e >> LANES_SHIFT) & 3) + 1
-    at = (e & LANES_OFF) * 2
-    assert at // LINE == (at + _lane_bytes(k) - 1) // LINE, "a lanes chunk crosses a line"
-    u16 = array("H", lanes[at:at + 2 * (3 * k + 1)])
-    a, m, r, base = u16[:k], u16[k:2 * k], u16[2 * k:3 * k], u16[3 * k]
-    if reads is not None:
-        reads[0] += 1
-    for i in range(k):
-        if (key ^ a[i]) & m[i] == 0:
-            return r[i] ^ base
-    return base
+def _slot4(t: LpmTables, i: int, key: int) -> int:
+    """lpm4()'s lanes: the first lane (longest prefix) whose masked address
+    equals the key's, else the /16's own result."""
+    a, m, r, b = t.v4_slots[i * SLOT:(i + 1) * SLOT]
+    for n in range(LANES_MAX):
+        sh = 16 * n
+        if ((key ^ (a >> sh)) & (m >> sh)) & 0xFFFF == 0:
+            return ((r >> sh) ^ b) & 0xFFFF
+    return b & 0xFFFF
 
 
 def _small6(rng: array, e: int, key48: int, reads: list[int] | None) -> int:
@@ -362,8 +355,8 @@ def _small6(rng: array, e: int, key48: int, reads: list[int] | None) -> int:
 def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> int:
     """lpm4()/lpm6() in labeler.bpf.c: the result index for an address (0:
     none). ``reads[0]`` counts dependent table reads: the bitmap, direct
-    entries, a lanes or small chunk's line, chunk headers and search probes
-    (not the final range, which the search already read)."""
+    entries, a small chunk's line, chunk headers and search probes (not the
+    final range, which the search already read)."""
     dir_ = fd & 1
     v6 = fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST)
     top16 = addr >> (112 if v6 else 16)
@@ -375,11 +368,10 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
     if reads is not None:
         reads[0] += 1
     if not v6:
-        e = t.v4_l1[(dir_ << 16) | (addr >> 16)]
-        if e & LANES:
-            return _lanes4(t.v4_lanes, e, addr & 0xFFFF, reads)
+        slot = (dir_ << 16) | (addr >> 16)
+        e = t.v4_slots[slot * SLOT + 3]
         if not e & CHUNK:
-            return e
+            return _slot4(t, slot, addr & 0xFFFF)
         off = (e & ~CHUNK) + 1
         rng = t.v4_rng
         if reads is not None:

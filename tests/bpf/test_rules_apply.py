@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import packets as P
-from dropwatch import abi
+from dropwatch import abi, lpm
 from dropwatch import rules as rules_mod
 from dropwatch import loader as loader_mod
 from dropwatch.loader import DropwatchError, Loader
@@ -103,9 +103,9 @@ def test_probes_tell_a_from_b() -> None:
     assert reference(RULES_A) != reference(RULES_B)
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     assert len(b.prefixes) > 20 and len(b.pairs) > 3 and a.pairs
-    # Both rule sets fill the lanes and small-chunk tables, B chunks of ranges too.
+    # Both rule sets fill IPv4 lanes and IPv6 small chunks, B chunks of ranges too.
     for c in (a, b):
-        assert c.lpm.v4_lanes and c.lpm.v6_small
+        assert any(c.lpm.v4_slots[i] for i in range(0, len(c.lpm.v4_slots), lpm.SLOT)) and c.lpm.v6_small
     assert len(b.lpm.v4_rng) and b.lpm.v6_entries()
 
 
@@ -114,7 +114,7 @@ def test_probes_tell_a_from_b() -> None:
 def map_entries(c: CompiledRules) -> dict[str, int]:
     """What Loader.rule_map_entries() reads (both gens) with only ``c`` loaded."""
     return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + c.lpm.v6_entries(),
-            "dw_lpm_small": c.lpm.small_lines(), "dw_pairs": len(c.pairs)}
+            "dw_slot4": c.lpm.v4_used(), "dw_pairs": len(c.pairs)}
 
 
 def _iter_keys(ld: Loader, name: str, ktype: type[ctypes.Structure]) -> Iterator[ctypes.Structure]:
@@ -145,10 +145,11 @@ def _l1_nonzero(ld: Loader, gen: int) -> int:
     lb = ld.labeler
     assert lb is not None
     n = 0
-    for name in ("dw_lpm4_l1", "dw_lpm6_l1"):
-        mm = mmap.mmap(lb.maps[name], abi.DW_LPM_L1_LINES * 64, mmap.MAP_SHARED, mmap.PROT_READ)
+    for name, entry in (("dw_slot4", ctypes.sizeof(abi.Lpm4Slot)), ("dw_lpm6_l1", 4)):
+        half = 2 * 65536 * entry
+        mm = mmap.mmap(lb.maps[name], abi.DW_GENS * half, mmap.MAP_SHARED, mmap.PROT_READ)
         try:
-            words = memoryview(mm)[gen * 2 * 65536 * 4:(gen + 1) * 2 * 65536 * 4].cast("I")
+            words = memoryview(mm)[gen * half:(gen + 1) * half].cast("Q" if entry > 4 else "I")
             n += sum(1 for w in words if w)
             words.release()
         finally:

@@ -86,29 +86,47 @@ def test_ranges_merge_equal_neighbours() -> None:
     # /25 + /25 with the /24's result: one range, so the /16 is a leaf.
     t = lpm.build([(abi.DW_FD_V4_DST, 24, 0x0A000100, 7), (abi.DW_FD_V4_DST, 25, 0x0A000100, 7),
                    (abi.DW_FD_V4_DST, 25, 0x0A000180, 7), (abi.DW_FD_V4_DST, 16, 0x0A000000, 7)])
-    assert t.v4_l1[(1 << 16) | 0x0A00] == 7 and len(t.v4_rng) == 0
+    assert _slot(t, 1, 0x0A00) == (0, 0, 0, 7) and len(t.v4_rng) == 0
+
+
+def _slot(t: lpm.LpmTables, dir_: int, top16: int) -> tuple[int, ...]:
+    """The IPv4 direct entry (a, m, r, b) of a /16."""
+    i = ((dir_ << 16) | top16) * lpm.SLOT
+    return tuple(t.v4_slots[i:i + lpm.SLOT])
+
+
+def _lanes(slot: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """A direct entry's distinct (a, m, r) lanes, in order (lanes past the
+    /16's prefixes repeat lane 0)."""
+    out: list[tuple[int, ...]] = []
+    for n in range(lpm.LANES_MAX):
+        lane = tuple((w >> (16 * n)) & 0xFFFF for w in slot[:3])
+        if lane not in out:
+            out.append(lane)
+    return out
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 30])
 def test_v4_lanes(n: int) -> None:
-    """n /32s in one /16: up to lpm.LANES_MAX of them are lanes (the
-    prefixes themselves, longest first), more make a chunk of ranges; a
-    lanes chunk never crosses a 64-byte line; every address still finds its
-    prefix, in at most 3 reads with lanes."""
+    """n /32s in one /16: up to lpm.LANES_MAX of them are lanes of its direct
+    entry (the prefixes themselves), more make a chunk of ranges; every
+    address still finds its prefix, in 2 reads (bitmap, direct entry) with
+    lanes."""
     fd, block = abi.DW_FD_V4_DST, 10 << 24
     pfx = {(32, block | (3 * i + 1)): 1 + i for i in range(n)}
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    e = t.v4_l1[(1 << 16) | (block >> 16)]
+    slot = _slot(t, 1, block >> 16)
     if n <= lpm.LANES_MAX:
-        assert e & lpm.LANES and not e & lpm.CHUNK
-        assert ((e >> lpm.LANES_SHIFT) & 3) + 1 == n
+        assert slot[3] == 0  # no chunk, no result of its own
+        assert sorted(a for a, _m, _r in _lanes(slot)) == sorted(3 * i + 1 for i in range(n))
+        assert all(m == 0xFFFF for _a, m, _r in _lanes(slot))
     else:
-        assert e & lpm.CHUNK and not e & lpm.LANES
+        assert slot[3] & lpm.CHUNK and slot[:3] == (0, 0, 0)
     for (_p, a), _r in pfx.items():
         for addr in (a, a - 1, a + 1):
             reads = [0]
             assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 32, addr), hex(addr)
-            assert reads[0] <= (3 if n <= lpm.LANES_MAX else 3 + abi.DW_LPM4_STEPS)
+            assert reads[0] <= (2 if n <= lpm.LANES_MAX else 3 + abi.DW_LPM4_STEPS)
 
 
 def test_v4_lanes_keep_the_longest_and_drop_the_idle() -> None:
@@ -119,13 +137,15 @@ def test_v4_lanes_keep_the_longest_and_drop_the_idle() -> None:
     pfx = {(16, 0x0A000000): 3, (20, 0x0A000000): 5, (24, 0x0A000100): 7, (28, 0x0A000110): 5,
            (30, 0x0A001000): 3}  # /30 in the /16 only, same result: idle
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    e = t.v4_l1[(1 << 16) | 0x0A00]
-    assert e & lpm.LANES and ((e >> lpm.LANES_SHIFT) & 3) + 1 == 3
+    slot = _slot(t, 1, 0x0A00)
+    # Longest first: /28, /24, /20; r holds result ^ the /16's own (3).
+    assert _lanes(slot) == [(0x0110, 0xFFF0, 5 ^ 3), (0x0100, 0xFF00, 7 ^ 3), (0x0000, 0xF000, 5 ^ 3)]
+    assert slot[3] == 3
     for addr in (0x0A000000, 0x0A0000FF, 0x0A000100, 0x0A00010F, 0x0A000110, 0x0A00011F, 0x0A000120,
                  0x0A000800, 0x0A000FFF, 0x0A001000, 0x0A001003, 0x0A001004, 0x0A00FFFF):
         assert lpm.lookup(t, fd, addr) == _brute(pfx, 32, addr), hex(addr)
     idle = lpm.build([(fd, 16, 0x0B000000, 4), (fd, 24, 0x0B000100, 4)])
-    assert idle.v4_l1[(1 << 16) | 0x0B00] == 4 and len(idle.v4_rng) == len(idle.v4_lanes) == 0
+    assert _slot(idle, 1, 0x0B00) == (0, 0, 0, 4) and len(idle.v4_rng) == 0
 
 
 def _v4_blocks(rng: random.Random, blocks: int, most: int) -> dict[tuple[int, int], int]:
@@ -138,16 +158,29 @@ def _v4_blocks(rng: random.Random, blocks: int, most: int) -> dict[tuple[int, in
     return pfx
 
 
-def test_v4_lanes_are_packed_into_lines() -> None:
-    """Thousands of /16s with one to four prefixes each: no lanes chunk
-    crosses a line (lookup() asserts it), and the lines are nearly full."""
+def test_v4_random_blocks() -> None:
+    """Thousands of /16s with one to six prefixes each, under a /8 and some
+    /16s of their own: every address at and around each prefix finds the
+    longest one; /16s of up to lpm.LANES_MAX kept prefixes are answered by
+    their direct entry, the rest by a chunk."""
     fd = abi.DW_FD_V4_SRC
-    pfx = _v4_blocks(random.Random(7), 3000, 4)
+    pfx = _v4_blocks(random.Random(7), 3000, 6)
+    pfx[(8, 0x0A000000)] = 11
+    for block in random.Random(8).sample(sorted({a >> 16 for _p, a in pfx}), 300):
+        pfx[(16, block << 16)] = 12
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    for (_p, a) in pfx:
-        assert lpm.lookup(t, fd, a) == _brute(pfx, 32, a)
-    assert len(t.v4_lanes) < 1.1 * sum(lpm._lane_bytes(((e >> lpm.LANES_SHIFT) & 3) + 1)
-                                         for e in t.v4_l1 if e & lpm.LANES)
+    for (p, a) in pfx:
+        for addr in (a, a | ((1 << (32 - p)) - 1), a - 1, (a + (1 << (32 - p))) & 0xFFFFFFFF):
+            assert lpm.lookup(t, fd, addr) == _brute(pfx, 32, addr), hex(addr)
+    kinds = {"lanes": 0, "chunk": 0}
+    for i in range(1 << 16):
+        slot = _slot(t, 0, i)
+        if slot[3] & lpm.CHUNK:
+            kinds["chunk"] += 1
+        elif any(slot[:3]):
+            kinds["lanes"] += 1
+    assert kinds["lanes"] > 2000 and kinds["chunk"] > 100
+    assert len(t.v4_chunks) == kinds["chunk"]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 30])
@@ -173,18 +206,3 @@ def test_v6_small_chunks(n: int) -> None:
             reads = [0]
             assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
             assert reads[0] <= 3 + abi.DW_LPM6_STEPS
-
-
-def test_full_lanes_table_falls_back_to_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """When a generation's lanes fill their table, the remaining /16s get
-    chunks of ranges: every address still finds its prefix, and nothing is
-    written past the table."""
-    monkeypatch.setattr(lpm, "SMALL_BYTES", 4 * lpm.LINE)
-    fd = abi.DW_FD_V4_DST
-    pfx = _v4_blocks(random.Random(3), 60, 3)
-    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    assert sum(1 for e in t.v4_l1 if e & lpm.LANES) and sum(1 for e in t.v4_l1 if e & lpm.CHUNK)
-    assert t.small_lines() <= 4
-    for (p, a), _r in pfx.items():
-        for addr in (a, a | ((1 << (32 - p)) - 1), a - 1):
-            assert lpm.lookup(t, fd, addr) == _brute(pfx, 32, addr), hex(addr)
