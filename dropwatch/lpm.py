@@ -218,6 +218,10 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
             slots[i * SLOT:i * SLOT + 3] = array("Q", words)
             continue
         rs = ranges([(low, low + (1 << (32 - p)) - 1, r) for p, low, r in blocks[block]], base, 16)
+        # A chunk that fits a 64-byte line starts one if it would cross one:
+        # then its search misses the cache once.
+        if len(rs) < LINE // 4 and len(t.v4_rng) % (LINE // 4) + len(rs) + 1 > LINE // 4:
+            t.v4_rng.extend([0] * (-len(t.v4_rng) % (LINE // 4)))
         slots[i * SLOT + 3] = CHUNK | len(t.v4_rng)
         t.v4_chunks.append(i)
         t.v4_rng.append(len(rs))

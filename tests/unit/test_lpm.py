@@ -181,6 +181,11 @@ def test_v4_random_blocks() -> None:
             kinds["lanes"] += 1
     assert kinds["lanes"] > 2000 and kinds["chunk"] > 100
     assert len(t.v4_chunks) == kinds["chunk"]
+    # A chunk of up to 16 entries (header + ranges) stays in one 64-byte line.
+    line = lpm.LINE // 4
+    spans = [(off, t.v4_rng[off] + 1) for off in (t.v4_slots[i * lpm.SLOT + 3] & ~lpm.CHUNK for i in t.v4_chunks)]
+    assert sum(1 for _off, n in spans if n <= line) > 100
+    assert all(off // line == (off + n - 1) // line for off, n in spans if n <= line)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 30])
