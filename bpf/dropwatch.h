@@ -146,8 +146,11 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * gives b. Lanes past the /16's k prefixes repeat lane 0 (a lane that does
  * not match when lane 0 does not). So an empty slot answers 0, and a /16
  * covered only by a shorter prefix has lanes of mask 0 (match, r = 0):
- * b. A /16 of more than four prefixes has DW_LPM_CHUNK | off in b: a chunk
- * header at entry off of dw_lpm4_rng, and no lanes.
+ * b. A /16 of more than four prefixes has n << 32 | DW_LPM_CHUNK | off in
+ * b: its n ranges at entry off of dw_lpm4_rng (no header), and in a, m
+ * and r, lanes 0-3 each, DW_LPM4_PIVOTS pivots: pivot j (1..12) is the
+ * start of range j * n / 13 (rounded down), so the pivots <= key, c of
+ * them, put the answer in ranges [c * n / 13, (c + 1) * n / 13).
  *
  * IPv6 direct table (dw_lpm6_l1): one u32 per (gen, direction, top 16
  * bits), index as above:
@@ -165,10 +168,11 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * exactly n ranges (no padding). Never used for a /16 that holds prefixes
  * longer than /64.
  *
- * Chunks (the rest): a header entry holding n, then n ranges sorted by
- * start; the first starts at 0. An address takes the last range starting at
- * or below it. IPv4 ranges (dw_lpm4_rng): (start of the range in the low 16
- * bits << 16) | result. IPv6 ranges (dw_lpm6_rng) are 16 bytes: u64 key
+ * Chunks (the rest): n ranges sorted by start (IPv6: after a header entry
+ * holding n); the first starts at 0. An address takes the last range
+ * starting at or below it. IPv4 ranges (dw_lpm4_rng): (start of the range
+ * in the low 16 bits << 16) | result; a chunk of at most 16 starts a
+ * 64-byte line rather than cross one. IPv6 ranges (dw_lpm6_rng) are 16 bytes: u64 key
  * (the top 64 address bits), u64 value: a result, or, for a /64 that holds
  * prefixes longer than /64, DW_LPM_CHUNK | off of a second chunk keyed by
  * the low 64 bits. A v6 chunk header is the entry (n, 0).
@@ -180,6 +184,7 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM_CHUNK	0x80000000u
 #define DW_LPM_LANES	0x40000000u
 #define DW_LPM_LANES_MAX 4	/* IPv4 prefixes of one /16 in its direct entry */
+#define DW_LPM4_PIVOTS	12	/* IPv4 chunk: range starts in its direct entry */
 #define DW_LPM6_SMALL_SHIFT 26
 #define DW_LPM6_SMALL_OFF 0x03ffffffu
 #define DW_LPM6_SMALL_MAX 16

@@ -39,6 +39,7 @@ from . import abi
 CHUNK = abi.DW_LPM_CHUNK
 LANES = abi.DW_LPM_LANES
 LANES_MAX = abi.DW_LPM_LANES_MAX
+PIVOTS = abi.DW_LPM4_PIVOTS
 SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
 SMALL6_OFF = abi.DW_LPM6_SMALL_OFF
 SMALL6_MAX = abi.DW_LPM6_SMALL_MAX
@@ -61,7 +62,7 @@ class LpmTables:
     # IPv4 direct entries, SLOT words each, at (dir << 16 | top16) * SLOT.
     v4_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT * 2 * L1_SIZE)))
     v4_chunks: list[int] = field(default_factory=list)  # indexes of the entries that point to a chunk
-    v4_rng: array = field(default_factory=lambda: array("I"))  # chunks: header, ranges
+    v4_rng: array = field(default_factory=lambda: array("I"))  # chunks: their ranges (n is in the direct entry)
     v6_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))
     # 64-byte lines of small chunks (u64 ranges): the loader puts them at the
     # start of the gen's part of the IPv6 range array, its chunks after them.
@@ -218,13 +219,18 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
             slots[i * SLOT:i * SLOT + 3] = array("Q", words)
             continue
         rs = ranges([(low, low + (1 << (32 - p)) - 1, r) for p, low, r in blocks[block]], base, 16)
+        n = len(rs)
         # A chunk that fits a 64-byte line starts one if it would cross one:
         # then its search misses the cache once.
-        if len(rs) < LINE // 4 and len(t.v4_rng) % (LINE // 4) + len(rs) + 1 > LINE // 4:
+        if n <= LINE // 4 and len(t.v4_rng) % (LINE // 4) + n > LINE // 4:
             t.v4_rng.extend([0] * (-len(t.v4_rng) % (LINE // 4)))
-        slots[i * SLOT + 3] = CHUNK | len(t.v4_rng)
+        # The pivots, lanes 0-3 of a, m and r: the starts of the ranges that
+        # cut the chunk into PIVOTS + 1 segments.
+        words = [0, 0, 0]
+        for j in range(1, PIVOTS + 1):
+            words[(j - 1) // 4] |= rs[j * n // (PIVOTS + 1)][0] << (16 * ((j - 1) % 4))
+        slots[i * SLOT:(i + 1) * SLOT] = array("Q", words + [n << 32 | CHUNK | len(t.v4_rng)])
         t.v4_chunks.append(i)
-        t.v4_rng.append(len(rs))
         t.v4_rng.extend((start << 16) | res for start, res in rs)
 
 
@@ -359,8 +365,9 @@ def _small6(rng: array, e: int, key48: int, reads: list[int] | None) -> int:
 def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> int:
     """lpm4()/lpm6() in labeler.bpf.c: the result index for an address (0:
     none). ``reads[0]`` counts dependent table reads: the bitmap, direct
-    entries, a small chunk's line, chunk headers and search probes (not the
-    final range, which the search already read)."""
+    entries, a small chunk's line, IPv6 chunk headers, search probes and an
+    IPv4 chunk's answer range (not an IPv6 chunk's final range, which its
+    search already read)."""
     dir_ = fd & 1
     v6 = fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST)
     top16 = addr >> (112 if v6 else 16)
@@ -373,14 +380,18 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         reads[0] += 1
     if not v6:
         slot = (dir_ << 16) | (addr >> 16)
+        key = addr & 0xFFFF
         e = t.v4_slots[slot * SLOT + 3]
         if not e & CHUNK:
-            return _slot4(t, slot, addr & 0xFFFF)
-        off = (e & ~CHUNK) + 1
+            return _slot4(t, slot, key)
+        off, n = e & 0x7FFFFFFF, e >> 32
+        pivots = [(w >> (16 * j)) & 0xFFFF for w in t.v4_slots[slot * SLOT:slot * SLOT + 3] for j in range(4)]
+        c = sum(1 for p in pivots if p <= key)
+        lo, hi = c * n // (PIVOTS + 1), (c + 1) * n // (PIVOTS + 1)
         rng = t.v4_rng
+        i = lo + _search(hi - lo, lambda m: rng[off + lo + m] >> 16, key, abi.DW_LPM4_STEPS, reads)
         if reads is not None:
-            reads[0] += 1
-        i = _search(rng[off - 1], lambda m: rng[off + m] >> 16, addr & 0xFFFF, abi.DW_LPM4_STEPS, reads)
+            reads[0] += 1  # the answer's range (one of the search's lines, or the segment's only range)
         return rng[off + i] & 0xFFFF
     hi64 = addr >> 64
     e = t.v6_l1[(dir_ << 16) | (hi64 >> 48)]

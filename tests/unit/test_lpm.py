@@ -74,12 +74,37 @@ def test_v6_matches_brute_force(seed: int) -> None:
 
 
 def test_full_chunk_takes_the_maximum_depth() -> None:
-    """Every other /32 of one /16: 65,536 ranges, 16 halvings, no more."""
+    """Every other /32 of one /16: 65,536 ranges; the entry's 12 pivots
+    leave one of 13 segments of at most 5,042, so 13 halvings, no more
+    (bitmap + direct entry + halvings + the answer's range)."""
     t = lpm.build((abi.DW_FD_V4_DST, 32, (10 << 24) | i, 1) for i in range(0, 1 << 16, 2))
-    for low in (0, 1, 2, 0x7FFF, 0xFFFE, 0xFFFF):
+    depth = (-(-(1 << 16) // (lpm.PIVOTS + 1))).bit_length()
+    assert depth == 13
+    for low in (0, 1, 2, 0x7FFF, 0xFFFE, 0xFFFF, 5040, 5041, 5042, 5043, 10082, 10083, 10084):
         reads = [0]
         assert lpm.lookup(t, abi.DW_FD_V4_DST, (10 << 24) | low, reads) == (0 if low & 1 else 1)
-        assert reads[0] == 3 + abi.DW_LPM4_STEPS
+        assert 3 + depth - 1 <= reads[0] <= 3 + depth
+
+
+@pytest.mark.parametrize("n", [5, 12, 13, 14, 26, 40, 200, 5000])
+def test_v4_chunk_pivots(n: int) -> None:
+    """A chunk of n ranges: its direct entry holds n and the 12 pivots, the
+    starts of ranges j * n // 13; every range's first and last address
+    finds its result through the segment the pivots pick."""
+    fd, block = abi.DW_FD_V4_DST, 10 << 24
+    pfx = {(32, block | (7 * i + 3)): 1 + i % 50 for i in range(n)}
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    slot = _slot(t, 1, block >> 16)
+    n_ranges = slot[3] >> 32
+    assert slot[3] & lpm.CHUNK and n_ranges == 2 * n + 1
+    off = slot[3] & 0x7FFFFFFF
+    starts = [t.v4_rng[off + i] >> 16 for i in range(n_ranges)]
+    pivots = [(w >> (16 * j)) & 0xFFFF for w in slot[:3] for j in range(4)]
+    assert pivots == [starts[j * n_ranges // 13] for j in range(1, 13)]
+    for i, st in enumerate(starts):
+        last = starts[i + 1] - 1 if i + 1 < len(starts) else 0xFFFF
+        for addr in (st, last):
+            assert lpm.lookup(t, fd, block | addr) == _brute(pfx, 32, block | addr), hex(addr)
 
 
 def test_ranges_merge_equal_neighbours() -> None:
@@ -121,7 +146,7 @@ def test_v4_lanes(n: int) -> None:
         assert sorted(a for a, _m, _r in _lanes(slot)) == sorted(3 * i + 1 for i in range(n))
         assert all(m == 0xFFFF for _a, m, _r in _lanes(slot))
     else:
-        assert slot[3] & lpm.CHUNK and slot[:3] == (0, 0, 0)
+        assert slot[3] & lpm.CHUNK and slot[3] >> 32 == 2 * n + 1
     for (_p, a), _r in pfx.items():
         for addr in (a, a - 1, a + 1):
             reads = [0]
@@ -183,7 +208,7 @@ def test_v4_random_blocks() -> None:
     assert len(t.v4_chunks) == kinds["chunk"]
     # A chunk of up to 16 entries (header + ranges) stays in one 64-byte line.
     line = lpm.LINE // 4
-    spans = [(off, t.v4_rng[off] + 1) for off in (t.v4_slots[i * lpm.SLOT + 3] & ~lpm.CHUNK for i in t.v4_chunks)]
+    spans = [(b & 0x7FFFFFFF, b >> 32) for b in (t.v4_slots[i * lpm.SLOT + 3] for i in t.v4_chunks)]
     assert sum(1 for _off, n in spans if n <= line) > 100
     assert all(off // line == (off + n - 1) // line for off, n in spans if n <= line)
 
