@@ -152,11 +152,24 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * start of range j * n / 13 (rounded down), so the pivots <= key, c of
  * them, put the answer in ranges [c * n / 13, (c + 1) * n / 13).
  *
- * IPv6 direct table (dw_lpm6_l1): one u32 per (gen, direction, top 16
- * bits), index as above:
- *   0                     no prefix covers this /16: the side is skipped
- *   1..DW_MAX_RESULTS-1   the answer: index into this gen's results
- *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array
+ * IPv6 direct table (dw_slot6): one struct dw_lpm6_slot (32 bytes) per
+ * (gen, direction, top 16 bits), index as above. A /16 whose prefixes are
+ * all /64 or shorter, at most DW_LPM6_LANES of them (93% with 10^5 random
+ * prefixes), keeps them as lanes, longest first: w[i] = (the prefix's
+ * address bits 16..63 << 16) | its result, and in w[3], above the /16's
+ * own result (bits 0-15), lane i's shift 64 - plen at bits 16 + 8i. Lane
+ * i matches iff ((key bits 16..63) ^ (w[i] >> 16)) >> shift == 0; the
+ * longest match wins (all three tested, without a branch), else the own
+ * result. Lanes past the prefixes repeat lane 0; a /16 with only its own
+ * result has three lanes of shift 48 (always match) and that result; an
+ * empty entry answers 0. Any other /16 has DW_LPM6_SLOT_PTR in w[3] and
+ * in w[0]'s low half:
+ *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array;
+ *                         w[0]'s high half is its n, and w[1], w[2] and
+ *                         w[3] hold in bits 0-47 DW_LPM6_PIVOTS pivots:
+ *                         pivot j (1..3) is bits 16..63 of the start of
+ *                         range j * n / 4, so the c pivots <= key put the
+ *                         answer in ranges [c * n / 4, (c + 1) * n / 4)
  *   DW_LPM_LANES | (n - 1) << DW_LPM6_SMALL_SHIFT | off
  *                         a small chunk of n (1..16) ranges at u64 off of
  *                         the range array (each gen's small chunks first)
@@ -185,11 +198,14 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM_LANES	0x40000000u
 #define DW_LPM_LANES_MAX 4	/* IPv4 prefixes of one /16 in its direct entry */
 #define DW_LPM4_PIVOTS	12	/* IPv4 chunk: range starts in its direct entry */
+#define DW_LPM6_LANES	3	/* IPv6 prefixes of one /16 in its direct entry */
+#define DW_LPM6_SLOT_PTR (1ull << 63)
+#define DW_LPM6_PIVOTS	3	/* IPv6 chunk: range starts in its direct entry */
 #define DW_LPM6_SMALL_SHIFT 26
 #define DW_LPM6_SMALL_OFF 0x03ffffffu
 #define DW_LPM6_SMALL_MAX 16
-#define DW_LPM_L1_LINES	(DW_GENS * 2 * (65536 >> 4))	/* IPv6 direct table: u32 entries, 16 per line */
 #define DW_LPM4_SLOTS	(DW_GENS * 2 * 65536)	/* IPv4 direct table: struct dw_lpm4_slot */
+#define DW_LPM6_SLOTS	(DW_GENS * 2 * 65536)	/* IPv6 direct table: struct dw_lpm6_slot */
 #define DW_LPM4_ENTRIES	(1 << 22)	/* u32 ranges + headers, both gens (default size) */
 #define DW_LPM6_ENTRIES	(1 << 21)	/* 16-byte ranges + headers, both gens (default size) */
 #define DW_LPM_BMP_LINES (DW_GENS * 2 * 2 * 128)	/* 65536 bits per (gen, family, dir) */
@@ -209,6 +225,11 @@ struct dw_lpm4_slot {
 	__u64 m;
 	__u64 r;
 	__u64 b;
+};
+
+/* An IPv6 direct entry (above): three lanes and their shifts. */
+struct dw_lpm6_slot {
+	__u64 w[4];
 };
 
 /* dw_lpm6_rng's value: two cache lines, so a small IPv6 chunk of up to 16

@@ -41,7 +41,7 @@ struct dw_labeler_state dw_state = {};
  */
 __u64 dw_lpm_bmp[DW_LPM_BMP_LINES * 8] SEC(".bss.dw_lpm_bmp");
 struct dw_lpm4_slot dw_slot4[DW_LPM4_SLOTS] SEC(".bss.dw_slot4");
-__u32 dw_lpm6_l1[DW_LPM_L1_LINES * 16] SEC(".bss.dw_lpm6_l1");
+struct dw_lpm6_slot dw_slot6[DW_LPM6_SLOTS] SEC(".bss.dw_slot6");
 /* Index gen * DW_MAX_RESULTS + result, as dw_lpm_res: the answer without
  * evaluating candidates (dropwatch.h). */
 struct dw_lpm_ans dw_lpm_ans[DW_GENS * DW_MAX_RESULTS] SEC(".bss.dw_lpm_ans");
@@ -549,12 +549,6 @@ static __always_inline int lpm_bmp_has(__u32 gen, __u32 v6, __u32 dir, __u32 top
 	return (w >> (top16 & 63)) & 1;
 }
 
-/* The IPv6 direct entry of a /16. */
-static __always_inline __u32 lpm_l1(const __u32 *l1, __u32 gen, __u32 dir, __u32 top16)
-{
-	return l1[(((gen * 2 + dir) << 16) | top16) & (DW_LPM_L1_LINES * 16 - 1)];
-}
-
 #define DW_H16	0x8000800080008000ull	/* the top bit of each u16 lane */
 #define DW_L16	0x7fff7fff7fff7fffull
 #define DW_ONE16 0x0001000100010001ull
@@ -644,31 +638,23 @@ static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
 	return ((__u32)r ^ (__u32)b) & 0xffff;
 }
 
-/* One IPv6 chunk: the value of the last range whose u64 start <= key.
- * Entry i is the pair (key, value) at u64 2i of the 8-entry values. */
-static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
+/* An IPv6 chunk's search: the value of the last range whose u64 start <=
+ * key, among ranges [base, base + len) of the chunk whose header is at
+ * entry off. Entry i is the pair (key, value) at u64 2i of the 8-entry
+ * values. */
+static __always_inline __u32 lpm6_search(__u32 off, __u64 key, __u32 base, __u32 len)
 {
-	__u32 line = off >> 3;
-	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
-
-	if (!l)
-		return 0;
-	__u32 base = 0, len = (__u32)l->v[(off & 7) * 2];
-	__u64 best = 0;
+	const struct dw_line128 *l;
+	__u32 line, j;
 
 	off += 1;
-	line = off >> 3;
-	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
-	if (!l)
-		return 0;
-	best = l->v[(off & 7) * 2 + 1];	/* range 0 starts at 0 */
-	/* Branch-free halving, as in lpm4(). */
+	/* Branch-free halving, as in lpm4_chunk(). */
 	for (int i = 0; i < DW_LPM6_STEPS; i++) {
 		if (len <= 1)
 			break;
 		__u32 half = len >> 1;
-		__u32 j = off + base + half;
 
+		j = off + base + half;
 		line = j >> 3;
 		l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
 		if (!l)
@@ -680,10 +666,43 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 
 		barrier_var(above);
 		base += half & ((__u32)above - 1);
-		best ^= (best ^ l->v[(j & 7) * 2 + 1]) & (above - 1);
 		len -= half;
 	}
-	return (__u32)best;
+	j = off + base;
+	line = j >> 3;
+	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+	return l ? (__u32)l->v[(j & 7) * 2 + 1] : 0;
+}
+
+/* A whole IPv6 chunk (a /64's, keyed by the low 64 bits): n from its header. */
+static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
+{
+	__u32 line = off >> 3;
+	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+
+	if (!l)
+		return 0;
+	return lpm6_search(off, key, 0, (__u32)l->v[(off & 7) * 2]);
+}
+
+/* How many of the 48-bit pivots p are <= key48 (both below 2^48: bit 63
+ * of the difference is key48 < p). */
+static __always_inline __u32 pivot_le(__u64 key48, __u64 p)
+{
+	return 1 - ((key48 - (p & 0xffffffffffffull)) >> 63);
+}
+
+/* A /16's IPv6 chunk (keyed by the top 64 bits): its entry holds n and
+ * DW_LPM6_PIVOTS range starts (bits 16..63) that cut it into equal
+ * segments; the pivots <= key pick the segment the search covers. */
+static __always_inline __u32 lpm6_chunk_top(const struct dw_lpm6_slot *s, __u64 w0, __u64 hi64)
+{
+	__u64 key48 = hi64 & 0xffffffffffffull, n = w0 >> 32;
+	__u32 c = pivot_le(key48, s->w[1]) + pivot_le(key48, s->w[2]) + pivot_le(key48, s->w[3]);
+	__u32 base = c * n / (DW_LPM6_PIVOTS + 1);
+
+	return lpm6_search((__u32)w0 & ~DW_LPM_CHUNK, hi64, base,
+			   (c + 1) * n / (DW_LPM6_PIVOTS + 1) - base);
 }
 
 /* Halvings of a small IPv6 chunk's search: log2(DW_LPM6_SMALL_MAX). */
@@ -721,9 +740,11 @@ static __always_inline __u32 lpm6_small(__u32 e, __u64 key48)
 }
 
 /*
- * IPv6: the direct entry for the top 16 bits, a chunk on the top 64 bits,
- * and, only inside a /64 that holds longer prefixes, a chunk on the low 64
- * bits (whose ranges already fall back to the best prefix of /64 or less).
+ * IPv6: the direct entry for the top 16 bits, whose lanes hold the answer
+ * for a /16 of up to DW_LPM6_LANES prefixes of /64 or shorter (layout in
+ * dropwatch.h); else a small chunk or a chunk on the top 64 bits, and,
+ * only inside a /64 that holds longer prefixes, a chunk on the low 64 bits
+ * (whose ranges already fall back to the best prefix of /64 or less).
  */
 static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
 {
@@ -732,13 +753,30 @@ static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
 
 	if (!lpm_bmp_has(gen, 1, dir, top16))
 		return 0;
-	__u32 e = lpm_l1(dw_lpm6_l1, gen, dir, top16);
+	const struct dw_lpm6_slot *s = &dw_slot6[(((gen * 2 + dir) << 16) | top16) & (DW_LPM6_SLOTS - 1)];
+	__u64 w3 = s->w[3];
+
+	if (!(w3 & DW_LPM6_SLOT_PTR)) {
+		__u64 key48 = hi64 & 0xffffffffffffull, res = w3 & 0xffff;
+
+		/* The shortest lane first, so that the longest match writes last;
+		 * which lanes match is a coin toss per packet: no branch. */
+		for (int i = DW_LPM6_LANES - 1; i >= 0; i--) {
+			__u64 w = s->w[i];
+			__u64 x = (key48 ^ (w >> 16)) >> ((w3 >> (16 + 8 * i)) & 63);
+			__u64 hit = ((x | (0 - x)) >> 63) - 1;	/* all ones iff x == 0 */
+
+			barrier_var(hit);
+			res ^= (res ^ (w & 0xffff)) & hit;
+		}
+		return res;
+	}
+	__u64 w0 = s->w[0];
+	__u32 e = (__u32)w0;
 
 	if (e & DW_LPM_LANES)
 		return lpm6_small(e, hi64 & 0xffffffffffffull);
-	if (!(e & DW_LPM_CHUNK))
-		return e;
-	e = lpm6_chunk(e & ~DW_LPM_CHUNK, hi64);
+	e = lpm6_chunk_top(s, w0, hi64);
 	if (!(e & DW_LPM_CHUNK))
 		return e;
 	return lpm6_chunk(e & ~DW_LPM_CHUNK, (__u64)bpf_ntohl(addr[2]) << 32 | bpf_ntohl(addr[3])) &

@@ -28,13 +28,16 @@ DW_LPM_CHUNK = 0x80000000
 DW_LPM_LANES = 0x40000000
 DW_LPM_LANES_MAX = 4
 DW_LPM4_PIVOTS = 12
+DW_LPM6_LANES = 3
+DW_LPM6_SLOT_PTR = 1 << 63
+DW_LPM6_PIVOTS = 3
 DW_LPM6_SMALL_SHIFT = 26
 DW_LPM6_SMALL_OFF = 0x03FFFFFF
 DW_LPM6_SMALL_MAX = 16
 DW_PRIO_NONE = 0x7FFFFFFF
 DW_ANS_EVAL = 1 << 62
-DW_LPM_L1_LINES = DW_GENS * 2 * 65536 // 16
 DW_LPM4_SLOTS = DW_GENS * 2 * 65536
+DW_LPM6_SLOTS = DW_GENS * 2 * 65536
 DW_LPM4_ENTRIES = 1 << 22
 DW_LPM6_ENTRIES = 1 << 21
 DW_LPM_BMP_LINES = DW_GENS * 2 * 2 * 128
@@ -132,6 +135,10 @@ class Line32(ctypes.Structure):
 
 class Lpm4Slot(ctypes.Structure):
     _fields_ = [("a", u64), ("m", u64), ("r", u64), ("b", u64)]
+
+
+class Lpm6Slot(ctypes.Structure):
+    _fields_ = [("w", u64 * 4)]
 
 
 class Line128(ctypes.Structure):
@@ -245,6 +252,7 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "dw_line32": Line32,
     "dw_line128": Line128,
     "dw_lpm4_slot": Lpm4Slot,
+    "dw_lpm6_slot": Lpm6Slot,
     "dw_cand": Cand,
     "dw_cand_list": CandList,
     "dw_lpm_res": LpmRes,

@@ -34,7 +34,7 @@ from .btf import Btf
 from .libbpf import BPF_NOEXIST, XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE, Libbpf, libbpf
 from .netns import entered
 from . import lpm
-from .lpm import CHUNK, LANES
+from .lpm import CHUNK
 from .rules import CompiledRules, RulesError
 
 log = logging.getLogger("dropwatch.loader")
@@ -578,7 +578,6 @@ class Loader:
             raise RulesError(f"the rules need {len(t.v4_rng)} IPv4 and {t.v6_entries()} IPv6 range entries; the "
                              f"labeler holds {half4} and {half6} per generation")
         base4, base6 = gen * half4, gen * half6
-        l1_bytes = 4 * 2 * 65536
         v6_rng = t.v6_rng
         if base6 + small6:  # values that point to a chunk
             v6_rng = array("Q", v6_rng)
@@ -591,11 +590,17 @@ class Loader:
             for i in t.v4_chunks:
                 slots[i * lpm.SLOT + 3] += base4
         slot_bytes = len(t.v4_slots) * 8
+        slots6 = t.v6_slots
+        if (base6 or small6) and t.v6_ptr_slots:
+            slots6 = array("Q", slots6)
+            for i in t.v6_ptr_slots:
+                e = slots6[i * lpm.SLOT]
+                slots6[i * lpm.SLOT] = e + base6 + small6 if e & CHUNK else e + 2 * base6
         return [
             ("dw_lpm_ans", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmAns), _answers(c.results, c.default_side)),
             ("dw_slot4", gen * slot_bytes, slots.tobytes()),
             ("dw_lpm4_rng", base4 * 4, t.v4_rng.tobytes()),
-            ("dw_lpm6_l1", gen * l1_bytes, _relocate(t.v6_l1, base6 + small6, 2 * base6).tobytes()),
+            ("dw_slot6", gen * slot_bytes, slots6.tobytes()),
             ("dw_lpm6_rng", base6 * 16, t.v6_small.tobytes() + v6_rng.tobytes()),
             ("dw_lpm_bmp", gen * len(t.bmp) * 8, t.bmp.tobytes()),
             ("dw_lpm_res", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmRes), res),
@@ -643,9 +648,9 @@ class Loader:
     def rule_map_entries(self) -> dict[str, int]:
         """What the rule maps hold, both generations, read from the kernel's
         memory (for tests: what a reload left behind): results in use, range entries
-        (small IPv6 chunks included), IPv4 direct entries in use, and pair
+        (small IPv6 chunks included), IPv4 and IPv6 direct entries in use, and pair
         entries."""
-        out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_slot4": 0, "dw_pairs": 0}
+        out = {"dw_results": 0, "dw_lpm_ranges": 0, "dw_slot4": 0, "dw_slot6": 0, "dw_pairs": 0}
         rsize = ctypes.sizeof(abi.LpmRes)
         with self._lpm_window("dw_lpm_res", 0, self._lpm_sizes["dw_lpm_res"]) as (mm, _d):
             res = mm[:]
@@ -659,9 +664,10 @@ class Loader:
                     region = mm[d:d + half * width]
                 # Whole 64-byte lines, as the builder lays them out.
                 out["dw_lpm_ranges"] += -(-len(region.rstrip(b"\0")) // 64) * 64 // width
-        with self._lpm_window("dw_slot4", 0, self._lpm_sizes["dw_slot4"]) as (mm, _d):
-            slots = np.frombuffer(mm[:], dtype=np.uint64).reshape(-1, lpm.SLOT)
-        out["dw_slot4"] = int(slots.any(axis=1).sum())
+        for name in ("dw_slot4", "dw_slot6"):
+            with self._lpm_window(name, 0, self._lpm_sizes[name]) as (mm, _d):
+                slots = np.frombuffer(mm[:], dtype=np.uint64).reshape(-1, lpm.SLOT)
+            out[name] = int(slots.any(axis=1).sum())
         fd = self._lmap("dw_pairs")
         k, nk = abi.PairKey(), abi.PairKey()
         cur = None
@@ -934,7 +940,7 @@ def flow_key(saddr: str, daddr: str, proto: int, sport: int | None = None,
 # libbpf turns into maps of that name; the loader knows them by <name>.
 _GLOBAL_TABLE = ".bss."
 # Written per rule generation, through mmap.
-LPM_MAPS = ("dw_lpm_bmp", "dw_slot4", "dw_lpm4_rng", "dw_lpm6_l1", "dw_lpm6_rng", "dw_lpm_res",
+LPM_MAPS = ("dw_lpm_bmp", "dw_slot4", "dw_lpm4_rng", "dw_slot6", "dw_lpm6_rng", "dw_lpm_res",
             "dw_lpm_ans", "dw_results")
 # Written once at load, for this load's record key (the check table).
 KEY_MAPS = ("dw_metachk",)
@@ -974,15 +980,6 @@ def _answers(results: Sequence[tuple[int, Sequence[object]]], default_side: int)
                     skey = min(skey, c.prio << 32 | c.side)  # type: ignore[attr-defined]
         out.extend((lkey, skey))
     return out.tobytes()
-
-
-def _relocate(l1: array, base: int, small_base: int) -> array:
-    """Chunk offsets in the IPv6 direct table, made absolute: ``base`` (in
-    the range array's entries) for chunks, ``small_base`` (in its u64s) for
-    small chunks."""
-    if not base and not small_base:
-        return l1
-    return array("I", (x + base if x & CHUNK else x + small_base if x & LANES else x for x in l1))
 
 
 def _cand_list(cands: Iterable[object], prefix_id: int) -> abi.CandList:

@@ -39,6 +39,12 @@ from . import abi
 CHUNK = abi.DW_LPM_CHUNK
 LANES = abi.DW_LPM_LANES
 LANES_MAX = abi.DW_LPM_LANES_MAX
+LANES6 = abi.DW_LPM6_LANES
+SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
+PIVOTS6 = abi.DW_LPM6_PIVOTS
+M48 = (1 << 48) - 1
+# The builder's own mark, in v6_l1, of a /16 answered by its direct entry's lanes.
+_INLINE6 = CHUNK | LANES
 PIVOTS = abi.DW_LPM4_PIVOTS
 SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
 SMALL6_OFF = abi.DW_LPM6_SMALL_OFF
@@ -63,7 +69,11 @@ class LpmTables:
     v4_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT * 2 * L1_SIZE)))
     v4_chunks: list[int] = field(default_factory=list)  # indexes of the entries that point to a chunk
     v4_rng: array = field(default_factory=lambda: array("I"))  # chunks: their ranges (n is in the direct entry)
+    # The builder's u32 view of the IPv6 direct entries (result, small chunk or
+    # chunk, as before session 6); the labeler reads v6_slots, SLOT words each.
     v6_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))
+    v6_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT * 2 * L1_SIZE)))
+    v6_ptr_slots: list[int] = field(default_factory=list)  # entries holding a small chunk or chunk pointer
     # 64-byte lines of small chunks (u64 ranges): the loader puts them at the
     # start of the gen's part of the IPv6 range array, its chunks after them.
     v6_small: array = field(default_factory=lambda: array("Q"))
@@ -74,17 +84,24 @@ class LpmTables:
 
     def nbytes(self) -> int:
         """Memory the set needs in one generation (direct tables included)."""
-        return sum(a.itemsize * len(a) for a in (self.v4_slots, self.v4_rng, self.v6_l1, self.v6_small, self.v6_rng,
-                                                 self.bmp))
+        return sum(a.itemsize * len(a) for a in (self.v4_slots, self.v4_rng, self.v6_slots, self.v6_small,
+                                                 self.v6_rng, self.bmp))
 
     def v4_used(self) -> int:
         """IPv4 direct entries that are not empty."""
-        s = self.v4_slots
-        return sum(1 for i in range(0, len(s), SLOT) if s[i] | s[i + 1] | s[i + 2] | s[i + 3])
+        return _used(self.v4_slots)
+
+    def v6_used(self) -> int:
+        """IPv6 direct entries that are not empty."""
+        return _used(self.v6_slots)
 
     def v6_entries(self) -> int:
         """16-byte entries of the IPv6 range array: small chunks and chunks."""
         return (len(self.v6_small) + len(self.v6_rng)) // 2
+
+
+def _used(slots: array) -> int:
+    return sum(1 for i in range(0, len(slots), SLOT) if slots[i] | slots[i + 1] | slots[i + 2] | slots[i + 3])
 
 
 class _Lines:
@@ -169,16 +186,17 @@ def _paint_l1(l1: array, dir_: int, short: list[tuple[int, int, int]], width: in
         l1[first:first + n] = array("I", [res]) * n
 
 
-def _lanes(items: list[tuple[int, int, int]], base: int) -> list[tuple[int, int, int]]:
-    """(plen, low 16 address bits, result) of one /16's prefixes longer than
-    /16 -> its lanes, longest first, without the prefixes that change no
+def _lanes(items: list[tuple[int, int, int]], base: int, width: int = 32) -> list[tuple[int, int, int]]:
+    """(plen, address bits below the /16's 16, result) of one /16's prefixes
+    longer than /16 (IPv4: width 32; IPv6 up to /64: width 64, the top 64
+    bits) -> its lanes, longest first, without the prefixes that change no
     answer (same result as the prefix or base they sit in). Prefixes nest
     or are disjoint, so one pass in address order with a stack of the
     enclosing kept ones finds each one's container."""
     out: list[tuple[int, int, int]] = []
     stack: list[tuple[int, int]] = []  # (last address, result) of the kept prefixes enclosing this one
     for plen, low, res in sorted(items, key=lambda t: (t[1], t[0])):  # by start, the shorter first
-        last = low | ((1 << (32 - plen)) - 1)
+        last = low | ((1 << (width - plen)) - 1)
         while stack and stack[-1][0] < low:
             stack.pop()
         if res == (stack[-1][1] if stack else base):
@@ -249,11 +267,13 @@ def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
 def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines) -> None:
     _paint_l1(t.v6_l1, dir_, [x for x in pfx if x[0] <= 16], 128)
     mid: dict[int, list[Interval]] = defaultdict(list)  # /16 block -> intervals on the top 64 bits
+    mid_lanes: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # /16 block -> (plen, top 64 bits, result)
     deep: dict[int, list[Interval]] = defaultdict(list)  # /64 -> intervals on the low 64 bits
     for plen, addr, res in pfx:
         if 16 < plen <= 64:
             first = addr >> 64
             mid[first >> 48].append((first, first + (1 << (64 - plen)) - 1, res))
+            mid_lanes[first >> 48].append((plen, first, res))
         elif plen > 64:
             low = addr & ((1 << 64) - 1)
             deep[addr >> 64].append((low, low + (1 << (128 - plen)) - 1, res))
@@ -262,9 +282,18 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
     deep_by_block: dict[int, list[int]] = defaultdict(list)
     for q in deep:
         deep_by_block[q >> 48].append(q)
+    pivots: dict[int, list[int]] = {}  # entry -> n, then PIVOTS6 range starts (bits 16..63) of its chunk
     for block in sorted(mid):
         i = (dir_ << 16) | block
         base = t.v6_l1[i]
+        if block not in deep_by_block:
+            lanes = _lanes(mid_lanes[block], base, 64)
+            if not lanes:
+                continue  # the /16's own result already is the answer
+            if len(lanes) <= LANES6:
+                _slot6_lanes(t, i, lanes, base)
+                t.v6_l1[i] = _INLINE6
+                continue
         # Relative to the block: a chunk's keys are whole top-64 values.
         rs = ranges([(f - (block << 48), last - (block << 48), r) for f, last, r in mid[block]], base, 48)
         starts = [s for s, _ in rs]
@@ -288,6 +317,39 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
             t.v6_l1[i] = LANES | (len(rs) - 1) << SMALL6_SHIFT | w
             continue
         t.v6_l1[i] = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
+        n = len(rs)
+        pivots[i] = [n] + [rs[j * n // (PIVOTS6 + 1)][0] for j in range(1, PIVOTS6 + 1)]
+    for i in range(dir_ << 16, (dir_ + 1) << 16):
+        e = t.v6_l1[i]
+        if not e or e == _INLINE6:
+            continue
+        if e & CHUNK:
+            n, p1, p2, p3 = pivots[i]
+            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [n << 32 | e, p1, p2, SLOT6_PTR | p3])
+            t.v6_ptr_slots.append(i)
+        elif e & LANES:
+            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [e, 0, 0, SLOT6_PTR])
+            t.v6_ptr_slots.append(i)
+        else:  # the /16's own result only: lanes that always match (shift 48)
+            _slot6_lanes(t, i, [], e)
+
+
+def _slot6_lanes(t: LpmTables, i: int, lanes: list[tuple[int, int, int]], base: int) -> None:
+    """IPv6 direct entry i: up to LANES6 lanes (plen, top 64 bits, result),
+    longest first, as (key bits 16..63 << 16 | result) words and, in word 3,
+    each lane's shift (64 - plen) above the /16's own result; lanes past
+    the prefixes repeat lane 0, and with no prefix every lane matches
+    (shift 48) with the own result."""
+    if not lanes:
+        words, shifts = [base] * LANES6, [48] * LANES6
+    else:
+        lanes = lanes + [lanes[0]] * (LANES6 - len(lanes))
+        words = [(top & ((1 << 48) - 1)) << 16 | res for _p, top, res in lanes]
+        shifts = [64 - p for p, _top, _res in lanes]
+    w3 = base
+    for n, sh in enumerate(shifts):
+        w3 |= sh << (16 + 8 * n)
+    t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", words + [w3])
 
 
 def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
@@ -394,17 +456,33 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
             reads[0] += 1  # the answer's range (one of the search's lines, or the segment's only range)
         return rng[off + i] & 0xFFFF
     hi64 = addr >> 64
-    e = t.v6_l1[(dir_ << 16) | (hi64 >> 48)]
+    slot = (dir_ << 16) | (hi64 >> 48)
+    w = t.v6_slots[slot * SLOT:(slot + 1) * SLOT]
+    if not w[3] & SLOT6_PTR:
+        res = w[3] & 0xFFFF
+        for n in range(LANES6 - 1, -1, -1):  # the shortest first: the longest match writes last
+            if ((hi64 & ((1 << 48) - 1)) ^ (w[n] >> 16)) >> ((w[3] >> (16 + 8 * n)) & 63) == 0:
+                res = w[n] & 0xFFFF
+        return res
+    e = w[0] & 0xFFFFFFFF
     if e & LANES:
         return _small6(t.v6_small, e, hi64 & ((1 << 48) - 1), reads)
     if not e & CHUNK:
         return e
-    for key in (hi64, addr & ((1 << 64) - 1)):
+    for depth, key in enumerate((hi64, addr & ((1 << 64) - 1))):
         off = e & ~CHUNK
-        n = t.v6_rng[2 * off]
+        if not depth:  # the /16's chunk: n and the pivots are in its entry
+            n = w[0] >> 32
+            c = sum(1 for p in w[1:] if p & M48 <= hi64 & M48)
+            lo, hi = c * n // (PIVOTS6 + 1), (c + 1) * n // (PIVOTS6 + 1)
+        else:
+            lo, hi = 0, t.v6_rng[2 * off]
+            if reads is not None:
+                reads[0] += 1  # the header
+        i = lo + _search(hi - lo, lambda m, off=off, lo=lo: t.v6_rng[2 * (off + 1 + lo + m)], key,
+                         abi.DW_LPM6_STEPS, reads)
         if reads is not None:
-            reads[0] += 1
-        i = _search(n, lambda m, off=off: t.v6_rng[2 * (off + 1 + m)], key, abi.DW_LPM6_STEPS, reads)
+            reads[0] += 1  # the answer's range
         e = t.v6_rng[2 * (off + 1 + i) + 1]
         if not e & CHUNK:
             return e

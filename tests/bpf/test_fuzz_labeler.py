@@ -563,7 +563,8 @@ def test_fuzz_labeler(labeler: Loader, capsys: pytest.CaptureFixture[str]) -> No
     compiled = compile_rules(RS, IDS, pop_ids=POP_IDS)
     assert labeler.rule_map_entries() == {"dw_results": len(compiled.results) - 1, "dw_pairs": len(compiled.pairs),
                                           "dw_lpm_ranges": len(compiled.lpm.v4_rng) + compiled.lpm.v6_entries(),
-                                          "dw_slot4": compiled.lpm.v4_used()}
+                                          "dw_slot4": compiled.lpm.v4_used(),
+                                          "dw_slot6": compiled.lpm.v6_used()}
     stats: Counter[str] = Counter()
     counted: Counter[tuple[int, int, int, str]] = Counter()
     max_id = max(IDS.values())

@@ -481,7 +481,7 @@ def _distinct_prefixes(rs: RuleSet) -> tuple[int, int]:
 def map_entries(c: CompiledRules) -> dict[str, int]:
     """What Loader.rule_map_entries() must read with only ``c`` loaded."""
     return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + c.lpm.v6_entries(),
-            "dw_slot4": c.lpm.v4_used(), "dw_pairs": len(c.pairs)}
+            "dw_slot4": c.lpm.v4_used(), "dw_slot6": c.lpm.v6_used(), "dw_pairs": len(c.pairs)}
 
 
 def test_rule_reload_switches_generations(loader_factory: Any) -> None:

@@ -117,16 +117,30 @@ def _v4_form(t: lpm.LpmTables, i: int) -> str:
     return "lanes%d" % len(lanes)
 
 
+def _v6_form(t: lpm.LpmTables, i: int) -> str:
+    """What IPv6 direct entry i holds: lanesK (K distinct prefixes), a
+    small chunk or chunk pointer, the /16's own result only, or nothing."""
+    w = t.v6_slots[i * lpm.SLOT:(i + 1) * lpm.SLOT]
+    if w[3] & lpm.SLOT6_PTR:
+        return "small" if w[0] & lpm.LANES else "chunk"
+    shifts = [(w[3] >> (16 + 8 * n)) & 0xFF for n in range(lpm.LANES6)]
+    if not any(w):
+        return "empty"
+    if all(sh == 48 for sh in shifts):
+        return "direct"
+    return "lanes%d" % len({(w[n], shifts[n]) for n in range(lpm.LANES6)})
+
+
 def test_every_table_form_is_reached(tables: Any) -> None:
     """The sets are big enough to hold each form many times (else the
     comparison below would prove less than it says)."""
     _ld, _rs, _ids, sets = tables
     t = sets[0][0].lpm
     v4 = Counter(_v4_form(t, i) for i in range(2 * lpm.L1_SIZE))
-    v6 = Counter("small" if e & lpm.LANES else "chunk" if e & lpm.CHUNK else "direct" for e in t.v6_l1 if e)
+    v6 = Counter(_v6_form(t, i) for i in range(2 * lpm.L1_SIZE))
     for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "direct"):
         assert v4[form] >= 10, v4
-    for form in ("small", "chunk", "direct"):
+    for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "direct"):
         assert v6[form] >= 10, v6
     assert t.v6_ptrs, "no chunk below a /64"
 

@@ -103,9 +103,10 @@ def test_probes_tell_a_from_b() -> None:
     assert reference(RULES_A) != reference(RULES_B)
     a, b = compile_rules(RULES_A, IDS), compile_rules(RULES_B, IDS)
     assert len(b.prefixes) > 20 and len(b.pairs) > 3 and a.pairs
-    # Both rule sets fill IPv4 lanes and IPv6 small chunks, B chunks of ranges too.
+    # Both rule sets fill IPv4 and IPv6 lanes, B chunks of ranges too.
     for c in (a, b):
-        assert any(c.lpm.v4_slots[i] for i in range(0, len(c.lpm.v4_slots), lpm.SLOT)) and c.lpm.v6_small
+        assert any(c.lpm.v4_slots[i] for i in range(0, len(c.lpm.v4_slots), lpm.SLOT))
+        assert any(c.lpm.v6_slots[i] >> 16 for i in range(0, len(c.lpm.v6_slots), lpm.SLOT))
     assert len(b.lpm.v4_rng) and b.lpm.v6_entries()
 
 
@@ -114,7 +115,7 @@ def test_probes_tell_a_from_b() -> None:
 def map_entries(c: CompiledRules) -> dict[str, int]:
     """What Loader.rule_map_entries() reads (both gens) with only ``c`` loaded."""
     return {"dw_results": len(c.results) - 1, "dw_lpm_ranges": len(c.lpm.v4_rng) + c.lpm.v6_entries(),
-            "dw_slot4": c.lpm.v4_used(), "dw_pairs": len(c.pairs)}
+            "dw_slot4": c.lpm.v4_used(), "dw_slot6": c.lpm.v6_used(), "dw_pairs": len(c.pairs)}
 
 
 def _iter_keys(ld: Loader, name: str, ktype: type[ctypes.Structure]) -> Iterator[ctypes.Structure]:
@@ -145,7 +146,7 @@ def _l1_nonzero(ld: Loader, gen: int) -> int:
     lb = ld.labeler
     assert lb is not None
     n = 0
-    for name, entry in (("dw_slot4", ctypes.sizeof(abi.Lpm4Slot)), ("dw_lpm6_l1", 4)):
+    for name, entry in (("dw_slot4", ctypes.sizeof(abi.Lpm4Slot)), ("dw_slot6", ctypes.sizeof(abi.Lpm6Slot))):
         half = 2 * 65536 * entry
         mm = mmap.mmap(lb.maps[name], abi.DW_GENS * half, mmap.MAP_SHARED, mmap.PROT_READ)
         try:

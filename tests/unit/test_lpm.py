@@ -215,22 +215,41 @@ def test_v4_random_blocks() -> None:
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 30])
 def test_v6_small_chunks(n: int) -> None:
-    """n /48s in one /16 give 2n or 2n + 1 ranges: up to lpm.SMALL6_MAX of
-    them make a small chunk of exactly that many u64 ranges, inside one
-    line (9 or more: one 128-byte value); more make a chunk."""
+    """n /48s in one /16: up to lpm.LANES6 of them are lanes of its direct
+    entry (answered in 2 reads: bitmap, entry); more give 2n + 1 ranges, of
+    which up to lpm.SMALL6_MAX make a small chunk of exactly that many u64
+    ranges, inside one line (9 or more: one 128-byte value); more make a
+    chunk. The entry points to either."""
     fd, block, width, plen = abi.DW_FD_V6_DST, 0x2001 << 112, 128, 48
     pfx = {(plen, block | (3 * i + 1) << (width - plen)): 1 + i for i in range(n)}
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    e = t.v6_l1[(1 << 16) | 0x2001]
+    slot = t.v6_slots[((1 << 16) | 0x2001) * lpm.SLOT:((1 << 16) | 0x2002) * lpm.SLOT]
+    e = slot[0] & 0xFFFFFFFF
     n_ranges = 2 * n + 1
+    if n <= lpm.LANES6:
+        assert not slot[3] & lpm.SLOT6_PTR
+        assert {w >> 16 for w in slot[:3]} == {(3 * i + 1) << 16 for i in range(n)}  # top-64 bits 16..63
+        assert {(slot[3] >> (16 + 8 * k)) & 0xFF for k in range(3)} == {64 - plen}
+        for (p, a), _r in pfx.items():
+            for addr in (a, a | ((1 << (width - p)) - 1), a - 1, a + (1 << (width - p))):
+                reads = [0]
+                assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
+                assert reads[0] == 2
+        return
+    assert slot[3] & lpm.SLOT6_PTR
     if n_ranges <= lpm.SMALL6_MAX:
+        assert list(slot[1:]) == [0, 0, lpm.SLOT6_PTR]
         assert e & lpm.LANES and not e & lpm.CHUNK
         assert ((e >> lpm.SMALL6_SHIFT) & 15) + 1 == n_ranges
         off = e & lpm.SMALL6_OFF
         line = 8 if n_ranges <= 8 else 16
         assert off // line == (off + n_ranges - 1) // line
     else:
-        assert e & lpm.CHUNK
+        # A chunk: its n and pivots (bits 16..63 of the starts of ranges
+        # j * n // 4: the /48s' ends and starts alternate) in the entry.
+        assert e & lpm.CHUNK and slot[0] >> 32 == n_ranges
+        starts = [0] + [x for i in range(n) for x in ((3 * i + 1) << 16, (3 * i + 2) << 16)]
+        assert [w & lpm.M48 for w in slot[1:]] == [starts[j * n_ranges // 4] for j in (1, 2, 3)]
     for (p, a), _r in pfx.items():
         for addr in (a, a | ((1 << (width - p)) - 1), a - 1, a + (1 << (width - p))):
             reads = [0]
