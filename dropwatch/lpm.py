@@ -39,13 +39,13 @@ from . import abi
 CHUNK = abi.DW_LPM_CHUNK
 LANES = abi.DW_LPM_LANES
 LANES_MAX = abi.DW_LPM_LANES_MAX
+PIVOTS = abi.DW_LPM4_PIVOTS
 LANES6 = abi.DW_LPM6_LANES
-SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
 PIVOTS6 = abi.DW_LPM6_PIVOTS
+SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
 M48 = (1 << 48) - 1
 # The builder's own mark, in v6_l1, of a /16 answered by its direct entry's lanes.
 _INLINE6 = CHUNK | LANES
-PIVOTS = abi.DW_LPM4_PIVOTS
 SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
 SMALL6_OFF = abi.DW_LPM6_SMALL_OFF
 SMALL6_MAX = abi.DW_LPM6_SMALL_MAX
@@ -53,7 +53,7 @@ SMALL6_STEPS = SMALL6_MAX.bit_length() - 1  # the BPF search's fixed trip count
 L1_SIZE = 1 << 16
 MAX_V6_CHUNK = 1 << abi.DW_LPM6_STEPS
 LINE = 64  # bytes
-SLOT = 4  # u64 words of an IPv4 direct entry (struct dw_lpm4_slot: a, m, r, b)
+SLOT = 4  # u64 words of a direct entry (struct dw_lpm4_slot: a, m, r, b; struct dw_lpm6_slot: w[4])
 
 
 class LpmCapacityError(ValueError):
