@@ -44,8 +44,6 @@ LANES6 = abi.DW_LPM6_LANES
 PIVOTS6 = abi.DW_LPM6_PIVOTS
 SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
 M48 = (1 << 48) - 1
-# The builder's own mark, in v6_l1, of a /16 answered by its direct entry's lanes.
-_INLINE6 = CHUNK | LANES
 SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
 SMALL6_OFF = abi.DW_LPM6_SMALL_OFF
 SMALL6_MAX = abi.DW_LPM6_SMALL_MAX
@@ -69,9 +67,7 @@ class LpmTables:
     v4_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT * 2 * L1_SIZE)))
     v4_chunks: list[int] = field(default_factory=list)  # indexes of the entries that point to a chunk
     v4_rng: array = field(default_factory=lambda: array("I"))  # chunks: their ranges (n is in the direct entry)
-    # The builder's u32 view of the IPv6 direct entries (result, small chunk or
-    # chunk, as before session 6); the labeler reads v6_slots, SLOT words each.
-    v6_l1: array = field(default_factory=lambda: array("I", bytes(4 * 2 * L1_SIZE)))
+    # IPv6 direct entries, SLOT words each, at (dir << 16 | top16) * SLOT.
     v6_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT * 2 * L1_SIZE)))
     v6_ptr_slots: list[int] = field(default_factory=list)  # entries holding a small chunk or chunk pointer
     # 64-byte lines of small chunks (u64 ranges): the loader puts them at the
@@ -206,15 +202,20 @@ def _lanes(items: list[tuple[int, int, int]], base: int, width: int = 32) -> lis
     return sorted(out, key=lambda t: -t[0])
 
 
+def _bmp_set(t: LpmTables, v6: int, dir_: int, block: int) -> None:
+    """The bitmap bit of a /16 whose direct entry is not empty."""
+    i = (((v6 << 1) | dir_) << 16) | block
+    t.bmp[i >> 6] |= 1 << (i & 63)
+
+
 def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
     own = array("I", bytes(4 * L1_SIZE))  # each /16's result from prefixes of /16 or shorter
     _paint_l1(own, 0, [x for x in pfx if x[0] <= 16], 32)
     slots = t.v4_slots
-    bmp_word = dir_ << 10  # (v6 << 1 | dir) << 10
     for block, b in enumerate(own):
         if b:
             slots[((dir_ << 16) | block) * SLOT + 3] = b
-            t.bmp[bmp_word | (block >> 6)] |= 1 << (block & 63)
+            _bmp_set(t, 0, dir_, block)
     blocks: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     for plen, addr, res in pfx:
         if plen > 16:
@@ -225,7 +226,7 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
         lanes = _lanes(blocks[block], base)
         if not lanes:
             continue  # the /16's own result already is the answer
-        t.bmp[bmp_word | (block >> 6)] |= 1 << (block & 63)
+        _bmp_set(t, 0, dir_, block)
         if len(lanes) <= LANES_MAX:
             # Lanes past k repeat lane 0: they match only where it does.
             lanes += [lanes[0]] * (LANES_MAX - len(lanes))
@@ -265,7 +266,12 @@ def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
 
 
 def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines) -> None:
-    _paint_l1(t.v6_l1, dir_, [x for x in pfx if x[0] <= 16], 128)
+    own = array("I", bytes(4 * L1_SIZE))  # each /16's result from prefixes of /16 or shorter
+    _paint_l1(own, 0, [x for x in pfx if x[0] <= 16], 128)
+    for block, b in enumerate(own):
+        if b:
+            _slot6_lanes(t, (dir_ << 16) | block, [], b)
+            _bmp_set(t, 1, dir_, block)
     mid: dict[int, list[Interval]] = defaultdict(list)  # /16 block -> intervals on the top 64 bits
     mid_lanes: dict[int, list[tuple[int, int, int]]] = defaultdict(list)  # /16 block -> (plen, top 64 bits, result)
     deep: dict[int, list[Interval]] = defaultdict(list)  # /64 -> intervals on the low 64 bits
@@ -282,17 +288,16 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
     deep_by_block: dict[int, list[int]] = defaultdict(list)
     for q in deep:
         deep_by_block[q >> 48].append(q)
-    pivots: dict[int, list[int]] = {}  # entry -> n, then PIVOTS6 range starts (bits 16..63) of its chunk
     for block in sorted(mid):
         i = (dir_ << 16) | block
-        base = t.v6_l1[i]
+        base = own[block]
         if block not in deep_by_block:
             lanes = _lanes(mid_lanes[block], base, 64)
             if not lanes:
                 continue  # the /16's own result already is the answer
             if len(lanes) <= LANES6:
                 _slot6_lanes(t, i, lanes, base)
-                t.v6_l1[i] = _INLINE6
+                _bmp_set(t, 1, dir_, block)
                 continue
         # Relative to the block: a chunk's keys are whole top-64 values.
         rs = ranges([(f - (block << 48), last - (block << 48), r) for f, last, r in mid[block]], base, 48)
@@ -305,33 +310,23 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
             extra.append((q - (block << 48), q - (block << 48), sub))
         if extra:
             rs = ranges([(f - (block << 48), last - (block << 48), r) for f, last, r in mid[block]] + extra, base, 48)
-        if len(rs) == 1:
-            t.v6_l1[i] = rs[0][1]
-            continue
+        # A chunk's pointer and lanes make an entry that is never empty.
+        _bmp_set(t, 1, dir_, block)
         at = lines.place(8 * len(rs)) if len(rs) <= SMALL6_MAX and not extra else None
         if at is not None:
             w = at // 8
             if len(t.v6_small) < w + len(rs):
                 t.v6_small.extend([0] * (-(-(w + len(rs)) // 8) * 8 - len(t.v6_small)))
             t.v6_small[w:w + len(rs)] = array("Q", [(start << 16) | res for start, res in rs])
-            t.v6_l1[i] = LANES | (len(rs) - 1) << SMALL6_SHIFT | w
-            continue
-        t.v6_l1[i] = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
-        n = len(rs)
-        pivots[i] = [n] + [rs[j * n // (PIVOTS6 + 1)][0] for j in range(1, PIVOTS6 + 1)]
-    for i in range(dir_ << 16, (dir_ + 1) << 16):
-        e = t.v6_l1[i]
-        if not e or e == _INLINE6:
-            continue
-        if e & CHUNK:
-            n, p1, p2, p3 = pivots[i]
+            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [LANES | (len(rs) - 1) << SMALL6_SHIFT | w, 0, 0,
+                                                            SLOT6_PTR])
+        else:
+            # n and the pivots: bits 16..63 of the starts of ranges j * n / 4.
+            n = len(rs)
+            e = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
+            p1, p2, p3 = (rs[j * n // (PIVOTS6 + 1)][0] for j in range(1, PIVOTS6 + 1))
             t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [n << 32 | e, p1, p2, SLOT6_PTR | p3])
-            t.v6_ptr_slots.append(i)
-        elif e & LANES:
-            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [e, 0, 0, SLOT6_PTR])
-            t.v6_ptr_slots.append(i)
-        else:  # the /16's own result only: lanes that always match (shift 48)
-            _slot6_lanes(t, i, [], e)
+        t.v6_ptr_slots.append(i)
 
 
 def _slot6_lanes(t: LpmTables, i: int, lanes: list[tuple[int, int, int]], base: int) -> None:
@@ -371,9 +366,6 @@ def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
     # Whole lines: what the loader writes and counts (rule_map_entries).
     t.v4_rng.extend([0] * (-len(t.v4_rng) % (LINE // 4)))
     t.v6_rng.extend([0] * (-len(t.v6_rng) % (LINE // 8)))
-    for i, e in enumerate(t.v6_l1):
-        if e:
-            t.bmp[(1 << 11) | (i >> 6)] |= 1 << (i & 63)
     return t
 
 
