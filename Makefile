@@ -27,7 +27,7 @@ demo: setup
 	$(VENV)/bin/dropwatch demo
 
 lint: venv
-	$(VENV)/bin/ruff check dropwatch tests
+	$(VENV)/bin/ruff check dropwatch tests bench
 	$(VENV)/bin/mypy dropwatch
 
 clean:

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dropwatch.store import DropDelta, PacketDelta, Store
+from dropwatch.store import DropDelta, PacketDelta, Store  # noqa: E402  (after the sys.path line)
 
 CHROMIUM = os.environ.get("DROPWATCH_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

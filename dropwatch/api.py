@@ -27,7 +27,7 @@ from starlette.middleware.gzip import GZipMiddleware
 from .daemon import Daemon
 from .loader import DropwatchError
 from .metrics import make_registry
-from .rules import LABEL_RE, UNLABELED, RulesError, parse_rules
+from .rules import LABEL_RE, UNLABELED, Rule, RulesError, parse_rules
 from .samples import to_pcapng
 from .store import DROP_DIMS, SOURCES, StoreError, check_group_by
 from .timeparse import TimeParseError, format_iso, parse_duration, parse_time
@@ -336,7 +336,7 @@ def create_app(daemon: Daemon, *, manage_lifecycle: bool = True) -> FastAPI:
                  for g in daemon.store.query_drops(s, u, filters=pf, group_by=["label", "side"], limit=None).groups}
         per_rule = []
         for i, r in enumerate(rules.rules if rules else []):
-            def match(key: tuple[str, str]) -> bool:
+            def match(key: tuple[str, str], r: Rule = r) -> bool:
                 return (r.label is None or key[0] == r.label) and (r.side is None or key[1] == r.side)
             per_rule.append(RuleStats(index=i, label=r.label, side=r.side,
                                       packets=sum(v for k, v in pk_ls.items() if match(k)),

@@ -47,7 +47,10 @@ def _effective_caps() -> int:
 
 def privilege_problem() -> str | None:
     caps = _effective_caps()
-    have = lambda c: bool(caps >> c & 1)
+
+    def have(cap: int) -> bool:
+        return bool(caps >> cap & 1)
+
     if have(CAP_SYS_ADMIN) or (have(CAP_BPF) and have(CAP_PERFMON) and have(CAP_NET_ADMIN)):
         return None
     return "needs root or CAP_BPF+CAP_PERFMON+CAP_NET_ADMIN (run as root, or via the systemd unit)"

@@ -229,10 +229,10 @@ class Lab:
         out: dict[str, int] = {}
         for f in ("/proc/net/snmp", "/proc/net/netstat"):
             lines = self.ns(ns, "cat", f).splitlines()
-            for head, vals in zip(lines[::2], lines[1::2]):
+            for head, vals in zip(lines[::2], lines[1::2], strict=True):
                 proto, names = head.split(":", 1)
                 _, values = vals.split(":", 1)
-                for n, v in zip(names.split(), values.split()):
+                for n, v in zip(names.split(), values.split(), strict=True):
                     out[f"{proto}.{n}"] = int(v)
         for line in self.ns(ns, "cat", "/proc/net/snmp6").splitlines():
             parts = line.split()

@@ -681,7 +681,7 @@ def classify_reference(rs: RuleSet, label_ids: Mapping[str, int], family: int, s
     sa = ipaddress.ip_address(saddr) if saddr else None
     da = ipaddress.ip_address(daddr) if daddr else None
     for idx, rule in enumerate(rs.rules):
-        def longest(which: str, addr: Any) -> int | None:
+        def longest(which: str, addr: Any, rule: Rule = rule) -> int | None:
             nets = rule.networks(which)
             if not nets:
                 return -2  # field absent: matches anything

@@ -300,7 +300,7 @@ def test_parser_limits(labeler: Loader) -> None:
     assert exps[0] is not None and exps[0].proto is None and exps[0].dport is None  # 7 ext headers
     assert exps[2] is not None and exps[2].proto == P.IPPROTO_UDP and exps[2].dport is None  # L4 at 566
     assert exps[4] is not None and exps[4].dport == 443  # L4 at 502: still read
-    for pkt, exp in zip(cases, exps):
+    for pkt, exp in zip(cases, exps, strict=True):
         check(labeler, pkt.frame, exp, what=pkt.desc)
 
 

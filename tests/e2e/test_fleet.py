@@ -253,7 +253,8 @@ def test_two_daemons_scraped_by_prometheus(tmp_path: Path) -> None:
         for lb, name in ((lab_a, "a"), (lab_b, "b")):
             lb.send_udp(TX_EYEBALL_V4, RX_V4["customerX"], 5555, sent[name][x])
             lb.send_udp(TX_ORIGIN_V4, RX_V4["customerY"], 9999, sent[name][y])
-        per_host_q = 'sum by (instance, label, side, reason) (dropwatch_drops_total{job="dropwatch", label=~"customer.*"})'
+        per_host_q = ('sum by (instance, label, side, reason) '
+                      '(dropwatch_drops_total{job="dropwatch", label=~"customer.*"})')
         want = {(d.target, *k): float(v) for d, n in ((da, "a"), (db, "b")) for k, v in sent[n].items()}
         wait_until(lambda: prom.by(per_host_q, "instance", "label", "side", "reason") == want,
                    "exact per-host counts in Prometheus", alive=lambda: (da.check_alive(), db.check_alive()),
@@ -435,7 +436,8 @@ def test_daemon_runs_with_the_units_capability_set(tmp_path: Path) -> None:
         wait_until(lambda: get("/healthz").status_code == 200, "the capability-bounded daemon healthy",
                    alive=d.check_alive, on_fail=lambda: log.read_text()[-3000:])
         # The daemon really runs with only those capabilities.
-        pids = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], check=False, capture_output=True, text=True).stdout.split()
+        pids = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], check=False, capture_output=True,
+                              text=True).stdout.split()
         pid = next(p for p in pids if "dropwatch" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
                    and "setpriv" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
                    and "netns" not in Path(f"/proc/{p}/cmdline").read_text(errors="replace"))
@@ -471,7 +473,8 @@ def test_each_unit_capability_is_needed(tmp_path: Path, missing: str) -> None:
         cmd = ["ip", "netns", "exec", lb.rx_ns, *setpriv(caps), sys.executable, "-m", "dropwatch", "run",
                "--iface", lb.rx_if, "--config", str(rules), "--db", str(tmp_path / "h.db"),
                "--listen", f"127.0.0.1:{free_port()}"]
-        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(ROOT)})
         assert p.returncode != 0
         out = p.stdout + p.stderr
         assert "dropwatch: error:" in out and "Traceback" not in out, out[-3000:]

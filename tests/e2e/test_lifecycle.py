@@ -101,7 +101,9 @@ def test_interface_down_up_and_rename(lt: tuple[Lab, Path]) -> None:
     lb, tmp = lt
     d = run_daemon(lb, tmp)
     try:
-        ifs = lambda: httpx.get(d.url + "/healthz", timeout=5).json()["interfaces"]
+        def ifs() -> dict[str, str]:
+            return httpx.get(d.url + "/healthz", timeout=5).json()["interfaces"]  # type: ignore[no-any-return]
+
         lb.ns(lb.rx_ns, "ip", "link", "set", lb.rx_if, "down")
         d.wait_for(lambda: ifs().get(lb.rx_if) == "down", "down reported")
         lb.ns(lb.rx_ns, "ip", "link", "set", lb.rx_if, "up")

@@ -181,7 +181,8 @@ def test_top_and_query_on_a_real_daemon(daemon: tuple[Lab, str, str, subprocess.
                 "--json", token=token)
         ans = json.loads(p.stdout)
         assert ans["total"] == 45 and len(ans["groups"]) == 1
-        assert ans["groups"][0]["reason"] == "NETFILTER_DROP" and ans["groups"][0]["location"].startswith("nft_do_chain")
+        assert ans["groups"][0]["reason"] == "NETFILTER_DROP"
+        assert ans["groups"][0]["location"].startswith("nft_do_chain")
         # Without the token: a clear refusal.
         p = cli("query", "--url", url, token=None)
         assert p.returncode == 1 and "401" in p.stderr and "DROPWATCH_TOKEN" in p.stderr and "Traceback" not in p.stderr

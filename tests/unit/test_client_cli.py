@@ -105,11 +105,12 @@ class FakeApi:
         out: dict[tuple[str, ...], int] = {}
         with self.lock:
             for row, n in self.rows.items():
-                d = dict(zip(KEYS, row))
+                d = dict(zip(KEYS, row, strict=True))
                 if all(d[k] in v for k, v in filters.items()):
                     key = tuple(d[k] for k in group_by)
                     out[key] = out.get(key, 0) + n
-        groups = [dict(zip(group_by, k), count=n) for k, n in sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))]
+        groups = [dict(zip(group_by, k, strict=True), count=n)
+                  for k, n in sorted(out.items(), key=lambda kv: (-kv[1], kv[0]))]
         limit = int(q.get("limit", ["100"])[0])
         return 200, {"since": ANCHOR if since.startswith("-") else since, "until": "2026-11-24T10:15:00Z",
                      "total": sum(out.values()), "groups": groups[:limit]}
@@ -137,8 +138,8 @@ def api() -> Iterator[FakeApi]:
 def dropwatch(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     e = {k: v for k, v in os.environ.items() if k not in ("DROPWATCH_TOKEN", "DROPWATCH_URL")}
     e.update({"PYTHONPATH": str(ROOT), **(env or {})})
-    return subprocess.run([sys.executable, "-m", "dropwatch", *args], check=False, capture_output=True, text=True, env=e,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "dropwatch", *args], check=False, capture_output=True, text=True,
+                          env=e, timeout=timeout, cwd=ROOT)
 
 
 def dead_url() -> str:
@@ -178,7 +179,7 @@ def test_query_prints_a_table(api: FakeApi) -> None:
         ["unlabeled", "unknown", "NO_SOCKET", "30", "15.0%"]]
     # Columns line up: every DROPS cell ends where the header does.
     end = lines[1].index("DROPS") + len("DROPS")
-    assert all(ln[:end].endswith(cell) for ln, cell in zip(lines[2:], ("120", " 50", " 30")))
+    assert all(ln[:end].endswith(cell) for ln, cell in zip(lines[2:], ("120", " 50", " 30"), strict=True))
 
 
 def test_query_passes_filters_and_group_by(api: FakeApi) -> None:
@@ -266,8 +267,8 @@ def test_query_into_a_closed_pipe_is_quiet(api: FakeApi) -> None:
     for i in range(3000):
         api.add(f"c{i}", "eyeball", "NO_SOCKET", 1)
     p = subprocess.run(f"{sys.executable} -m dropwatch query --url {api.url} --group-by label --limit 3000 | head -1",
-                       shell=True, check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                       timeout=30)
+                       shell=True, check=False, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30)
     assert p.stdout.startswith("drops from") and "Traceback" not in p.stderr and "Error" not in p.stderr, p.stderr
 
 
@@ -451,7 +452,8 @@ class Tmux:
         self.width, self.height = width, height
 
     def cmd(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.tmux, "-L", self.sock, *args], check=False, capture_output=True, text=True, timeout=10)
+        return subprocess.run([self.tmux, "-L", self.sock, *args], check=False, capture_output=True, text=True,
+                              timeout=10)
 
     def start(self, command: str, status: Path | None = None) -> None:
         """Runs ``command``; its exit status goes to ``status`` (the pane then stays)."""

@@ -203,7 +203,7 @@ def test_dockerfile_structure() -> None:
     assert stages[:2] == ["bpf", "wheel"] and stages[2] is None
     ignore = [ln.strip() for ln in DOCKERIGNORE.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     seen_stages: list[str] = []
-    for idx, (op, rest) in enumerate(ins):
+    for op, rest in ins:
         if op == "FROM":
             if " AS " in rest:
                 seen_stages.append(rest.split(" AS ")[-1].strip())
