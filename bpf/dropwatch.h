@@ -164,12 +164,9 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * result has three lanes of shift 48 (always match) and that result; an
  * empty entry answers 0. Any other /16 has DW_LPM6_SLOT_PTR in w[3] and
  * in w[0]'s low half:
- *   DW_LPM_CHUNK | off    a chunk header at entry off of the range array;
- *                         w[0]'s high half is its n, and w[1], w[2] and
- *                         w[3] hold in bits 0-47 DW_LPM6_PIVOTS pivots:
- *                         pivot j (1..3) is bits 16..63 of the start of
- *                         range j * n / 4, so the c pivots <= key put the
- *                         answer in ranges [c * n / 4, (c + 1) * n / 4)
+ *   DW_LPM_CHUNK | off    a tree of n ranges (below) at entry off of the
+ *                         range array (a multiple of 4: a 64-byte line);
+ *                         w[0]'s high half is n, w[1] its index levels
  *   DW_LPM_LANES | (n - 1) << DW_LPM6_SMALL_SHIFT | off
  *                         a small chunk of n (1..16) ranges at u64 off of
  *                         the range array (each gen's small chunks first)
@@ -181,14 +178,26 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * exactly n ranges (no padding). Never used for a /16 that holds prefixes
  * longer than /64.
  *
+ * IPv6 trees (a /16's chunk on the top 64 bits): its n ranges, sorted,
+ * the first starting at 0, in leaf lines of 4 (16 bytes each: u64 start,
+ * bits 16..63 of the address; u64 value, as in a chunk below), after
+ * `levels` levels of index lines, the top level first: a line is a node
+ * of 8 u64 keys, key c of node j of level l the start of the first range
+ * below its child j * 8 + c (level l - 1; level 0: the leaf lines). Level l
+ * has ceil(leaves / 8^l) nodes and levels is the least l with
+ * ceil(leaves / 8^l) == 1 (0 for one leaf line). Keys and starts past the
+ * end are 2^48, above every address. The search counts the keys <= key in
+ * each node it visits (the first always is) and descends; in the leaf,
+ * the last range starting <= key is the answer.
+ *
  * Chunks (the rest): n ranges sorted by start (IPv6: after a header entry
  * holding n); the first starts at 0. An address takes the last range
  * starting at or below it. IPv4 ranges (dw_lpm4_rng): (start of the range
  * in the low 16 bits << 16) | result; a chunk of at most 16 starts a
- * 64-byte line rather than cross one. IPv6 ranges (dw_lpm6_rng) are 16 bytes: u64 key
- * (the top 64 address bits), u64 value: a result, or, for a /64 that holds
- * prefixes longer than /64, DW_LPM_CHUNK | off of a second chunk keyed by
- * the low 64 bits. A v6 chunk header is the entry (n, 0).
+ * 64-byte line rather than cross one. IPv6 chunks (dw_lpm6_rng) are the
+ * low 64 bits of a /64 that holds prefixes longer than /64: a header entry
+ * (n, 0), then 16-byte ranges, u64 key, u64 result. A tree's range value
+ * is a result, or for such a /64 DW_LPM_CHUNK | off of its chunk.
  *
  * Arrays of 64-byte lines, not of single words: an array map rounds each
  * value up to 8 bytes, and a line keeps neighbouring ranges in one cache
@@ -200,7 +209,7 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM4_PIVOTS	12	/* IPv4 chunk: range starts in its direct entry */
 #define DW_LPM6_LANES	3	/* IPv6 prefixes of one /16 in its direct entry */
 #define DW_LPM6_SLOT_PTR (1ull << 63)
-#define DW_LPM6_PIVOTS	3	/* IPv6 chunk: range starts in its direct entry */
+#define DW_LPM6_TREE_LEVELS 8	/* IPv6 tree: index levels, 8^8 leaf lines >= 2^DW_LPM6_STEPS ranges */
 #define DW_LPM6_SMALL_SHIFT 26
 #define DW_LPM6_SMALL_OFF 0x03ffffffu
 #define DW_LPM6_SMALL_MAX 16

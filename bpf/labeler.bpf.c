@@ -685,24 +685,56 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 	return lpm6_search(off, key, 0, (__u32)l->v[(off & 7) * 2]);
 }
 
-/* How many of the 48-bit pivots p are <= key48 (both below 2^48: bit 63
- * of the difference is key48 < p). */
-static __always_inline __u32 pivot_le(__u64 key48, __u64 p)
+/* 1 iff k <= key48: key48 is below 2^48 and k at most 2^48 (a tree's
+ * padding, above every key), so bit 63 of the difference is key48 < k. */
+static __always_inline __u32 le48(__u64 key48, __u64 k)
 {
-	return 1 - ((key48 - (p & 0xffffffffffffull)) >> 63);
+	return 1 - ((key48 - k) >> 63);
 }
 
-/* A /16's IPv6 chunk (keyed by the top 64 bits): its entry holds n and
- * DW_LPM6_PIVOTS range starts (bits 16..63) that cut it into equal
- * segments; the pivots <= key pick the segment the search covers. */
-static __always_inline __u32 lpm6_chunk_top(const struct dw_lpm6_slot *s, __u64 w0, __u64 hi64)
+/* 64-byte line `line` of dw_lpm6_rng (8 u64), whose values hold two. */
+static __always_inline const __u64 *rng6_line(__u32 line)
 {
-	__u64 key48 = hi64 & 0xffffffffffffull, n = w0 >> 32;
-	__u32 c = pivot_le(key48, s->w[1]) + pivot_le(key48, s->w[2]) + pivot_le(key48, s->w[3]);
-	__u32 base = c * n / (DW_LPM6_PIVOTS + 1);
+	__u32 v = line >> 1;
+	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &v);
 
-	return lpm6_search((__u32)w0 & ~DW_LPM_CHUNK, hi64, base,
-			   (c + 1) * n / (DW_LPM6_PIVOTS + 1) - base);
+	return l ? &l->v[(line & 1) * 8] : NULL;
+}
+
+/*
+ * A /16's IPv6 chunk on the top 64 bits, as a static search tree (layout
+ * in dropwatch.h): one 64-byte node per level picks one of its 8
+ * children by counting its keys <= key, then a leaf line of 4 ranges gives
+ * the answer. RIR space puts real prefix sets in a few dozen /16s, so
+ * these chunks hold thousands of ranges: a binary search there read 10-13
+ * dependent lines per address, the tree reads levels + 1 (4 + 1 for 10^5
+ * prefixes in 50 /16s), its top levels shared by every address of the /16
+ * and so mostly cached.
+ */
+static __always_inline __u32 lpm6_tree(__u64 w0, __u64 levels, __u64 key48)
+{
+	__u32 n = w0 >> 32, line = ((__u32)w0 & ~DW_LPM_CHUNK) >> 2, idx = 0;
+	__u32 leaves = (n + 3) >> 2;
+	const __u64 *k;
+
+	for (int l = DW_LPM6_TREE_LEVELS; l >= 1; l--) {
+		if (l > levels)
+			continue;
+		k = rng6_line(line + idx);
+		if (!k)
+			return 0;
+		/* k[0], the node's first key, is <= key: the parent chose it. */
+		idx = idx * 8 + le48(key48, k[1]) + le48(key48, k[2]) + le48(key48, k[3]) +
+		      le48(key48, k[4]) + le48(key48, k[5]) + le48(key48, k[6]) + le48(key48, k[7]);
+		/* Past this level's nodes: ceil(leaves / 8^l) of them. */
+		line += (leaves + (1u << (3 * l)) - 1) >> (3 * l);
+	}
+	k = rng6_line(line + idx);
+	if (!k)
+		return 0;
+	__u32 c = le48(key48, k[2]) + le48(key48, k[4]) + le48(key48, k[6]);
+
+	return (__u32)k[(c & 3) * 2 + 1];
 }
 
 /* Halvings of a small IPv6 chunk's search: log2(DW_LPM6_SMALL_MAX). */
@@ -776,7 +808,7 @@ static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
 
 	if (e & DW_LPM_LANES)
 		return lpm6_small(e, hi64 & 0xffffffffffffull);
-	e = lpm6_chunk_top(s, w0, hi64);
+	e = lpm6_tree(w0, s->w[1], hi64 & 0xffffffffffffull);
 	if (!(e & DW_LPM_CHUNK))
 		return e;
 	return lpm6_chunk(e & ~DW_LPM_CHUNK, (__u64)bpf_ntohl(addr[2]) << 32 | bpf_ntohl(addr[3])) &

@@ -13,13 +13,16 @@ answer for that /16 or leads to a chunk of it:
 * IPv6 small chunks: at most ``SMALL6_MAX`` sorted ranges keyed by the top
   64 bits, one u64 each, searched in a fixed number of branch-free steps.
 * Chunks: sorted, non-overlapping ranges covering the /16, each already
-  resolved to the longest matching prefix's result, binary-searched. IPv6
-  ranges are keyed by the top 64 bits; inside a /64 that holds prefixes
-  longer than /64, a second chunk keyed by the low 64 bits.
+  resolved to the longest matching prefix's result. IPv4: binary-searched
+  inside the segment that the pivots in the direct entry pick. IPv6 (keyed
+  by the top 64 bits): a static search tree of 64-byte nodes of 8 keys
+  over leaf lines of 4 ranges; inside a /64 that holds prefixes longer
+  than /64, a second chunk keyed by the low 64 bits, binary-searched.
 
 A lookup is one direct-table read (IPv4) or one plus one small search
-(IPv6), or at most one (IPv4) or two (IPv6) binary searches of bounded
-depth, whatever the prefix lengths. Small IPv6 chunks are packed into
+(IPv6), or at most one binary search (IPv4), one tree walk (IPv6, one read
+per level, levels <= log8 of the /16's ranges / 4) and one binary search
+(IPv6 inside such a /64), of bounded depth whatever the prefix lengths. Small IPv6 chunks are packed into
 64-byte lines (one of more than 8 ranges into one 128-byte value) so that a
 lookup touches one cache line of them.
 
@@ -41,7 +44,8 @@ LANES = abi.DW_LPM_LANES
 LANES_MAX = abi.DW_LPM_LANES_MAX
 PIVOTS = abi.DW_LPM4_PIVOTS
 LANES6 = abi.DW_LPM6_LANES
-PIVOTS6 = abi.DW_LPM6_PIVOTS
+TREE_LEVELS = abi.DW_LPM6_TREE_LEVELS
+TREE_PAD = 1 << 48  # a tree key above every address's bits 16..63
 SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
 M48 = (1 << 48) - 1
 SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
@@ -265,6 +269,32 @@ def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
     return CHUNK | off
 
 
+def _v6_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
+    """A /16's ranges (start bits 16..63, value) as a search tree (layout in
+    dropwatch.h) starting a 64-byte line of the range array: its entry
+    offset and its number of index levels."""
+    n = len(rs)
+    if n > MAX_V6_CHUNK:
+        raise LpmCapacityError(f"{n} IPv6 ranges under one /16; at most {MAX_V6_CHUNK}")
+    t.v6_rng.extend([0] * (-len(t.v6_rng) % 8))
+    off = len(t.v6_rng) // 2
+    leaves = -(-n // 4)
+    nodes: list[int] = []  # per level from 1 up: ceil(leaves / 8^l)
+    while (nodes[-1] if nodes else leaves) > 1:
+        nodes.append(-(-leaves // 8 ** (len(nodes) + 1)))
+    for lvl in range(len(nodes), 0, -1):
+        for j in range(nodes[lvl - 1]):
+            for c in range(8):
+                leaf = (j * 8 + c) << (3 * (lvl - 1))  # the child's first leaf line
+                t.v6_rng.append(rs[4 * leaf][0] if leaf < leaves else TREE_PAD)
+    for i in range(4 * leaves):
+        start, value = rs[i] if i < n else (TREE_PAD, 0)
+        if value & CHUNK:
+            t.v6_ptrs.append(len(t.v6_rng) + 1)
+        t.v6_rng.extend((start, value))
+    return off, len(nodes)
+
+
 def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines) -> None:
     own = array("I", bytes(4 * L1_SIZE))  # each /16's result from prefixes of /16 or shorter
     _paint_l1(own, 0, [x for x in pfx if x[0] <= 16], 128)
@@ -321,11 +351,8 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
             t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [LANES | (len(rs) - 1) << SMALL6_SHIFT | w, 0, 0,
                                                             SLOT6_PTR])
         else:
-            # n and the pivots: bits 16..63 of the starts of ranges j * n / 4.
-            n = len(rs)
-            e = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
-            p1, p2, p3 = (rs[j * n // (PIVOTS6 + 1)][0] for j in range(1, PIVOTS6 + 1))
-            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [n << 32 | e, p1, p2, SLOT6_PTR | p3])
+            off, levels = _v6_tree(t, rs)
+            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [len(rs) << 32 | CHUNK | off, levels, 0, SLOT6_PTR])
         t.v6_ptr_slots.append(i)
 
 
@@ -399,6 +426,24 @@ def _slot4(t: LpmTables, i: int, key: int) -> int:
     return b & 0xFFFF
 
 
+def _tree6(rng: array, w0: int, levels: int, key48: int, reads: list[int] | None) -> int:
+    """lpm6_tree(): a node per index level, then the leaf line; the value."""
+    n, line, idx = w0 >> 32, (w0 & 0x7FFFFFFF) >> 2, 0
+    leaves = -(-n // 4)
+    for lvl in range(levels, 0, -1):
+        keys = rng[8 * (line + idx):8 * (line + idx + 1)]
+        assert keys[0] <= key48, "a node whose first key is above the address"
+        idx = idx * 8 + sum(1 for k in keys[1:] if k <= key48)
+        line += (leaves + (1 << (3 * lvl)) - 1) >> (3 * lvl)
+        if reads is not None:
+            reads[0] += 1
+    leaf = rng[8 * (line + idx):8 * (line + idx + 1)]
+    if reads is not None:
+        reads[0] += 1
+    c = sum(1 for j in (2, 4, 6) if leaf[j] <= key48)
+    return leaf[2 * c + 1]
+
+
 def _small6(rng: array, e: int, key48: int, reads: list[int] | None) -> int:
     """lpm6_small(): SMALL6_STEPS halvings of exactly n ranges (a step whose
     half is 0 reads and changes nothing), then its result."""
@@ -461,21 +506,17 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         return _small6(t.v6_small, e, hi64 & ((1 << 48) - 1), reads)
     if not e & CHUNK:
         return e
-    for depth, key in enumerate((hi64, addr & ((1 << 64) - 1))):
-        off = e & ~CHUNK
-        if not depth:  # the /16's chunk: n and the pivots are in its entry
-            n = w[0] >> 32
-            c = sum(1 for p in w[1:] if p & M48 <= hi64 & M48)
-            lo, hi = c * n // (PIVOTS6 + 1), (c + 1) * n // (PIVOTS6 + 1)
-        else:
-            lo, hi = 0, t.v6_rng[2 * off]
-            if reads is not None:
-                reads[0] += 1  # the header
-        i = lo + _search(hi - lo, lambda m, off=off, lo=lo: t.v6_rng[2 * (off + 1 + lo + m)], key,
-                         abi.DW_LPM6_STEPS, reads)
-        if reads is not None:
-            reads[0] += 1  # the answer's range
-        e = t.v6_rng[2 * (off + 1 + i) + 1]
-        if not e & CHUNK:
-            return e
+    e = _tree6(t.v6_rng, w[0], w[1], hi64 & M48, reads)
+    if not e & CHUNK:
+        return e
+    off = e & ~CHUNK
+    if reads is not None:
+        reads[0] += 1  # the chunk's header
+    i = _search(t.v6_rng[2 * off], lambda m: t.v6_rng[2 * (off + 1 + m)], addr & ((1 << 64) - 1),
+                abi.DW_LPM6_STEPS, reads)
+    if reads is not None:
+        reads[0] += 1  # the answer's range
+    e = t.v6_rng[2 * (off + 1 + i) + 1]
+    if not e & CHUNK:
+        return e
     raise AssertionError("a low-64 chunk points to another chunk")

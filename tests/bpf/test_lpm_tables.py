@@ -33,10 +33,12 @@ N_LABELS = 300
 
 
 def _prefix_set(rng: random.Random, width: int, blocks: int, lens: list[int],
-                deep: list[int]) -> list[tuple[int, int]]:
+                deep: list[int], crowded: tuple[int, ...] = ()) -> list[tuple[int, int]]:
     """(plen, network) in ``blocks`` random /16s: 1 to 12 prefixes each,
     often nested, plus a few covering prefixes of /16 or shorter; ``deep``
-    lengths (IPv6 beyond /64) inside a few /64s."""
+    lengths (IPv6 beyond /64) inside a few /64s; and one /16 of each size in
+    ``crowded`` (as RIR space crowds real IPv6 sets: trees of several
+    levels)."""
     out: set[tuple[int, int]] = set()
 
     def net(plen: int, a: int) -> int:
@@ -60,6 +62,11 @@ def _prefix_set(rng: random.Random, width: int, blocks: int, lens: list[int],
     for _ in range(8):
         plen = rng.randint(1, 16)
         out.add((plen, net(plen, rng.getrandbits(width))))
+    for size in crowded:
+        top = rng.randrange(1 << 16) << (width - 16)
+        for _ in range(size):
+            plen = rng.choice(lens[1:])
+            out.add((plen, net(plen, top | rng.getrandbits(width - 16))))
     return sorted(out)
 
 
@@ -84,7 +91,8 @@ def tables() -> Iterator[tuple[Loader, Any, dict[str, int], dict[int, tuple[list
     rng = random.Random(20261205)
     sets = {4: (_prefix_set(rng, 32, 700, list(range(17, 33)), []),
                 _prefix_set(rng, 32, 200, list(range(17, 33)), [])),
-            6: (_prefix_set(rng, 128, 500, [17, 24, 32, 40, 44, 48, 56, 60, 63, 64], [65, 80, 96, 112, 128]),
+            6: (_prefix_set(rng, 128, 500, [17, 24, 32, 40, 44, 48, 56, 60, 63, 64], [65, 80, 96, 112, 128],
+                            crowded=(40, 150, 1000, 2500)),
                 _prefix_set(rng, 128, 150, [20, 32, 48, 64], []))}
     by_label: dict[str, list[str]] = {f"l{i}": [] for i in range(N_LABELS)}
     origin: list[str] = []
@@ -119,10 +127,11 @@ def _v4_form(t: lpm.LpmTables, i: int) -> str:
 
 def _v6_form(t: lpm.LpmTables, i: int) -> str:
     """What IPv6 direct entry i holds: lanesK (K distinct prefixes), a
-    small chunk or chunk pointer, the /16's own result only, or nothing."""
+    small chunk, a tree of K index levels (treeK), the /16's own result
+    only, or nothing."""
     w = t.v6_slots[i * lpm.SLOT:(i + 1) * lpm.SLOT]
     if w[3] & lpm.SLOT6_PTR:
-        return "small" if w[0] & lpm.LANES else "chunk"
+        return "small" if w[0] & lpm.LANES else "tree%d" % w[1]
     shifts = [(w[3] >> (16 + 8 * n)) & 0xFF for n in range(lpm.LANES6)]
     if not any(w):
         return "empty"
@@ -140,8 +149,8 @@ def test_every_table_form_is_reached(tables: Any) -> None:
     v6 = Counter(_v6_form(t, i) for i in range(2 * lpm.L1_SIZE))
     for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "direct"):
         assert v4[form] >= 10, v4
-    for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "direct"):
-        assert v6[form] >= 10, v6
+    for form in ("lanes1", "lanes2", "lanes3", "small", "tree1", "tree2", "tree3", "tree4", "direct"):
+        assert v6[form] >= (10 if form in ("lanes1", "lanes2", "lanes3", "small", "tree1", "direct") else 1), v6
     assert t.v6_ptrs, "no chunk below a /64"
 
 
