@@ -33,8 +33,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 
-def worker(root: str, family: int, size: int, seed: int) -> None:
-    """Load one tree's bench object with the curve set and flows, then time
+def worker(root: str, family: int, size: str, seed: int) -> None:
+    """Load one tree's bench object with the curve set (size "rirN": this
+    tree's rir_spec, N IPv6 prefixes in the RIRs' /16s) and flows, then time
     runs on request: stdin lines "lab|empty FLOWS REPEAT" -> ns/packet."""
     sys.path[:0] = [os.path.join(root, "bench"), root]
     import xdp_labeler as X  # the tree's own
@@ -42,7 +43,17 @@ def worker(root: str, family: int, size: int, seed: int) -> None:
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     bench = X.Bench(1_000_000, 3)
     rng = random.Random(seed)
-    spec = X.curve_spec(rng, family, size)
+    if size.startswith("rir"):
+        # The set comes from this tree's bench (an older one may lack it);
+        # the tree under test compiles, loads and walks it.
+        import importlib.util
+        sp = importlib.util.spec_from_file_location("dw_bench_sets", BENCH / "xdp_labeler.py")
+        mod = importlib.util.module_from_spec(sp)  # type: ignore[arg-type]
+        sys.modules[sp.name] = mod  # type: ignore[union-attr]  (dataclasses look their module up)
+        sp.loader.exec_module(mod)  # type: ignore[union-attr]
+        spec = mod.rir_spec(rng, int(size[3:]))
+    else:
+        spec = X.curve_spec(rng, family, int(size))
     comp = X.compile_fast(spec)
     front = X.Front(bench.lib)
     X.load_rules(front.ld, spec, comp)
@@ -70,7 +81,7 @@ def p10(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 10]
 
 
-def compare(trees: dict[str, Path], family: int, size: int, rounds: int, repeat: int) -> dict[str, Any]:
+def compare(trees: dict[str, Path], family: int, size: str, rounds: int, repeat: int) -> dict[str, Any]:
     procs = {name: subprocess.Popen([sys.executable, __file__, "--worker", str(root), str(family), str(size)],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
              for name, root in trees.items()}
@@ -107,12 +118,13 @@ def compare(trees: dict[str, Path], family: int, size: int, rounds: int, repeat:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), 5)
+        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], 5)
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", required=True, help="the commit to compare this tree with")
     ap.add_argument("--family", default="4,6")
-    ap.add_argument("--sizes", default="10,100000", help="dst prefixes of the curve sets")
+    ap.add_argument("--sizes", default="10,100000",
+                    help="dst prefixes of the curve sets; rirN (IPv6): N prefixes in the RIRs' /16s")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--repeat", type=int, default=200_000, help="BPF_PROG_TEST_RUN repeat per run")
     ap.add_argument("--json", type=Path, default=BENCH / "out" / "compare.json")
@@ -132,11 +144,11 @@ def main() -> None:
             print(f"-empty ns/packet, median over {args.rounds} rounds (10th percentile), repeat {args.repeat:,}; "
                   f"both labelers in every round")
             for fam in (int(x) for x in args.family.split(",")):
-                for size in (int(x) for x in args.sizes.split(",")):
+                for size in args.sizes.split(","):
                     r = compare(trees, fam, size, args.rounds, args.repeat)
                     results.append(r)
                     for fl, v in r["flows"].items():
-                        print(f"  v{fam} {size:>9,} prefixes, {int(fl):>7,} flows: "
+                        print(f"  v{fam} {size:>9} prefixes, {int(fl):>7,} flows: "
                               + " | ".join(f"{n}: {v[n]['minus_empty_median']:6.1f} ({v[n]['minus_empty_p10']:5.1f})"
                                            for n in trees)
                               + f" | difference {v['difference_median']:+6.1f}"

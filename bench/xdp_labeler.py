@@ -107,6 +107,7 @@ class Spec:
     port_prefixes: list[tuple[int, int]]  # (len, addr) dst prefixes that also get a port rule
     flows: list[tuple[int, int]] = field(default_factory=list)
     worst: bool = False
+    rir: bool = False         # rir_spec(): one frame shape, no parts
 
     @property
     def bits(self) -> int:
@@ -150,6 +151,31 @@ def curve_spec(rng: random.Random, family: int, n: int) -> Spec:
     longest = sorted(dst[lens[-1]])
     ports = [(lens[-1], a) for a in rng.sample(longest, min(4, len(longest)))]
     return Spec(f"v{family} {n:,}", family, n, dst, src, max(1, min(1000, n // 10)), 1, ports)
+
+
+# The /16s that the RIRs allocate IPv6 from (2001::/16, 2003::/16 and the
+# /12s 2400::, 2600::, 2800::, 2a00::, 2c00::): real prefix sets crowd
+# into them, while curve_spec() spreads its prefixes over all 65,536.
+RIR_BLOCKS = [0x2001, 0x2003, *range(0x2400, 0x2410), *range(0x2600, 0x2610), *range(0x2800, 0x2804),
+              *range(0x2A00, 0x2A10), 0x2C0F]
+
+
+def rir_spec(rng: random.Random, n: int) -> Spec:
+    """curve_spec(6, n)'s shape (the same lengths, rules and port rules),
+    but every prefix in one of the RIR_BLOCKS /16s: 55 /16s of about 1,800
+    prefixes each, so each /16 is a tree of thousands of ranges."""
+    lens = CURVE_LENS[6]
+    dst: dict[int, set[int]] = {plen: set() for plen in lens}
+    for i, plen in enumerate(lens):
+        want = n // len(lens) + (1 if i < n % len(lens) else 0)
+        while len(dst[plen]) < want:
+            dst[plen] |= _rand_prefixes(rng, 128, plen, 1, (16, rng.choice(RIR_BLOCKS) << 112))
+    src: dict[int, set[int]] = {SRC_LEN[6]: set()}
+    while len(src[SRC_LEN[6]]) < max(1, min(1000, n // 100)):
+        src[SRC_LEN[6]] |= _rand_prefixes(rng, 128, SRC_LEN[6], 1, (16, rng.choice(RIR_BLOCKS) << 112))
+    longest = sorted(dst[lens[-1]])
+    ports = [(lens[-1], a) for a in rng.sample(longest, min(4, len(longest)))]
+    return Spec(f"v6 {n:,} in RIR /16s", 6, n, dst, src, max(1, min(1000, n // 10)), 1, ports, rir=True)
 
 
 def worst_spec(rng: random.Random, family: int, per_len: int) -> Spec:
@@ -678,6 +704,8 @@ def main() -> None:
         for fam in (4, 6):
             for n in sizes:
                 specs.append(curve_spec(rng, fam, n))
+            if fam == 6 and 100_000 in sizes:
+                specs.append(rir_spec(rng, 100_000))
             if not args.no_worst:
                 specs.append(worst_spec(rng, fam, 3000 if fam == 4 else 1200))
                 if fam == 4:
@@ -706,7 +734,7 @@ def main() -> None:
                                  f"differ from the reference ({sum(got.values())} vs {sum(want.values())} packets)")
             labeled = 1 - want.get(0, 0) / n_check
 
-            my_shapes = [fam_shape] if (spec.worst or spec.size != 100_000 or args.quick) else \
+            my_shapes = [fam_shape] if (spec.worst or spec.rir or spec.size != 100_000 or args.quick) else \
                 [s for s in shapes if s[0] == spec.family]
             for shape in my_shapes:
                 data, l3 = frames[shape]
@@ -721,7 +749,7 @@ def main() -> None:
                     variants = {"empty": (lambda: None, bench.empty_fd, data),
                                 "base": (setter(T_EMPTY), front.fd["bench_front"], data),
                                 "lab": (setter(T_LABELER), front.fd["bench_front"], data)}
-                    want_parts = shape == fam_shape and not spec.worst and \
+                    want_parts = shape == fam_shape and not spec.worst and not spec.rir and \
                         spec.size in ((100_000,) if args.quick else (10, 100_000))
                     if want_parts:
                         for nm, t in (("parse", T_PARSE), ("classify", T_CLASSIFY), ("count", T_COUNT)):
@@ -730,7 +758,7 @@ def main() -> None:
                     delta, best = r.d("lab", "base"), r.best("lab", "base")
                     ns = r["empty"] + delta
                     row = {"ruleset": spec.name, "family": spec.family, "prefixes": spec.n_prefixes(),
-                           "dst_prefixes": spec.size, "frame": len(data), "vlan": shape[2],
+                           "dst_prefixes": spec.size, "rir_blocks": spec.rir, "frame": len(data), "vlan": shape[2],
                            "flows": nfl or 1, "empty_ns": r["empty"], "front_empty_ns": r["base"],
                            "front_labeler_ns": r["lab"], "labeler_minus_empty_ns": delta, "ns_per_pkt": ns,
                            "labeler_minus_empty_ns_best": best,
@@ -862,13 +890,14 @@ def main() -> None:
     results["direct_production_meta_failed_share"] = failed
     results["empty"] = {f"v{s[0]}-{s[1]}{'-vlan' if s[2] else ''}": empty[s] for s in shapes}
 
-    def pick(fam: int, size: int, flows: int) -> dict[str, Any]:
+    def pick(fam: int, size: int, flows: int, rir: bool = False) -> dict[str, Any]:
         for r in results["rows"]:
-            if (r["family"], r["dst_prefixes"], r["frame"], r["vlan"], r["flows"]) == (fam, size, 64, False, flows):
+            if (r["family"], r["dst_prefixes"], r["frame"], r["vlan"], r["flows"], r["rir_blocks"]) == \
+                    (fam, size, 64, False, flows, rir):
                 return r  # type: ignore[no-any-return]
         return {}
-    for fam, sfx in ((4, ""), (6, "_v6")):
-        row = pick(fam, 100_000, args.flows)
+    for fam, sfx, rir in ((4, "", False), (6, "_v6", False), (6, "_v6_rir", True)):
+        row = pick(fam, 100_000, args.flows, rir)
         results[f"xdp_ns_per_pkt_100k{sfx}"] = row.get("ns_per_pkt")
         results[f"xdp_minus_empty_ns_100k{sfx}"] = row.get("labeler_minus_empty_ns")
         results[f"xdp_ns_per_pkt_100k{sfx}_best"] = row.get("ns_per_pkt_best")

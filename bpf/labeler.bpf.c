@@ -638,15 +638,17 @@ static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
 	return ((__u32)r ^ (__u32)b) & 0xffff;
 }
 
-/* An IPv6 chunk's search: the value of the last range whose u64 start <=
- * key, among ranges [base, base + len) of the chunk whose header is at
- * entry off. Entry i is the pair (key, value) at u64 2i of the 8-entry
- * values. */
-static __always_inline __u32 lpm6_search(__u32 off, __u64 key, __u32 base, __u32 len)
+/* A /64's IPv6 chunk (keyed by the low 64 bits), header (n, 0) at entry
+ * off: the value of the last range whose u64 start <= key. Entry i is the
+ * pair (key, value) at u64 2i of the 8-entry values. */
+static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 {
-	const struct dw_line128 *l;
-	__u32 line, j;
+	__u32 line = off >> 3, base = 0, len, j;
+	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
 
+	if (!l)
+		return 0;
+	len = (__u32)l->v[(off & 7) * 2];
 	off += 1;
 	/* Branch-free halving, as in lpm4_chunk(). */
 	for (int i = 0; i < DW_LPM6_STEPS; i++) {
@@ -661,7 +663,7 @@ static __always_inline __u32 lpm6_search(__u32 off, __u64 key, __u32 base, __u32
 			return 0;
 		__u64 start = l->v[(j & 7) * 2];
 		/* Bit 63: the borrow of key - start, i.e. key < start (Hacker's
-		 * Delight 2-12), without a compare. */
+		 * Delight 2-12), without a compare: the keys are full u64. */
 		__u64 above = ((~key & start) | ((~key | start) & (key - start))) >> 63;
 
 		barrier_var(above);
@@ -672,17 +674,6 @@ static __always_inline __u32 lpm6_search(__u32 off, __u64 key, __u32 base, __u32
 	line = j >> 3;
 	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
 	return l ? (__u32)l->v[(j & 7) * 2 + 1] : 0;
-}
-
-/* A whole IPv6 chunk (a /64's, keyed by the low 64 bits): n from its header. */
-static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
-{
-	__u32 line = off >> 3;
-	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
-
-	if (!l)
-		return 0;
-	return lpm6_search(off, key, 0, (__u32)l->v[(off & 7) * 2]);
 }
 
 /* 1 iff k <= key48: key48 is below 2^48 and k at most 2^48 (a tree's
