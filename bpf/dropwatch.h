@@ -164,9 +164,17 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * result has three lanes of shift 48 (always match) and that result; an
  * empty entry answers 0. Any other /16 has DW_LPM6_SLOT_PTR in w[3] and
  * in w[0]'s low half:
- *   DW_LPM_CHUNK | off    a tree of n ranges (below) at entry off of the
- *                         range array (a multiple of 4: a 64-byte line);
- *                         w[0]'s high half is n, w[1] its index levels
+ *   DW_LPM_CHUNK | off    with DW_LPM6_SLOT_TREE in w[3] (a /16 of more
+ *                         than DW_LPM6_TREE_MIN ranges): a tree of n
+ *                         ranges (below) at entry off of the range array
+ *                         (a multiple of 4: a 64-byte line); w[0]'s high
+ *                         half is n, w[1] its index levels. Without: a
+ *                         chunk header at entry off; w[0]'s high half is
+ *                         its n, and w[1], w[2] and w[3] hold in bits
+ *                         0-47 DW_LPM6_PIVOTS pivots: pivot j (1..3) is
+ *                         bits 16..63 of the start of range j * n / 4, so
+ *                         the c pivots <= key put the answer in ranges
+ *                         [c * n / 4, (c + 1) * n / 4)
  *   DW_LPM_LANES | (n - 1) << DW_LPM6_SMALL_SHIFT | off
  *                         a small chunk of n (1..16) ranges at u64 off of
  *                         the range array (each gen's small chunks first)
@@ -194,10 +202,12 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * holding n); the first starts at 0. An address takes the last range
  * starting at or below it. IPv4 ranges (dw_lpm4_rng): (start of the range
  * in the low 16 bits << 16) | result; a chunk of at most 16 starts a
- * 64-byte line rather than cross one. IPv6 chunks (dw_lpm6_rng) are the
- * low 64 bits of a /64 that holds prefixes longer than /64: a header entry
- * (n, 0), then 16-byte ranges, u64 key, u64 result. A tree's range value
- * is a result, or for such a /64 DW_LPM_CHUNK | off of its chunk.
+ * 64-byte line rather than cross one. IPv6 chunks (dw_lpm6_rng) are on the
+ * top 64 bits of a /16 (up to DW_LPM6_TREE_MIN ranges) or the low 64 bits
+ * of a /64 that holds prefixes longer than /64: a header entry (n, 0),
+ * then 16-byte ranges, u64 key, u64 value. A top-64 range's value (a
+ * tree's too) is a result, or for such a /64 DW_LPM_CHUNK | off of its
+ * chunk.
  *
  * Arrays of 64-byte lines, not of single words: an array map rounds each
  * value up to 8 bytes, and a line keeps neighbouring ranges in one cache
@@ -209,6 +219,9 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM4_PIVOTS	12	/* IPv4 chunk: range starts in its direct entry */
 #define DW_LPM6_LANES	3	/* IPv6 prefixes of one /16 in its direct entry */
 #define DW_LPM6_SLOT_PTR (1ull << 63)
+#define DW_LPM6_PIVOTS	3	/* IPv6 chunk: range starts in its direct entry */
+#define DW_LPM6_SLOT_TREE (1ull << 62)
+#define DW_LPM6_TREE_MIN 128	/* IPv6: a /16 of more ranges is a tree, not a chunk */
 #define DW_LPM6_TREE_LEVELS 8	/* IPv6 tree: index levels, 8^8 leaf lines >= 2^DW_LPM6_STEPS ranges */
 #define DW_LPM6_SMALL_SHIFT 26
 #define DW_LPM6_SMALL_OFF 0x03ffffffu

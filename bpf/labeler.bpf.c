@@ -638,17 +638,15 @@ static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
 	return ((__u32)r ^ (__u32)b) & 0xffff;
 }
 
-/* A /64's IPv6 chunk (keyed by the low 64 bits), header (n, 0) at entry
- * off: the value of the last range whose u64 start <= key. Entry i is the
- * pair (key, value) at u64 2i of the 8-entry values. */
-static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
+/* An IPv6 chunk's search: the value of the last range whose u64 start <=
+ * key, among ranges [base, base + len) of the chunk whose header is at
+ * entry off. Entry i is the pair (key, value) at u64 2i of the 8-entry
+ * values. */
+static __always_inline __u32 lpm6_search(__u32 off, __u64 key, __u32 base, __u32 len)
 {
-	__u32 line = off >> 3, base = 0, len, j;
-	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+	const struct dw_line128 *l;
+	__u32 line, j;
 
-	if (!l)
-		return 0;
-	len = (__u32)l->v[(off & 7) * 2];
 	off += 1;
 	/* Branch-free halving, as in lpm4_chunk(). */
 	for (int i = 0; i < DW_LPM6_STEPS; i++) {
@@ -663,7 +661,7 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 			return 0;
 		__u64 start = l->v[(j & 7) * 2];
 		/* Bit 63: the borrow of key - start, i.e. key < start (Hacker's
-		 * Delight 2-12), without a compare: the keys are full u64. */
+		 * Delight 2-12), without a compare. */
 		__u64 above = ((~key & start) | ((~key | start) & (key - start))) >> 63;
 
 		barrier_var(above);
@@ -674,6 +672,37 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
 	line = j >> 3;
 	l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
 	return l ? (__u32)l->v[(j & 7) * 2 + 1] : 0;
+}
+
+/* A whole IPv6 chunk (a /64's, keyed by the low 64 bits): n from its header. */
+static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
+{
+	__u32 line = off >> 3;
+	const struct dw_line128 *l = bpf_map_lookup_elem(&dw_lpm6_rng, &line);
+
+	if (!l)
+		return 0;
+	return lpm6_search(off, key, 0, (__u32)l->v[(off & 7) * 2]);
+}
+
+/* How many of the 48-bit pivots p are <= key48 (both below 2^48: bit 63
+ * of the difference is key48 < p). */
+static __always_inline __u32 pivot_le(__u64 key48, __u64 p)
+{
+	return 1 - ((key48 - (p & 0xffffffffffffull)) >> 63);
+}
+
+/* A /16's IPv6 chunk (keyed by the top 64 bits): its entry holds n and
+ * DW_LPM6_PIVOTS range starts (bits 16..63) that cut it into equal
+ * segments; the pivots <= key pick the segment the search covers. */
+static __always_inline __u32 lpm6_chunk_top(const struct dw_lpm6_slot *s, __u64 w0, __u64 hi64)
+{
+	__u64 key48 = hi64 & 0xffffffffffffull, n = w0 >> 32;
+	__u32 c = pivot_le(key48, s->w[1]) + pivot_le(key48, s->w[2]) + pivot_le(key48, s->w[3]);
+	__u32 base = c * n / (DW_LPM6_PIVOTS + 1);
+
+	return lpm6_search((__u32)w0 & ~DW_LPM_CHUNK, hi64, base,
+			   (c + 1) * n / (DW_LPM6_PIVOTS + 1) - base);
 }
 
 /* 1 iff k <= key48: key48 is below 2^48 and k at most 2^48 (a tree's
@@ -699,8 +728,10 @@ static __always_inline const __u64 *rng6_line(__u32 line)
  * the answer. RIR space puts real prefix sets in a few dozen /16s, so
  * these chunks hold thousands of ranges: a binary search there read 10-13
  * dependent lines per address, the tree reads levels + 1 (4 + 1 for 10^5
- * prefixes in 50 /16s), its top levels shared by every address of the /16
- * and so mostly cached.
+ * prefixes in 55 /16s), its top levels shared by every address of the /16
+ * and so mostly cached. Up to DW_LPM6_TREE_MIN ranges the chunk's pivots
+ * (lpm6_chunk_top) cost less: a segment of at most 32 ranges in 8 lines,
+ * no node to read first.
  */
 static __always_inline __u32 lpm6_tree(__u64 w0, __u64 levels, __u64 key48)
 {
@@ -799,7 +830,11 @@ static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
 
 	if (e & DW_LPM_LANES)
 		return lpm6_small(e, hi64 & 0xffffffffffffull);
-	e = lpm6_tree(w0, s->w[1], hi64 & 0xffffffffffffull);
+	/* Which kind a /16 is depends on its size: per rule set, mostly one. */
+	if (s->w[3] & DW_LPM6_SLOT_TREE)
+		e = lpm6_tree(w0, s->w[1], hi64 & 0xffffffffffffull);
+	else
+		e = lpm6_chunk_top(s, w0, hi64);
 	if (!(e & DW_LPM_CHUNK))
 		return e;
 	return lpm6_chunk(e & ~DW_LPM_CHUNK, (__u64)bpf_ntohl(addr[2]) << 32 | bpf_ntohl(addr[3])) &

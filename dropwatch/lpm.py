@@ -15,14 +15,17 @@ answer for that /16 or leads to a chunk of it:
 * Chunks: sorted, non-overlapping ranges covering the /16, each already
   resolved to the longest matching prefix's result. IPv4: binary-searched
   inside the segment that the pivots in the direct entry pick. IPv6 (keyed
-  by the top 64 bits): a static search tree of 64-byte nodes of 8 keys
-  over leaf lines of 4 ranges; inside a /64 that holds prefixes longer
-  than /64, a second chunk keyed by the low 64 bits, binary-searched.
+  by the top 64 bits): up to ``TREE_MIN`` ranges binary-searched inside
+  the quarter that the pivots in the entry pick, more as a static search
+  tree of 64-byte nodes of 8 keys over leaf lines of 4 ranges; inside a
+  /64 that holds prefixes longer than /64, a second chunk keyed by the
+  low 64 bits, binary-searched.
 
 A lookup is one direct-table read (IPv4) or one plus one small search
-(IPv6), or at most one binary search (IPv4), one tree walk (IPv6, one read
-per level, levels <= log8 of the /16's ranges / 4) and one binary search
-(IPv6 inside such a /64), of bounded depth whatever the prefix lengths. Small IPv6 chunks are packed into
+(IPv6), or at most one binary search (IPv4), one binary search or tree
+walk (IPv6, a read per level, levels <= log8 of the /16's ranges / 4) and
+one binary search (IPv6 inside such a /64), of bounded depth whatever the
+prefix lengths. Small IPv6 chunks are packed into
 64-byte lines (one of more than 8 ranges into one 128-byte value) so that a
 lookup touches one cache line of them.
 
@@ -44,6 +47,9 @@ LANES = abi.DW_LPM_LANES
 LANES_MAX = abi.DW_LPM_LANES_MAX
 PIVOTS = abi.DW_LPM4_PIVOTS
 LANES6 = abi.DW_LPM6_LANES
+PIVOTS6 = abi.DW_LPM6_PIVOTS
+SLOT6_TREE = abi.DW_LPM6_SLOT_TREE
+TREE_MIN = abi.DW_LPM6_TREE_MIN
 TREE_LEVELS = abi.DW_LPM6_TREE_LEVELS
 TREE_PAD = 1 << 48  # a tree key above every address's bits 16..63
 SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
@@ -350,9 +356,16 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
             t.v6_small[w:w + len(rs)] = array("Q", [(start << 16) | res for start, res in rs])
             t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [LANES | (len(rs) - 1) << SMALL6_SHIFT | w, 0, 0,
                                                             SLOT6_PTR])
-        else:
+        elif len(rs) > TREE_MIN:
             off, levels = _v6_tree(t, rs)
-            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [len(rs) << 32 | CHUNK | off, levels, 0, SLOT6_PTR])
+            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [len(rs) << 32 | CHUNK | off, levels, 0,
+                                                            SLOT6_PTR | SLOT6_TREE])
+        else:
+            # n and the pivots: bits 16..63 of the starts of ranges j * n / 4.
+            n = len(rs)
+            e = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
+            p1, p2, p3 = (rs[j * n // (PIVOTS6 + 1)][0] for j in range(1, PIVOTS6 + 1))
+            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [n << 32 | e, p1, p2, SLOT6_PTR | p3])
         t.v6_ptr_slots.append(i)
 
 
@@ -506,17 +519,28 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         return _small6(t.v6_small, e, hi64 & ((1 << 48) - 1), reads)
     if not e & CHUNK:
         return e
-    e = _tree6(t.v6_rng, w[0], w[1], hi64 & M48, reads)
-    if not e & CHUNK:
-        return e
-    off = e & ~CHUNK
-    if reads is not None:
-        reads[0] += 1  # the chunk's header
-    i = _search(t.v6_rng[2 * off], lambda m: t.v6_rng[2 * (off + 1 + m)], addr & ((1 << 64) - 1),
-                abi.DW_LPM6_STEPS, reads)
-    if reads is not None:
-        reads[0] += 1  # the answer's range
-    e = t.v6_rng[2 * (off + 1 + i) + 1]
-    if not e & CHUNK:
-        return e
+    if w[3] & SLOT6_TREE:
+        e = _tree6(t.v6_rng, w[0], w[1], hi64 & M48, reads)
+        if not e & CHUNK:
+            return e
+        keys: tuple[int, ...] = (addr & ((1 << 64) - 1),)
+    else:
+        keys = (hi64, addr & ((1 << 64) - 1))
+    for depth, key in enumerate(keys, start=2 - len(keys)):  # depth 1: a /64's chunk
+        off = e & ~CHUNK
+        if not depth:  # the /16's chunk: n and the pivots are in its entry
+            n = w[0] >> 32
+            c = sum(1 for p in w[1:] if p & M48 <= hi64 & M48)
+            lo, hi = c * n // (PIVOTS6 + 1), (c + 1) * n // (PIVOTS6 + 1)
+        else:
+            lo, hi = 0, t.v6_rng[2 * off]
+            if reads is not None:
+                reads[0] += 1  # the header
+        i = lo + _search(hi - lo, lambda m, off=off, lo=lo: t.v6_rng[2 * (off + 1 + lo + m)], key,
+                         abi.DW_LPM6_STEPS, reads)
+        if reads is not None:
+            reads[0] += 1  # the answer's range
+        e = t.v6_rng[2 * (off + 1 + i) + 1]
+        if not e & CHUNK:
+            return e
     raise AssertionError("a low-64 chunk points to another chunk")

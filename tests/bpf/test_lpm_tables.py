@@ -4,8 +4,8 @@ prefix sets, against the brute-force meaning of the rules.
 tests/unit/test_lpm.py checks dropwatch.lpm's tables through their Python
 walk; here the BPF code walks them: every form of a /16 is reached (a
 direct answer, IPv4 lanes of 1 to 4 prefixes packed at every position of a
-line, IPv4 chunks, IPv6 small chunks of 1 to 16 ranges, IPv6 chunks and the
-chunks below a /64), on both sides, at every prefix's edges and at random
+line, IPv4 chunks, IPv6 small chunks of 1 to 16 ranges, IPv6 chunks, IPv6
+trees of 2 to 4 levels and the chunks below a /64), on both sides, at every prefix's edges and at random
 addresses, and each record must carry the label and side that
 dropwatch.rules.classify_reference gives.
 """
@@ -92,7 +92,7 @@ def tables() -> Iterator[tuple[Loader, Any, dict[str, int], dict[int, tuple[list
     sets = {4: (_prefix_set(rng, 32, 700, list(range(17, 33)), []),
                 _prefix_set(rng, 32, 200, list(range(17, 33)), [])),
             6: (_prefix_set(rng, 128, 500, [17, 24, 32, 40, 44, 48, 56, 60, 63, 64], [65, 80, 96, 112, 128],
-                            crowded=(40, 150, 1000, 2500)),
+                            crowded=(40, 100, 400, 2500)),
                 _prefix_set(rng, 128, 150, [20, 32, 48, 64], []))}
     by_label: dict[str, list[str]] = {f"l{i}": [] for i in range(N_LABELS)}
     origin: list[str] = []
@@ -127,11 +127,13 @@ def _v4_form(t: lpm.LpmTables, i: int) -> str:
 
 def _v6_form(t: lpm.LpmTables, i: int) -> str:
     """What IPv6 direct entry i holds: lanesK (K distinct prefixes), a
-    small chunk, a tree of K index levels (treeK), the /16's own result
-    only, or nothing."""
+    small chunk, a chunk, a tree of K index levels (treeK), the /16's own
+    result only, or nothing."""
     w = t.v6_slots[i * lpm.SLOT:(i + 1) * lpm.SLOT]
     if w[3] & lpm.SLOT6_PTR:
-        return "small" if w[0] & lpm.LANES else "tree%d" % w[1]
+        if w[0] & lpm.LANES:
+            return "small"
+        return "tree%d" % w[1] if w[3] & lpm.SLOT6_TREE else "chunk"
     shifts = [(w[3] >> (16 + 8 * n)) & 0xFF for n in range(lpm.LANES6)]
     if not any(w):
         return "empty"
@@ -149,8 +151,8 @@ def test_every_table_form_is_reached(tables: Any) -> None:
     v6 = Counter(_v6_form(t, i) for i in range(2 * lpm.L1_SIZE))
     for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "direct"):
         assert v4[form] >= 10, v4
-    for form in ("lanes1", "lanes2", "lanes3", "small", "tree1", "tree2", "tree3", "tree4", "direct"):
-        assert v6[form] >= (10 if form in ("lanes1", "lanes2", "lanes3", "small", "tree1", "direct") else 1), v6
+    for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "tree2", "tree3", "tree4", "direct"):
+        assert v6[form] >= (1 if form.startswith("tree") else 10), v6
     assert t.v6_ptrs, "no chunk below a /64"
 
 
