@@ -150,7 +150,12 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * b: its n ranges at entry off of dw_lpm4_rng (no header), and in a, m
  * and r, lanes 0-3 each, DW_LPM4_PIVOTS pivots: pivot j (1..12) is the
  * start of range j * n / 13 (rounded down), so the pivots <= key, c of
- * them, put the answer in ranges [c * n / 13, (c + 1) * n / 13).
+ * them, put the answer in ranges [c * n / 13, (c + 1) * n / 13). A /16 of
+ * more than DW_LPM4_TREE_MIN ranges has DW_LPM4_TREE in b too, and a = its
+ * index levels (m = r = 0): a tree at entry off (a multiple of 16, a
+ * 64-byte line) as the IPv6 trees below, with 16 u32 keys a node (pad
+ * 2^16) and leaf lines of 16 ranges (past n, copies of the last), levels
+ * the least l with ceil(leaves / 16^l) == 1.
  *
  * IPv6 direct table (dw_slot6): one struct dw_lpm6_slot (32 bytes) per
  * (gen, direction, top 16 bits), index as above. A /16 whose prefixes are
@@ -217,6 +222,9 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM_LANES	0x40000000u
 #define DW_LPM_LANES_MAX 4	/* IPv4 prefixes of one /16 in its direct entry */
 #define DW_LPM4_PIVOTS	12	/* IPv4 chunk: range starts in its direct entry */
+#define DW_LPM4_TREE	0x40000000u	/* IPv4 entry's b: the chunk is a tree */
+#define DW_LPM4_TREE_MIN 256	/* IPv4: a /16 of more ranges is a tree, not a chunk */
+#define DW_LPM4_TREE_LEVELS 3	/* IPv4 tree: index levels, 16^3 leaf lines of 16 >= 2^16 ranges */
 #define DW_LPM6_LANES	3	/* IPv6 prefixes of one /16 in its direct entry */
 #define DW_LPM6_SLOT_PTR (1ull << 63)
 #define DW_LPM6_PIVOTS	3	/* IPv6 chunk: range starts in its direct entry */

@@ -13,8 +13,10 @@ answer for that /16 or leads to a chunk of it:
 * IPv6 small chunks: at most ``SMALL6_MAX`` sorted ranges keyed by the top
   64 bits, one u64 each, searched in a fixed number of branch-free steps.
 * Chunks: sorted, non-overlapping ranges covering the /16, each already
-  resolved to the longest matching prefix's result. IPv4: binary-searched
-  inside the segment that the pivots in the direct entry pick. IPv6 (keyed
+  resolved to the longest matching prefix's result. IPv4: up to
+  ``TREE4_MIN`` ranges binary-searched inside the segment that the pivots
+  in the direct entry pick, more as a static search tree of 64-byte nodes
+  of 16 keys over leaf lines of 16 ranges. IPv6 (keyed
   by the top 64 bits): up to ``TREE_MIN`` ranges binary-searched inside
   the quarter that the pivots in the entry pick, more as a static search
   tree of 64-byte nodes of 8 keys over leaf lines of 4 ranges; inside a
@@ -22,8 +24,8 @@ answer for that /16 or leads to a chunk of it:
   low 64 bits, binary-searched.
 
 A lookup is one direct-table read (IPv4) or one plus one small search
-(IPv6), or at most one binary search (IPv4), one binary search or tree
-walk (IPv6, a read per level, levels <= log8 of the /16's ranges / 4) and
+(IPv6), or at most one binary search or tree walk (IPv4, levels <= 3),
+one binary search or tree walk (IPv6, levels <= log8 of the /16's ranges / 4) and
 one binary search (IPv6 inside such a /64), of bounded depth whatever the
 prefix lengths. Small IPv6 chunks are packed into
 64-byte lines (one of more than 8 ranges into one 128-byte value) so that a
@@ -46,6 +48,9 @@ CHUNK = abi.DW_LPM_CHUNK
 LANES = abi.DW_LPM_LANES
 LANES_MAX = abi.DW_LPM_LANES_MAX
 PIVOTS = abi.DW_LPM4_PIVOTS
+TREE4 = abi.DW_LPM4_TREE
+TREE4_MIN = abi.DW_LPM4_TREE_MIN
+TREE4_PAD = 1 << 16  # an IPv4 tree key above every address's low 16 bits
 LANES6 = abi.DW_LPM6_LANES
 PIVOTS6 = abi.DW_LPM6_PIVOTS
 SLOT6_TREE = abi.DW_LPM6_SLOT_TREE
@@ -249,6 +254,11 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
             continue
         rs = ranges([(low, low + (1 << (32 - p)) - 1, r) for p, low, r in blocks[block]], base, 16)
         n = len(rs)
+        if n > TREE4_MIN:
+            off, levels = _v4_tree(t, rs)
+            slots[i * SLOT:(i + 1) * SLOT] = array("Q", [levels, 0, 0, n << 32 | CHUNK | TREE4 | off])
+            t.v4_chunks.append(i)
+            continue
         # A chunk that fits a 64-byte line starts one if it would cross one:
         # then its search misses the cache once.
         if n <= LINE // 4 and len(t.v4_rng) % (LINE // 4) + n > LINE // 4:
@@ -273,6 +283,28 @@ def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
             t.v6_ptrs.append(len(t.v6_rng) + 1)
         t.v6_rng.extend((start, res))
     return CHUNK | off
+
+
+def _v4_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
+    """An IPv4 /16's ranges (start, result) as a search tree (layout in
+    dropwatch.h) starting a 64-byte line of the range array: its entry
+    offset and its number of index levels."""
+    n = len(rs)
+    t.v4_rng.extend([0] * (-len(t.v4_rng) % 16))
+    off = len(t.v4_rng)
+    leaves = -(-n // 16)
+    nodes: list[int] = []  # per level from 1 up: ceil(leaves / 16^l)
+    while (nodes[-1] if nodes else leaves) > 1:
+        nodes.append(-(-leaves // 16 ** (len(nodes) + 1)))
+    for lvl in range(len(nodes), 0, -1):
+        for j in range(nodes[lvl - 1]):
+            for c in range(16):
+                leaf = (j * 16 + c) << (4 * (lvl - 1))  # the child's first leaf line
+                t.v4_rng.append(rs[16 * leaf][0] if leaf < leaves else TREE4_PAD)
+    for i in range(16 * leaves):
+        start, res = rs[min(i, n - 1)]  # past n: the last range again
+        t.v4_rng.append(start << 16 | res)
+    return off, len(nodes)
 
 
 def _v6_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
@@ -439,6 +471,24 @@ def _slot4(t: LpmTables, i: int, key: int) -> int:
     return b & 0xFFFF
 
 
+def _tree4(rng: array, b: int, levels: int, key: int, reads: list[int] | None) -> int:
+    """lpm4_tree(): a node per index level, then the leaf line; the result."""
+    n, line, idx = b >> 32, (b & ~(CHUNK | TREE4) & 0xFFFFFFFF) >> 4, 0
+    leaves = -(-n // 16)
+    for lvl in range(levels, 0, -1):
+        keys = rng[16 * (line + idx):16 * (line + idx + 1)]
+        assert keys[0] <= key, "a node whose first key is above the address"
+        idx = idx * 16 + sum(1 for k in keys[1:] if k <= key)
+        line += (leaves + (1 << (4 * lvl)) - 1) >> (4 * lvl)
+        if reads is not None:
+            reads[0] += 1
+    leaf = rng[16 * (line + idx):16 * (line + idx + 1)]
+    if reads is not None:
+        reads[0] += 1
+    c = sum(1 for r in leaf[1:] if r >> 16 <= key)
+    return leaf[c] & 0xFFFF
+
+
 def _tree6(rng: array, w0: int, levels: int, key48: int, reads: list[int] | None) -> int:
     """lpm6_tree(): a node per index level, then the leaf line; the value."""
     n, line, idx = w0 >> 32, (w0 & 0x7FFFFFFF) >> 2, 0
@@ -496,6 +546,8 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         e = t.v4_slots[slot * SLOT + 3]
         if not e & CHUNK:
             return _slot4(t, slot, key)
+        if e & TREE4:
+            return _tree4(t.v4_rng, e, t.v4_slots[slot * SLOT], key, reads)
         off, n = e & 0x7FFFFFFF, e >> 32
         pivots = [(w >> (16 * j)) & 0xFFFF for w in t.v4_slots[slot * SLOT:slot * SLOT + 3] for j in range(4)]
         c = sum(1 for p in pivots if p <= key)

@@ -4,9 +4,10 @@ prefix sets, against the brute-force meaning of the rules.
 tests/unit/test_lpm.py checks dropwatch.lpm's tables through their Python
 walk; here the BPF code walks them: every form of a /16 is reached (a
 direct answer, IPv4 lanes of 1 to 4 prefixes packed at every position of a
-line, IPv4 chunks, IPv6 small chunks of 1 to 16 ranges, IPv6 chunks, IPv6
-trees of 2 to 4 levels and the chunks below a /64), on both sides, at every prefix's edges and at random
-addresses, and each record must carry the label and side that
+line, IPv4 chunks, IPv4 trees of 2 and 3 levels, IPv6 small chunks of 1 to
+16 ranges, IPv6 chunks, IPv6 trees of 2 to 4 levels and the chunks below a
+/64), on both sides, at every prefix's edges and at random addresses, and
+each record must carry the label and side that
 dropwatch.rules.classify_reference gives.
 """
 
@@ -33,12 +34,14 @@ N_LABELS = 300
 
 
 def _prefix_set(rng: random.Random, width: int, blocks: int, lens: list[int],
-                deep: list[int], crowded: tuple[int, ...] = ()) -> list[tuple[int, int]]:
+                deep: list[int], crowded: tuple[int, ...] = (),
+                crowded_lens: tuple[int, ...] = ()) -> list[tuple[int, int]]:
     """(plen, network) in ``blocks`` random /16s: 1 to 12 prefixes each,
     often nested, plus a few covering prefixes of /16 or shorter; ``deep``
     lengths (IPv6 beyond /64) inside a few /64s; and one /16 of each size in
-    ``crowded`` (as RIR space crowds real IPv6 sets: trees of several
-    levels)."""
+    ``crowded`` (as RIR space and provider blocks crowd real sets: trees of
+    several levels), of ``crowded_lens`` (default: ``lens`` but the
+    shortest)."""
     out: set[tuple[int, int]] = set()
 
     def net(plen: int, a: int) -> int:
@@ -65,7 +68,7 @@ def _prefix_set(rng: random.Random, width: int, blocks: int, lens: list[int],
     for size in crowded:
         top = rng.randrange(1 << 16) << (width - 16)
         for _ in range(size):
-            plen = rng.choice(lens[1:])
+            plen = rng.choice(crowded_lens or lens[1:])
             out.add((plen, net(plen, top | rng.getrandbits(width - 16))))
     return sorted(out)
 
@@ -89,7 +92,8 @@ def _edges(width: int, pfx: list[tuple[int, int]], rng: random.Random, n_random:
 @pytest.fixture(scope="module")
 def tables() -> Iterator[tuple[Loader, Any, dict[str, int], dict[int, tuple[list[tuple[int, int]], ...]]]]:
     rng = random.Random(20261205)
-    sets = {4: (_prefix_set(rng, 32, 700, list(range(17, 33)), []),
+    sets = {4: (_prefix_set(rng, 32, 700, list(range(17, 33)), [], crowded=(150, 6000),
+                            crowded_lens=(24, 28, 32)),
                 _prefix_set(rng, 32, 200, list(range(17, 33)), [])),
             6: (_prefix_set(rng, 128, 500, [17, 24, 32, 40, 44, 48, 56, 60, 63, 64], [65, 80, 96, 112, 128],
                             crowded=(40, 100, 400, 2500)),
@@ -114,11 +118,11 @@ def tables() -> Iterator[tuple[Loader, Any, dict[str, int], dict[int, tuple[list
 
 def _v4_form(t: lpm.LpmTables, i: int) -> str:
     """What IPv4 direct entry i holds: lanesK (K distinct prefixes; lanes
-    past them repeat lane 0), a chunk, the /16's own result only, or
-    nothing."""
+    past them repeat lane 0), a chunk, a tree of K index levels (treeK),
+    the /16's own result only, or nothing."""
     a, m, r, b = t.v4_slots[i * lpm.SLOT:(i + 1) * lpm.SLOT]
     if b & lpm.CHUNK:
-        return "chunk"
+        return "tree%d" % a if b & lpm.TREE4 else "chunk"
     lanes = {((a >> s) & 0xFFFF, (m >> s) & 0xFFFF, (r >> s) & 0xFFFF) for s in range(0, 64, 16)}
     if not m:
         return "direct" if b else "empty"
@@ -149,8 +153,8 @@ def test_every_table_form_is_reached(tables: Any) -> None:
     t = sets[0][0].lpm
     v4 = Counter(_v4_form(t, i) for i in range(2 * lpm.L1_SIZE))
     v6 = Counter(_v6_form(t, i) for i in range(2 * lpm.L1_SIZE))
-    for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "direct"):
-        assert v4[form] >= 10, v4
+    for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "tree2", "tree3", "direct"):
+        assert v4[form] >= (1 if form.startswith("tree") else 10), v4
     for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "tree2", "tree3", "tree4", "direct"):
         assert v6[form] >= (1 if form.startswith("tree") else 10), v6
     assert t.v6_ptrs, "no chunk below a /64"

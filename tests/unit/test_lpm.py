@@ -73,23 +73,61 @@ def test_v6_matches_brute_force(seed: int) -> None:
         assert reads[0] <= 2 + 2 * (1 + abi.DW_LPM6_STEPS)
 
 
-def test_full_chunk_takes_the_maximum_depth() -> None:
-    """Every other /32 of one /16: 65,536 ranges; the entry's 12 pivots
-    leave one of 13 segments of at most 5,042, so 13 halvings, no more
-    (bitmap + direct entry + halvings + the answer's range)."""
+def test_full_chunk_is_a_three_level_tree() -> None:
+    """Every other /32 of one /16: 65,536 ranges, the most a /16 holds:
+    4,096 leaf lines under 3 levels of 16-key nodes, so every lookup reads
+    exactly bitmap + direct entry + 3 nodes + the leaf line."""
     t = lpm.build((abi.DW_FD_V4_DST, 32, (10 << 24) | i, 1) for i in range(0, 1 << 16, 2))
-    depth = (-(-(1 << 16) // (lpm.PIVOTS + 1))).bit_length()
-    assert depth == 13
-    for low in (0, 1, 2, 0x7FFF, 0xFFFE, 0xFFFF, 5040, 5041, 5042, 5043, 10082, 10083, 10084):
+    b = _slot(t, 1, 10 << 8)
+    assert b[3] & lpm.TREE4 and b[3] >> 32 == 1 << 16 and b[0] == abi.DW_LPM4_TREE_LEVELS == 3
+    for low in (0, 1, 2, 15, 16, 255, 256, 4095, 4096, 0x7FFF, 0xFFFE, 0xFFFF):
         reads = [0]
         assert lpm.lookup(t, abi.DW_FD_V4_DST, (10 << 24) | low, reads) == (0 if low & 1 else 1)
-        assert 3 + depth - 1 <= reads[0] <= 3 + depth
+        assert reads[0] == 6
 
 
-@pytest.mark.parametrize("n", [5, 12, 13, 14, 26, 40, 200, 5000])
+@pytest.mark.parametrize("n", [257, 300, 2000, 20_000, 65_000])
+def test_v4_tree(n: int) -> None:
+    """n random /17-/32 prefixes in one /16 with more than lpm.TREE4_MIN
+    ranges make a tree: levels = the least l with ceil(leaves / 16^l) == 1,
+    every node's keys sorted and padded with 2^16, the leaves sorted and
+    padded with the last range, and every lookup (prefix edges, just
+    outside them, random addresses) equal to brute force in exactly
+    3 + levels reads."""
+    rng = random.Random(n)
+    fd, block = abi.DW_FD_V4_DST, 0x0A14 << 16
+    pfx: dict[tuple[int, int], int] = {}
+    while len(pfx) < n:
+        plen = rng.choice((20, 24, 28, 30, 32, 32, 32))
+        a = (block | rng.getrandbits(16)) & ~((1 << (32 - plen)) - 1)
+        pfx[(plen, a)] = rng.randrange(1, 60_000)
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    levels, _m, _r, b = _slot(t, 1, block >> 16)
+    n_ranges, line = b >> 32, (b & 0x3FFFFFFF) >> 4
+    assert b & lpm.CHUNK and b & lpm.TREE4 and n_ranges > lpm.TREE4_MIN
+    leaves = -(-n_ranges // 16)
+    assert levels == next(lv for lv in range(4) if -(-leaves // 16 ** lv) == 1)
+    nodes = sum(-(-leaves // 16 ** lv) for lv in range(1, levels + 1))
+    for j in range(nodes):
+        node = list(t.v4_rng[16 * (line + j):16 * (line + j + 1)])
+        assert node == sorted(node) and node[0] < lpm.TREE4_PAD and node[-1] <= lpm.TREE4_PAD
+    rs = list(t.v4_rng[16 * (line + nodes):16 * (line + nodes + leaves)])
+    assert rs[0] >> 16 == 0 and rs == sorted(rs)
+    assert rs[n_ranges:] == [rs[n_ranges - 1]] * (16 * leaves - n_ranges)
+    addrs = [a + d for (p, a) in rng.sample(sorted(pfx), min(n, 300))
+             for d in (0, (1 << (32 - p)) - 1, -1, 1 << (32 - p))]
+    addrs += [block | rng.getrandbits(16) for _ in range(300)] + [block, block | 0xFFFF]
+    for addr in (x for x in addrs if x >> 16 == block >> 16):
+        reads = [0]
+        assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 32, addr), hex(addr)
+        assert reads[0] == 3 + levels
+
+
+@pytest.mark.parametrize("n", [5, 12, 13, 14, 26, 40, 100, 127])
 def test_v4_chunk_pivots(n: int) -> None:
-    """A chunk of n ranges: its direct entry holds n and the 12 pivots, the
-    starts of ranges j * n // 13; every range's first and last address
+    """A chunk of n ranges (up to lpm.TREE4_MIN: a larger one is a tree):
+    its direct entry holds n and the 12 pivots, the starts of ranges
+    j * n // 13; every range's first and last address
     finds its result through the segment the pivots pick."""
     fd, block = abi.DW_FD_V4_DST, 10 << 24
     pfx = {(32, block | (7 * i + 3)): 1 + i % 50 for i in range(n)}
