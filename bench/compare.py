@@ -35,15 +35,16 @@ ROOT = BENCH.parent
 
 def worker(root: str, family: int, size: str, seed: int) -> None:
     """Load one tree's bench object with the curve set (size "rirN": this
-    tree's rir_spec, N IPv6 prefixes in the RIRs' /16s) and flows, then time
-    runs on request: stdin lines "lab|empty FLOWS REPEAT" -> ns/packet."""
+    tree's rir_spec, N IPv6 prefixes in the RIRs' /16s; "blocksN": its
+    blocks_spec, N IPv4 prefixes in 300 /16s) and flows, then time runs on
+    request: stdin lines "lab|empty FLOWS REPEAT" -> ns/packet."""
     sys.path[:0] = [os.path.join(root, "bench"), root]
     import xdp_labeler as X  # the tree's own
 
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     bench = X.Bench(1_000_000, 3)
     rng = random.Random(seed)
-    if size.startswith("rir"):
+    if size.startswith(("rir", "blocks")):
         # The set comes from this tree's bench (an older one may lack it);
         # the tree under test compiles, loads and walks it.
         import importlib.util
@@ -51,7 +52,7 @@ def worker(root: str, family: int, size: str, seed: int) -> None:
         mod = importlib.util.module_from_spec(sp)  # type: ignore[arg-type]
         sys.modules[sp.name] = mod  # type: ignore[union-attr]  (dataclasses look their module up)
         sp.loader.exec_module(mod)  # type: ignore[union-attr]
-        spec = mod.rir_spec(rng, int(size[3:]))
+        spec = mod.rir_spec(rng, int(size[3:])) if size.startswith("rir") else mod.blocks_spec(rng, int(size[6:]))
     else:
         spec = X.curve_spec(rng, family, int(size))
     comp = X.compile_fast(spec)
@@ -124,7 +125,8 @@ def main() -> None:
     ap.add_argument("--base", required=True, help="the commit to compare this tree with")
     ap.add_argument("--family", default="4,6")
     ap.add_argument("--sizes", default="10,100000",
-                    help="dst prefixes of the curve sets; rirN (IPv6): N prefixes in the RIRs' /16s")
+                    help="dst prefixes of the curve sets; rirN (IPv6): N prefixes in the RIRs' /16s; "
+                         "blocksN (IPv4): N prefixes in 300 /16s")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--repeat", type=int, default=200_000, help="BPF_PROG_TEST_RUN repeat per run")
     ap.add_argument("--json", type=Path, default=BENCH / "out" / "compare.json")
