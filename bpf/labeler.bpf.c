@@ -627,6 +627,18 @@ static __always_inline __u32 le48(__u64 key48, __u64 k)
  * Below that size the pivots' segment fits a line or two, and no node has
  * to be read first.
  */
+/* How many of words 1..15 of line l, shifted right by `shift`, are <= key
+ * (a node's keys: shift 0; a leaf's range starts: shift 16). */
+static __always_inline __u32 line32_le(const struct dw_line32 *l, __u32 key, const int shift)
+{
+	__u32 c = 0;
+
+#pragma unroll
+	for (int i = 1; i < 16; i++)
+		c += le48(key, l->v[i] >> shift);
+	return c;
+}
+
 static __always_inline __u32 lpm4_tree(__u64 b, __u64 levels, __u32 key)
 {
 	__u32 n = b >> 32, line = ((__u32)b & ~(DW_LPM_CHUNK | DW_LPM4_TREE)) >> 4, idx = 0, at, c;
@@ -641,11 +653,7 @@ static __always_inline __u32 lpm4_tree(__u64 b, __u64 levels, __u32 key)
 		if (!l)
 			return 0;
 		/* v[0], the node's first key, is <= key: the parent chose it. */
-		c = 0;
-#pragma unroll
-		for (int i = 1; i < 16; i++)
-			c += le48(key, l->v[i]);
-		idx = idx * 16 + c;
+		idx = idx * 16 + line32_le(l, key, 0);
 		/* Past this level's nodes: ceil(leaves / 16^lv) of them. */
 		line += (leaves + (1u << (4 * lv)) - 1) >> (4 * lv);
 	}
@@ -654,10 +662,7 @@ static __always_inline __u32 lpm4_tree(__u64 b, __u64 levels, __u32 key)
 	if (!l)
 		return 0;
 	/* Past n, the leaf repeats the last range: counted, same result. */
-	c = 0;
-#pragma unroll
-	for (int i = 1; i < 16; i++)
-		c += le48(key, l->v[i] >> 16);
+	c = line32_le(l, key, 16);
 	barrier_var(c);	/* or clang folds the & 15 into the sums' bounds */
 	return l->v[c & 15] & 0xffff;
 }

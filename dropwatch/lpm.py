@@ -39,7 +39,7 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from . import abi
@@ -285,6 +285,23 @@ def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:
     return CHUNK | off
 
 
+def _tree_index(leaves: int, fanout: int, first: Callable[[int], int], pad: int) -> tuple[list[int], int]:
+    """A tree's index over ``leaves`` leaf lines (layout in dropwatch.h),
+    top level first, and its number of levels: nodes of ``fanout`` keys,
+    key c of node j of level l the first key of leaf line (j * fanout + c)
+    * fanout^(l - 1), ``first(leaf)``, or ``pad`` past the last."""
+    nodes: list[int] = []  # per level from 1 up: ceil(leaves / fanout^l)
+    while (nodes[-1] if nodes else leaves) > 1:
+        nodes.append(-(-leaves // fanout ** (len(nodes) + 1)))
+    keys: list[int] = []
+    for lvl in range(len(nodes), 0, -1):
+        for j in range(nodes[lvl - 1]):
+            for c in range(fanout):
+                leaf = (j * fanout + c) * fanout ** (lvl - 1)
+                keys.append(first(leaf) if leaf < leaves else pad)
+    return keys, len(nodes)
+
+
 def _v4_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
     """An IPv4 /16's ranges (start, result) as a search tree (layout in
     dropwatch.h) starting a 64-byte line of the range array: its entry
@@ -292,19 +309,12 @@ def _v4_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
     n = len(rs)
     t.v4_rng.extend([0] * (-len(t.v4_rng) % 16))
     off = len(t.v4_rng)
-    leaves = -(-n // 16)
-    nodes: list[int] = []  # per level from 1 up: ceil(leaves / 16^l)
-    while (nodes[-1] if nodes else leaves) > 1:
-        nodes.append(-(-leaves // 16 ** (len(nodes) + 1)))
-    for lvl in range(len(nodes), 0, -1):
-        for j in range(nodes[lvl - 1]):
-            for c in range(16):
-                leaf = (j * 16 + c) << (4 * (lvl - 1))  # the child's first leaf line
-                t.v4_rng.append(rs[16 * leaf][0] if leaf < leaves else TREE4_PAD)
-    for i in range(16 * leaves):
+    keys, levels = _tree_index(-(-n // 16), 16, lambda leaf: rs[16 * leaf][0], TREE4_PAD)
+    t.v4_rng.extend(keys)
+    for i in range(-(-n // 16) * 16):
         start, res = rs[min(i, n - 1)]  # past n: the last range again
         t.v4_rng.append(start << 16 | res)
-    return off, len(nodes)
+    return off, levels
 
 
 def _v6_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
@@ -316,21 +326,14 @@ def _v6_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
         raise LpmCapacityError(f"{n} IPv6 ranges under one /16; at most {MAX_V6_CHUNK}")
     t.v6_rng.extend([0] * (-len(t.v6_rng) % 8))
     off = len(t.v6_rng) // 2
-    leaves = -(-n // 4)
-    nodes: list[int] = []  # per level from 1 up: ceil(leaves / 8^l)
-    while (nodes[-1] if nodes else leaves) > 1:
-        nodes.append(-(-leaves // 8 ** (len(nodes) + 1)))
-    for lvl in range(len(nodes), 0, -1):
-        for j in range(nodes[lvl - 1]):
-            for c in range(8):
-                leaf = (j * 8 + c) << (3 * (lvl - 1))  # the child's first leaf line
-                t.v6_rng.append(rs[4 * leaf][0] if leaf < leaves else TREE_PAD)
-    for i in range(4 * leaves):
+    keys, levels = _tree_index(-(-n // 4), 8, lambda leaf: rs[4 * leaf][0], TREE_PAD)
+    t.v6_rng.extend(keys)
+    for i in range(-(-n // 4) * 4):
         start, value = rs[i] if i < n else (TREE_PAD, 0)
         if value & CHUNK:
             t.v6_ptrs.append(len(t.v6_rng) + 1)
         t.v6_rng.extend((start, value))
-    return off, len(nodes)
+    return off, levels
 
 
 def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines) -> None:
@@ -471,40 +474,36 @@ def _slot4(t: LpmTables, i: int, key: int) -> int:
     return b & 0xFFFF
 
 
-def _tree4(rng: array, b: int, levels: int, key: int, reads: list[int] | None) -> int:
-    """lpm4_tree(): a node per index level, then the leaf line; the result."""
-    n, line, idx = b >> 32, (b & ~(CHUNK | TREE4) & 0xFFFFFFFF) >> 4, 0
-    leaves = -(-n // 16)
+def _tree_leaf(rng: array, line: int, leaves: int, levels: int, fanout: int, key: int,
+               reads: list[int] | None) -> int:
+    """lpm4_tree()/lpm6_tree()'s walk over a tree of ``leaves`` leaf lines
+    at 64-byte line ``line`` of ``rng`` (``fanout`` words, a node's keys, a
+    line): the index in ``rng`` of the leaf line it ends at."""
+    idx = 0
     for lvl in range(levels, 0, -1):
-        keys = rng[16 * (line + idx):16 * (line + idx + 1)]
+        keys = rng[fanout * (line + idx):fanout * (line + idx + 1)]
         assert keys[0] <= key, "a node whose first key is above the address"
-        idx = idx * 16 + sum(1 for k in keys[1:] if k <= key)
-        line += (leaves + (1 << (4 * lvl)) - 1) >> (4 * lvl)
+        idx = idx * fanout + sum(1 for k in keys[1:] if k <= key)
+        line += -(-leaves // fanout ** lvl)
         if reads is not None:
             reads[0] += 1
-    leaf = rng[16 * (line + idx):16 * (line + idx + 1)]
     if reads is not None:
         reads[0] += 1
-    c = sum(1 for r in leaf[1:] if r >> 16 <= key)
-    return leaf[c] & 0xFFFF
+    return fanout * (line + idx)
+
+
+def _tree4(rng: array, b: int, levels: int, key: int, reads: list[int] | None) -> int:
+    """lpm4_tree(): the result."""
+    at = _tree_leaf(rng, (b & ~(CHUNK | TREE4) & 0xFFFFFFFF) >> 4, -(-(b >> 32) // 16), levels, 16, key, reads)
+    leaf = rng[at:at + 16]
+    return leaf[sum(1 for r in leaf[1:] if r >> 16 <= key)] & 0xFFFF
 
 
 def _tree6(rng: array, w0: int, levels: int, key48: int, reads: list[int] | None) -> int:
-    """lpm6_tree(): a node per index level, then the leaf line; the value."""
-    n, line, idx = w0 >> 32, (w0 & 0x7FFFFFFF) >> 2, 0
-    leaves = -(-n // 4)
-    for lvl in range(levels, 0, -1):
-        keys = rng[8 * (line + idx):8 * (line + idx + 1)]
-        assert keys[0] <= key48, "a node whose first key is above the address"
-        idx = idx * 8 + sum(1 for k in keys[1:] if k <= key48)
-        line += (leaves + (1 << (3 * lvl)) - 1) >> (3 * lvl)
-        if reads is not None:
-            reads[0] += 1
-    leaf = rng[8 * (line + idx):8 * (line + idx + 1)]
-    if reads is not None:
-        reads[0] += 1
-    c = sum(1 for j in (2, 4, 6) if leaf[j] <= key48)
-    return leaf[2 * c + 1]
+    """lpm6_tree(): the value."""
+    at = _tree_leaf(rng, (w0 & 0x7FFFFFFF) >> 2, -(-(w0 >> 32) // 4), levels, 8, key48, reads)
+    leaf = rng[at:at + 8]
+    return leaf[2 * sum(1 for j in (2, 4, 6) if leaf[j] <= key48) + 1]
 
 
 def _small6(rng: array, e: int, key48: int, reads: list[int] | None) -> int:
