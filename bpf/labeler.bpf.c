@@ -618,15 +618,6 @@ static __always_inline __u32 le48(__u64 key48, __u64 k)
 	return 1 - (d >> 63);
 }
 
-/*
- * An IPv4 /16 of more than DW_LPM4_TREE_MIN ranges, as a static search tree
- * (layout in dropwatch.h): a 64-byte node of 16 u32 keys per level, then a
- * leaf line of 16 ranges. Provider blocks crowd real sets too (10^5
- * prefixes in 300 /16s: 600 ranges a /16, a segment of 50 after the
- * pivots, 6 halvings over as many lines); the tree reads levels + 1 lines.
- * Below that size the pivots' segment fits a line or two, and no node has
- * to be read first.
- */
 /* How many of words 1..15 of line l, shifted right by `shift`, are <= key
  * (a node's keys: shift 0; a leaf's range starts: shift 16). */
 static __always_inline __u32 line32_le(const struct dw_line32 *l, __u32 key, const int shift)
@@ -639,6 +630,15 @@ static __always_inline __u32 line32_le(const struct dw_line32 *l, __u32 key, con
 	return c;
 }
 
+/*
+ * An IPv4 /16 of more than DW_LPM4_TREE_MIN ranges, as a static search tree
+ * (layout in dropwatch.h): a 64-byte node of 16 u32 keys per level, then a
+ * leaf line of 16 ranges. Provider blocks crowd real sets too (10^5
+ * prefixes in 300 /16s: 600 ranges a /16, a segment of 50 after the
+ * pivots, 6 halvings over as many lines); the tree reads levels + 1 lines.
+ * Below that size the pivots' segment fits a line or two, and no node has
+ * to be read first.
+ */
 static __always_inline __u32 lpm4_tree(__u64 b, __u64 levels, __u32 key)
 {
 	__u32 n = b >> 32, line = ((__u32)b & ~(DW_LPM_CHUNK | DW_LPM4_TREE)) >> 4, idx = 0, at, c;
