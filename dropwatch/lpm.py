@@ -50,6 +50,7 @@ LANES_MAX = abi.DW_LPM_LANES_MAX
 PIVOTS = abi.DW_LPM4_PIVOTS
 TREE4 = abi.DW_LPM4_TREE
 TREE4_MIN = abi.DW_LPM4_TREE_MIN
+TREE4_LEVELS = abi.DW_LPM4_TREE_LEVELS
 TREE4_PAD = 1 << 16  # an IPv4 tree key above every address's low 16 bits
 LANES6 = abi.DW_LPM6_LANES
 PIVOTS6 = abi.DW_LPM6_PIVOTS
@@ -310,6 +311,7 @@ def _v4_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
     t.v4_rng.extend([0] * (-len(t.v4_rng) % 16))
     off = len(t.v4_rng)
     keys, levels = _tree_index(-(-n // 16), 16, lambda leaf: rs[16 * leaf][0], TREE4_PAD)
+    assert levels <= TREE4_LEVELS, "a /16 holds at most 2^16 ranges: 16^3 leaf lines"
     t.v4_rng.extend(keys)
     for i in range(-(-n // 16) * 16):
         start, res = rs[min(i, n - 1)]  # past n: the last range again
@@ -327,6 +329,7 @@ def _v6_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
     t.v6_rng.extend([0] * (-len(t.v6_rng) % 8))
     off = len(t.v6_rng) // 2
     keys, levels = _tree_index(-(-n // 4), 8, lambda leaf: rs[4 * leaf][0], TREE_PAD)
+    assert levels <= TREE_LEVELS, "MAX_V6_CHUNK ranges: at most 8^TREE_LEVELS leaf lines"
     t.v6_rng.extend(keys)
     for i in range(-(-n // 4) * 4):
         start, value = rs[i] if i < n else (TREE_PAD, 0)
