@@ -136,7 +136,12 @@ class Libbpf:
         except OSError as exc:
             raise LibbpfError(errno_mod.ENOENT, f"cannot load {name}: {exc} (install libbpf1)") from exc
         self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        self._libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        # vasprintf, not a fixed buffer: a rejected program's verifier log
+        # comes in one message of up to megabytes, and its last line is
+        # the error the user needs.
+        self._libc.vasprintf.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_void_p]
+        self._libc.vasprintf.restype = ctypes.c_int
+        self._libc.free.argtypes = [ctypes.c_void_p]
         self._log: deque[str] = deque(maxlen=_LOG_LINES)
         self._log_lock = threading.Lock()
         self._print_cb = _PRINT_FN(self._on_print)  # kept alive: libbpf holds the pointer
@@ -146,9 +151,14 @@ class Libbpf:
     # -- libbpf log capture -------------------------------------------------
 
     def _on_print(self, level: int, fmt: bytes, va_list: int) -> int:
-        buf = ctypes.create_string_buffer(4096)
-        self._libc.vsnprintf(buf, len(buf), fmt, va_list)
-        text = buf.value.decode(errors="replace")
+        out = ctypes.c_void_p()
+        n = self._libc.vasprintf(ctypes.byref(out), fmt, va_list)
+        if n < 0 or not out.value:
+            return 0
+        try:
+            text = ctypes.string_at(out.value, n).decode(errors="replace")
+        finally:
+            self._libc.free(out)
         with self._log_lock:
             for line in text.splitlines():
                 self._log.append(line)
