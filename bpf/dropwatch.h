@@ -192,9 +192,9 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * longer than /64.
  *
  * IPv6 trees (a /16 of more than DW_LPM6_TREE_MIN ranges on the top 64
- * bits): its n ranges, sorted,
- * the first starting at 0, in leaf lines of 4 (16 bytes each: u64 start,
- * bits 16..63 of the address; u64 value, as in a chunk below), after
+ * bits): its n ranges, sorted, the first starting at 0, in leaf lines of
+ * 4 (16 bytes each: u64 start, bits 16..63 of the address; u64 value, as
+ * in a chunk below), after
  * `levels` levels of index lines, the top level first: a line is a node
  * of 8 u64 keys, key c of node j of level l the start of the first range
  * below its child j * 8 + c (level l - 1; level 0: the leaf lines). Level l
