@@ -143,6 +143,7 @@ class Libbpf:
         self._libc.vasprintf.restype = ctypes.c_int
         self._libc.free.argtypes = [ctypes.c_void_p]
         self._log: deque[str] = deque(maxlen=_LOG_LINES)
+        self._log_total = 0  # lines ever logged: a mark survives the deque's wrap-around
         self._log_lock = threading.Lock()
         self._print_cb = _PRINT_FN(self._on_print)  # kept alive: libbpf holds the pointer
         self._declare()
@@ -159,20 +160,24 @@ class Libbpf:
             text = ctypes.string_at(out.value, n).decode(errors="replace")
         finally:
             self._libc.free(out)
-        with self._log_lock:
-            for line in text.splitlines():
-                self._log.append(line)
+        self._log_lines(text.splitlines())
         return 0
+
+    def _log_lines(self, lines: list[str]) -> None:
+        with self._log_lock:
+            self._log.extend(lines)
+            self._log_total += len(lines)
 
     def log_mark(self) -> int:
         with self._log_lock:
-            return len(self._log)
+            return self._log_total
 
     def log_since(self, mark: int) -> list[str]:
-        # The deque is bounded; after wrap-around we simply return all we have.
+        """The lines logged since log_mark() returned ``mark``: the last
+        _LOG_LINES of them if there were more (a verifier log's tail)."""
         with self._log_lock:
-            lines = list(self._log)
-        return lines[mark:] if mark <= len(lines) else lines
+            n = self._log_total - mark
+            return list(self._log)[-n:] if n > 0 else []
 
     # -- declarations --------------------------------------------------------
 
