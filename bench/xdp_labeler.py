@@ -148,9 +148,18 @@ def curve_spec(rng: random.Random, family: int, n: int) -> Spec:
         dst[plen] = _rand_prefixes(rng, bits, plen, n // len(lens) + (1 if i < n % len(lens) else 0))
     n_src = max(1, min(1000, n // 100))
     src = {SRC_LEN[family]: _rand_prefixes(rng, bits, SRC_LEN[family], n_src)}
-    longest = sorted(dst[lens[-1]])
-    ports = [(lens[-1], a) for a in rng.sample(longest, min(4, len(longest)))]
-    return Spec(f"v{family} {n:,}", family, n, dst, src, max(1, min(1000, n // 10)), 1, ports)
+    return _curve_rules(rng, f"v{family} {n:,}", family, n, dst, src)
+
+
+def _curve_rules(rng: random.Random, name: str, family: int, n: int, dst: dict[int, set[int]],
+                 src: dict[int, set[int]], crowded: bool = False) -> Spec:
+    """The curve's rules over these prefixes: up to 1,000 label rules over
+    dst, one side rule over src, and a port rule on 4 of the longest dst
+    prefixes."""
+    plen = max(dst)
+    longest = sorted(dst[plen])
+    ports = [(plen, a) for a in rng.sample(longest, min(4, len(longest)))]
+    return Spec(name, family, n, dst, src, max(1, min(1000, n // 10)), 1, ports, crowded=crowded)
 
 
 # The /16s that the RIRs allocate IPv6 from (2001::/16, 2003::/16 and the
@@ -173,9 +182,7 @@ def rir_spec(rng: random.Random, n: int) -> Spec:
     src: dict[int, set[int]] = {SRC_LEN[6]: set()}
     while len(src[SRC_LEN[6]]) < max(1, min(1000, n // 100)):
         src[SRC_LEN[6]] |= _rand_prefixes(rng, 128, SRC_LEN[6], 1, (16, rng.choice(RIR_BLOCKS) << 112))
-    longest = sorted(dst[lens[-1]])
-    ports = [(lens[-1], a) for a in rng.sample(longest, min(4, len(longest)))]
-    return Spec(f"v6 {n:,} in RIR /16s", 6, n, dst, src, max(1, min(1000, n // 10)), 1, ports, crowded=True)
+    return _curve_rules(rng, f"v6 {n:,} in RIR /16s", 6, n, dst, src, crowded=True)
 
 
 def blocks_spec(rng: random.Random, n: int, blocks: int = 300) -> Spec:
@@ -190,9 +197,7 @@ def blocks_spec(rng: random.Random, n: int, blocks: int = 300) -> Spec:
         plen = rng.choice(lens)
         dst[plen] |= _rand_prefixes(rng, 32, plen, 1, (16, rng.choice(chosen) << 16))
     src = {SRC_LEN[4]: _rand_prefixes(rng, 32, SRC_LEN[4], max(1, min(1000, n // 100)))}
-    longest = sorted(dst[32])
-    ports = [(32, a) for a in rng.sample(longest, min(4, len(longest)))]
-    return Spec(f"v4 {n:,} in {blocks} /16s", 4, n, dst, src, max(1, min(1000, n // 10)), 1, ports, crowded=True)
+    return _curve_rules(rng, f"v4 {n:,} in {blocks} /16s", 4, n, dst, src, crowded=True)
 
 
 def worst_spec(rng: random.Random, family: int, per_len: int) -> Spec:
