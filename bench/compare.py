@@ -3,6 +3,8 @@
 
     sudo .venv/bin/python bench/compare.py --base REV [--family 4,6] [--sizes 10,100000]
                                            [--rounds 40] [--repeat 200000]
+    sudo .venv/bin/python bench/compare.py --tree-min4 64,256,1024 --sizes blocks100000:1000 ...
+    sudo .venv/bin/python bench/compare.py --tree-min6 32,128,512 --sizes rir100000:1000 ...
 
 This machine's speed drifts by 1.5-3x over seconds to minutes (other guests
 share its cores' caches), so two labelers measured minutes apart cannot be
@@ -14,6 +16,14 @@ every round runs, back to back and in alternating order, each tree's front
 with the empty target and with its labeler. Reported per tree: -empty, the
 median over rounds of (labeler - empty) in the same round, and its 10th
 percentile; then the median over rounds of the two trees' difference.
+
+--tree-min4 / --tree-min6 compare variants of this tree instead: the same
+BPF object, with the rule compiler's tree threshold (dropwatch.lpm's
+TREE4_MIN / TREE_MIN: a /16 of more ranges is a static search tree, a
+smaller one a chunk) set to each value in turn. Each difference is then
+against the first value. Sizes "blocksN:B" and "rirN:B" put the N prefixes
+into B /16s, which sets how many ranges a /16 holds and so which side of a
+threshold it falls on.
 """
 
 from __future__ import annotations
@@ -33,13 +43,21 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 
 
-def worker(root: str, family: int, size: str, seed: int) -> None:
-    """Load one tree's bench object with the curve set (size "rirN": this
-    tree's rir_spec, N IPv6 prefixes in the RIRs' /16s; "blocksN": its
-    blocks_spec, N IPv4 prefixes in 300 /16s) and flows, then time runs on
-    request: stdin lines "lab|empty FLOWS REPEAT" -> ns/packet."""
+def worker(root: str, family: int, size: str, seed: int, tree_min: str) -> None:
+    """Load one tree's bench object with the curve set (size "rirN[:B]": this
+    tree's rir_spec, N IPv6 prefixes in the RIRs' /16s, or in B random
+    ones; "blocksN[:B]": its blocks_spec, N IPv4 prefixes in 300 /16s, or
+    in B) and flows, then time runs on request: stdin lines "lab|empty
+    FLOWS REPEAT" -> ns/packet. tree_min "4:N" or "6:N" sets that family's
+    tree threshold in the rule compiler ("-": the tree's own)."""
     sys.path[:0] = [os.path.join(root, "bench"), root]
     import xdp_labeler as X  # the tree's own
+
+    if tree_min != "-":
+        import dropwatch.lpm as lpm
+
+        fam, n = tree_min.split(":")
+        setattr(lpm, "TREE4_MIN" if fam == "4" else "TREE_MIN", int(n))
 
     os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
     bench = X.Bench(1_000_000, 3)
@@ -52,7 +70,11 @@ def worker(root: str, family: int, size: str, seed: int) -> None:
         mod = importlib.util.module_from_spec(sp)  # type: ignore[arg-type]
         sys.modules[sp.name] = mod  # type: ignore[union-attr]  (dataclasses look their module up)
         sp.loader.exec_module(mod)  # type: ignore[union-attr]
-        spec = mod.rir_spec(rng, int(size[3:])) if size.startswith("rir") else mod.blocks_spec(rng, int(size[6:]))
+        n, _, blocks = size.removeprefix("rir").removeprefix("blocks").partition(":")
+        if size.startswith("rir"):
+            spec = mod.rir_spec(rng, int(n), int(blocks) if blocks else None)
+        else:
+            spec = mod.blocks_spec(rng, int(n), int(blocks) if blocks else 300)
     else:
         spec = X.curve_spec(rng, family, int(size))
     comp = X.compile_fast(spec)
@@ -82,10 +104,13 @@ def p10(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 10]
 
 
-def compare(trees: dict[str, Path], family: int, size: str, rounds: int, repeat: int) -> dict[str, Any]:
-    procs = {name: subprocess.Popen([sys.executable, __file__, "--worker", str(root), str(family), str(size)],
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-             for name, root in trees.items()}
+def compare(trees: dict[str, tuple[Path, str]], family: int, size: str, rounds: int,
+            repeat: int) -> dict[str, Any]:
+    """Every variant (name -> (tree, tree_min)) in the same rounds; each
+    difference is against the first variant."""
+    procs = {name: subprocess.Popen([sys.executable, __file__, "--worker", str(root), str(family), str(size),
+                                     tree_min], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+             for name, (root, tree_min) in trees.items()}
     try:
         ok = {name: json.loads(p.stdout.readline())["labels_equal_reference"]  # type: ignore[union-attr]
               for name, p in procs.items()}
@@ -104,11 +129,15 @@ def compare(trees: dict[str, Path], family: int, size: str, rounds: int, repeat:
                 for key in order if r % 2 == 0 else order[::-1]:
                     res[key].append(run(*key, nfl))
             delta = {n: [a - b for a, b in zip(res[(n, "lab")], res[(n, "empty")], strict=True)] for n in trees}
-            a, b = list(trees)
+            first, *rest = trees
             out["flows"]["100000" if nfl else "1"] = {
-                **{n: {"minus_empty_median": statistics.median(d), "minus_empty_p10": p10(d)}
+                **{n: {"minus_empty_median": statistics.median(d), "minus_empty_p10": p10(d),
+                       **({} if n == first else {"difference_median": statistics.median(
+                           [x - y for x, y in zip(d, delta[first], strict=True)])})}
                    for n, d in delta.items()},
-                "difference_median": statistics.median([x - y for x, y in zip(delta[b], delta[a], strict=True)]),
+                # Two variants (--base): the second's difference, where it always was.
+                **({"difference_median": statistics.median(
+                    [x - y for x, y in zip(delta[rest[0]], delta[first], strict=True)])} if len(rest) == 1 else {}),
             }
         return out
     finally:
@@ -117,16 +146,37 @@ def compare(trees: dict[str, Path], family: int, size: str, rounds: int, repeat:
             p.wait(timeout=60)
 
 
+def run_all(trees: dict[str, tuple[Path, str]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    print(f"-empty ns/packet, median over {args.rounds} rounds (10th percentile), repeat {args.repeat:,}; "
+          f"every variant in every round; difference: against {next(iter(trees))}")
+    for fam in (int(x) for x in args.family.split(",")):
+        for size in args.sizes.split(","):
+            r = compare(trees, fam, size, args.rounds, args.repeat)
+            results.append(r)
+            for fl, v in r["flows"].items():
+                print(f"  v{fam} {size:>9} prefixes, {int(fl):>7,} flows: "
+                      + " | ".join(f"{n}: {v[n]['minus_empty_median']:6.1f} ({v[n]['minus_empty_p10']:5.1f})"
+                                   + (f" {v[n]['difference_median']:+6.1f}" if "difference_median" in v[n] else "")
+                                   for n in trees)
+                      + ("" if all(r["labels_equal_reference"].values()) else "  (labels != reference!)"),
+                      flush=True)
+    return results
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], 5)
+        worker(sys.argv[2], int(sys.argv[3]), sys.argv[4], 5, sys.argv[5])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", required=True, help="the commit to compare this tree with")
-    ap.add_argument("--family", default="4,6")
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--base", help="the commit to compare this tree with")
+    mode.add_argument("--tree-min4", help="IPv4 tree thresholds to compare (this tree), e.g. 64,256,1024")
+    mode.add_argument("--tree-min6", help="IPv6 tree thresholds to compare (this tree), e.g. 32,128,512")
+    ap.add_argument("--family", help="4,6 (default; with --tree-min4/6 that family)")
     ap.add_argument("--sizes", default="10,100000",
-                    help="dst prefixes of the curve sets; rirN (IPv6): N prefixes in the RIRs' /16s; "
-                         "blocksN (IPv4): N prefixes in 300 /16s")
+                    help="dst prefixes of the curve sets; rirN[:B] (IPv6): N prefixes in the RIRs' /16s, or in "
+                         "B random /16s of 2000::/3; blocksN[:B] (IPv4): N prefixes in 300 /16s, or in B")
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--repeat", type=int, default=200_000, help="BPF_PROG_TEST_RUN repeat per run")
     ap.add_argument("--json", type=Path, default=BENCH / "out" / "compare.json")
@@ -135,31 +185,28 @@ def main() -> None:
         sys.exit(f"{sys.argv[0]}: needs root (BPF)")
     subprocess.run(["make", "-s", "-C", str(ROOT / "bpf")], check=True)
     subprocess.run(["make", "-s", "-C", str(BENCH)], check=True)
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], check=True,
-                         capture_output=True, text=True).stdout.strip()
-    results = []
-    with tempfile.TemporaryDirectory(prefix="dw-compare-") as tmp:
-        base = Path(tmp) / rev
-        try:
-            build(rev, base)
-            trees = {rev: base, "this tree": ROOT}
-            print(f"-empty ns/packet, median over {args.rounds} rounds (10th percentile), repeat {args.repeat:,}; "
-                  f"both labelers in every round")
-            for fam in (int(x) for x in args.family.split(",")):
-                for size in args.sizes.split(","):
-                    r = compare(trees, fam, size, args.rounds, args.repeat)
-                    results.append(r)
-                    for fl, v in r["flows"].items():
-                        print(f"  v{fam} {size:>9} prefixes, {int(fl):>7,} flows: "
-                              + " | ".join(f"{n}: {v[n]['minus_empty_median']:6.1f} ({v[n]['minus_empty_p10']:5.1f})"
-                                           for n in trees)
-                              + f" | difference {v['difference_median']:+6.1f}"
-                              + ("" if all(r["labels_equal_reference"].values()) else "  (labels != reference!)"),
-                              flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True)
+    sweep = args.tree_min4 or args.tree_min6
+    if sweep:
+        fam = "4" if args.tree_min4 else "6"
+        args.family = args.family or fam
+        trees = {f"tree>{n}": (ROOT, f"{fam}:{int(n)}") for n in sweep.split(",")}
+        rows = run_all(trees, args)
+        meta: dict[str, Any] = {"tree_min_family": int(fam), "tree_min": [int(n) for n in sweep.split(",")]}
+    else:
+        args.family = args.family or "4,6"
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        with tempfile.TemporaryDirectory(prefix="dw-compare-") as tmp:
+            base = Path(tmp) / rev
+            try:
+                build(rev, base)
+                rows = run_all({rev: (base, "-"), "this tree": (ROOT, "-")}, args)
+            finally:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)],
+                               capture_output=True)
+        meta = {"base": rev}
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"base": rev, "rounds": args.rounds, "repeat": args.repeat, "rows": results},
+    args.json.write_text(json.dumps({**meta, "rounds": args.rounds, "repeat": args.repeat, "rows": rows},
                                     indent=2) + "\n")
     print(f"wrote {args.json}")
 

@@ -169,20 +169,25 @@ RIR_BLOCKS = [0x2001, 0x2003, *range(0x2400, 0x2410), *range(0x2600, 0x2610), *r
               *range(0x2A00, 0x2A10), 0x2C0F]
 
 
-def rir_spec(rng: random.Random, n: int) -> Spec:
+def rir_spec(rng: random.Random, n: int, blocks: int | None = None) -> Spec:
     """curve_spec(6, n)'s shape (the same lengths, rules and port rules),
     but every prefix in one of the RIR_BLOCKS /16s: 55 /16s of about 1,800
-    prefixes each, so each /16 is a tree of thousands of ranges."""
+    prefixes each, so each /16 is a tree of thousands of ranges. With
+    ``blocks``, in that many random /16s of 2000::/3 (global unicast)
+    instead: how crowded the /16s are (bench/compare.py's tree threshold
+    sweep)."""
+    pool = RIR_BLOCKS if blocks is None else rng.sample(range(0x2000, 0x4000), blocks)
     lens = CURVE_LENS[6]
     dst: dict[int, set[int]] = {plen: set() for plen in lens}
     for i, plen in enumerate(lens):
         want = n // len(lens) + (1 if i < n % len(lens) else 0)
         while len(dst[plen]) < want:
-            dst[plen] |= _rand_prefixes(rng, 128, plen, 1, (16, rng.choice(RIR_BLOCKS) << 112))
+            dst[plen] |= _rand_prefixes(rng, 128, plen, 1, (16, rng.choice(pool) << 112))
     src: dict[int, set[int]] = {SRC_LEN[6]: set()}
     while len(src[SRC_LEN[6]]) < max(1, min(1000, n // 100)):
-        src[SRC_LEN[6]] |= _rand_prefixes(rng, 128, SRC_LEN[6], 1, (16, rng.choice(RIR_BLOCKS) << 112))
-    return _curve_rules(rng, f"v6 {n:,} in RIR /16s", 6, n, dst, src, crowded=True)
+        src[SRC_LEN[6]] |= _rand_prefixes(rng, 128, SRC_LEN[6], 1, (16, rng.choice(pool) << 112))
+    name = f"v6 {n:,} in RIR /16s" if blocks is None else f"v6 {n:,} in {blocks} /16s"
+    return _curve_rules(rng, name, 6, n, dst, src, crowded=True)
 
 
 def blocks_spec(rng: random.Random, n: int, blocks: int = 300) -> Spec:
