@@ -224,13 +224,13 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM_LANES_MAX 4	/* IPv4 prefixes of one /16 in its direct entry */
 #define DW_LPM4_PIVOTS	12	/* IPv4 chunk: range starts in its direct entry */
 #define DW_LPM4_TREE	0x40000000u	/* IPv4 entry's b: the chunk is a tree */
-#define DW_LPM4_TREE_MIN 256	/* IPv4: a /16 of more ranges is a tree, not a chunk */
+#define DW_LPM4_TREE_MIN 64	/* IPv4: a /16 of more ranges is a tree, not a chunk (measured) */
 #define DW_LPM4_TREE_LEVELS 3	/* IPv4 tree: index levels, 16^3 leaf lines of 16 >= 2^16 ranges */
 #define DW_LPM6_LANES	3	/* IPv6 prefixes of one /16 in its direct entry */
 #define DW_LPM6_SLOT_PTR (1ull << 63)
 #define DW_LPM6_PIVOTS	3	/* IPv6 chunk: range starts in its direct entry */
 #define DW_LPM6_SLOT_TREE (1ull << 62)
-#define DW_LPM6_TREE_MIN 128	/* IPv6: a /16 of more ranges is a tree, not a chunk */
+#define DW_LPM6_TREE_MIN 64	/* IPv6: a /16 of more ranges is a tree, not a chunk (measured) */
 #define DW_LPM6_TREE_LEVELS 8	/* IPv6 tree: index levels, 8^8 leaf lines >= 2^DW_LPM6_STEPS ranges */
 #define DW_LPM6_SMALL_SHIFT 26
 #define DW_LPM6_SMALL_OFF 0x03ffffffu

@@ -635,9 +635,11 @@ static __always_inline __u32 line32_le(const struct dw_line32 *l, __u32 key, con
  * (layout in dropwatch.h): a 64-byte node of 16 u32 keys per level, then a
  * leaf line of 16 ranges. Provider blocks crowd real sets too (10^5
  * prefixes in 300 /16s: 600 ranges a /16, a segment of 50 after the
- * pivots, 6 halvings over as many lines); the tree reads levels + 1 lines.
- * Below that size the pivots' segment fits a line or two, and no node has
- * to be read first.
+ * pivots, 6 halvings over as many lines); the tree reads levels + 1 lines,
+ * and its 15 compares a line run side by side where each halving waits
+ * for the one before. Measured (bench/compare.py --tree-min4): a tree is
+ * already 25 ns faster at 200 ranges, and about even with the chunk at 35;
+ * below, the chunk's single line wins when the tables miss the cache.
  */
 static __always_inline __u32 lpm4_tree(__u64 b, __u64 levels, __u32 key)
 {
@@ -786,8 +788,9 @@ static __always_inline const __u64 *rng6_line(__u32 line)
  * dependent lines per address, the tree reads levels + 1 (4 + 1 for 10^5
  * prefixes in 55 /16s), its top levels shared by every address of the /16
  * and so mostly cached. Up to DW_LPM6_TREE_MIN ranges the chunk's pivots
- * (lpm6_chunk_top) cost less: a segment of at most 32 ranges in 8 lines,
- * no node to read first.
+ * (lpm6_chunk_top) cost less: a segment of at most 16 ranges in 4 lines,
+ * no node to read first. Measured (bench/compare.py --tree-min6): a tree
+ * is 20-30 ns faster at 100 ranges, the chunk 6-12 ns faster at 35-45.
  */
 static __always_inline __u32 lpm6_tree(__u64 w0, __u64 levels, __u64 key48)
 {
