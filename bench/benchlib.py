@@ -5,11 +5,12 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence, TypeVar
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -40,6 +41,23 @@ def pin_cpu() -> int:
 
 def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
+
+
+T = TypeVar("T")
+
+
+def round_orders(names: Sequence[T], rounds: int, seed: int = 0) -> Iterator[list[T]]:
+    """The order of each round's runs: a fresh shuffle of names, seeded, so
+    that no variant keeps one place. Reversing a fixed order every other
+    round (as until session 8) runs the last one twice back to back at
+    every other round boundary, its tables still in the cache the second
+    time: a bias in its favour (bench/compare.py, one build against
+    itself: a nanosecond or two)."""
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        order = list(names)
+        rng.shuffle(order)
+        yield order
 
 
 def update_batch(lib: Libbpf, fd: int, keys: bytes, values: bytes, key_size: int, value_size: int,

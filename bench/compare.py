@@ -12,8 +12,8 @@ compared. Here both run in the same rounds: REV is checked out into a
 temporary git worktree and built; one worker process per tree (each with its
 own tree's loader, rule compiler and bench object) loads the same rule set
 and the same 100,000 random flows (bench/xdp_labeler.py's, same seed), and
-every round runs, back to back and in alternating order, each tree's front
-with the empty target and with its labeler. Reported per tree: -empty, the
+every round runs, back to back and in a shuffled order (run_order()), each
+tree's front with the empty target and with its labeler. Reported per tree: -empty, the
 median over rounds of (labeler - empty) in the same round, and its 10th
 percentile; then the median over rounds of the two trees' difference.
 
@@ -100,6 +100,25 @@ def build(rev: str, where: Path) -> None:
     subprocess.run(["make", "-s", "-C", str(where / "bench")], check=True)
 
 
+def run_order(variants: list[str], rounds: int, seed: int) -> list[tuple[str, str]]:
+    """The runs of all rounds, in order: in each round every variant's
+    empty and labeler runs, next to each other, the variants in a shuffled
+    order (benchlib.round_orders), the pair's two runs in turn one way and
+    the other. The order used until session 8 (fixed, reversed every other
+    round) ran the last variant's labeler twice back to back at every other
+    round boundary, its tables still in the cache. Measured, one build
+    against itself (40 rounds, IPv4 and IPv6, 1 and 10^5 flows): the
+    second copy came out 0.4-3.2 ns faster in all four rows; shuffled,
+    two runs: -2.0 to +0.7. A bias of a nanosecond or two, at most."""
+    import benchlib as B  # here, not at the top: a worker imports its own tree's
+
+    out: list[tuple[str, str]] = []
+    for r, order in enumerate(B.round_orders(variants, rounds, seed)):
+        for v in order:
+            out += [(v, "empty"), (v, "lab")] if r % 2 == 0 else [(v, "lab"), (v, "empty")]
+    return out
+
+
 def p10(xs: list[float]) -> float:
     return sorted(xs)[len(xs) // 10]
 
@@ -124,10 +143,8 @@ def compare(trees: dict[str, tuple[Path, str]], family: int, size: str, rounds: 
         out: dict[str, Any] = {"family": family, "prefixes": size, "labels_equal_reference": ok, "flows": {}}
         for nfl in (0, 1):
             res: dict[tuple[str, str], list[float]] = {(n, t): [] for n in trees for t in ("empty", "lab")}
-            order = [(n, t) for n in trees for t in ("empty", "lab")]
-            for r in range(rounds):
-                for key in order if r % 2 == 0 else order[::-1]:
-                    res[key].append(run(*key, nfl))
+            for key in run_order(list(trees), rounds, seed=nfl):
+                res[key].append(run(*key, nfl))
             delta = {n: [a - b for a, b in zip(res[(n, "lab")], res[(n, "empty")], strict=True)] for n in trees}
             first, *rest = trees
             out["flows"]["100000" if nfl else "1"] = {

@@ -567,13 +567,12 @@ class Bench:
 
     def interleaved(self, variants: dict[Any, tuple[Any, ...]], runs: int | None = None) -> Rounds:
         """variants: name -> (callable setting up, prog_fd, data). Every
-        round runs each variant once, in alternating order, so that the
+        round runs each variant once, in a shuffled order, so that the
         machine's slow phases (other guests on this core) fall on all of
         them alike."""
         res: dict[Any, list[float]] = {k: [] for k in variants}
-        names = list(variants)
-        for i in range(runs or self.runs):
-            for name in names if i % 2 == 0 else names[::-1]:
+        for order in B.round_orders(list(variants), runs or self.runs):
+            for name in order:
                 setup, fd, data = variants[name]
                 setup()
                 res[name].append(self.time_run(fd, data))
