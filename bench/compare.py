@@ -13,9 +13,10 @@ temporary git worktree and built; one worker process per tree (each with its
 own tree's loader, rule compiler and bench object) loads the same rule set
 and the same 100,000 random flows (bench/xdp_labeler.py's, same seed), and
 every round runs, back to back and in a shuffled order (run_order()), each
-tree's front with the empty target and with its labeler. Reported per tree: -empty, the
-median over rounds of (labeler - empty) in the same round, and its 10th
-percentile; then the median over rounds of the two trees' difference.
+tree's front with the empty target and with its labeler. Reported per
+tree: -empty, the median over rounds of (labeler - empty) in the same
+round, and its 10th percentile; then the median over rounds of the two
+trees' difference.
 
 --tree-min4 / --tree-min6 compare variants of this tree instead: the same
 BPF object, with the rule compiler's tree threshold (dropwatch.lpm's
@@ -147,14 +148,14 @@ def compare(trees: dict[str, tuple[Path, str]], family: int, size: str, rounds: 
                 res[key].append(run(*key, nfl))
             delta = {n: [a - b for a, b in zip(res[(n, "lab")], res[(n, "empty")], strict=True)] for n in trees}
             first, *rest = trees
+            diff = {n: statistics.median([x - y for x, y in zip(delta[n], delta[first], strict=True)])
+                    for n in rest}
             out["flows"]["100000" if nfl else "1"] = {
                 **{n: {"minus_empty_median": statistics.median(d), "minus_empty_p10": p10(d),
-                       **({} if n == first else {"difference_median": statistics.median(
-                           [x - y for x, y in zip(d, delta[first], strict=True)])})}
+                       **({"difference_median": diff[n]} if n in diff else {})}
                    for n, d in delta.items()},
                 # Two variants (--base): the second's difference, where it always was.
-                **({"difference_median": statistics.median(
-                    [x - y for x, y in zip(delta[rest[0]], delta[first], strict=True)])} if len(rest) == 1 else {}),
+                **({"difference_median": diff[rest[0]]} if len(rest) == 1 else {}),
             }
         return out
     finally:
