@@ -241,9 +241,10 @@ def worst_spec(rng: random.Random, family: int, per_len: int) -> Spec:
 
 
 def deep_spec(rng: random.Random, blocks: int = 4) -> Spec:
-    """The longest search the IPv4 tables allow: per side, ``blocks`` /16s
-    each holding every other /32 (32,768 prefixes, so 65,536 ranges: 16
-    halvings per lookup, over a 256 KB chunk)."""
+    """The largest /16s the IPv4 tables allow: per side, ``blocks`` /16s
+    each holding every other /32 (32,768 prefixes, so 65,536 ranges, 256
+    KB: 16 halvings per lookup until session 6, since session 7 a tree of 3
+    levels and a leaf line)."""
     dst: dict[int, set[int]] = {}
     src: dict[int, set[int]] = {}
     chain_blocks: dict[str, list[int]] = {}
@@ -531,9 +532,10 @@ def fill_floor(ld: Loader, spec: Spec, comp: Compiled) -> Any:
     from array import array
     rng = random.Random(7)
     tbl = array("H", bytes(2 << 16))
+    fd_dst = abi.DW_FD_V4_DST if spec.family == 4 else abi.DW_FD_V6_DST
     for (fd, _p, a) in comp.prefixes:
-        if fd == abi.DW_FD_V4_DST:
-            tbl[a >> 16] = rng.randint(1, max(1, spec.dst_rules))
+        if fd == fd_dst:
+            tbl[a >> (spec.bits - 16)] = rng.randint(1, max(1, spec.dst_rules))
     map_fd = ld.labeler.maps["floor_tbl"]  # type: ignore[union-attr]
     mm = mmap.mmap(map_fd, len(tbl) * 2, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     try:
@@ -816,45 +818,52 @@ def main() -> None:
                         overhead[spec.family] = {"reset_and_tail_call_ns": o0 - empty[shape],
                                                  "rewrite_ns": o1 - o0}
             bench.repeat = args.repeat
-            if spec.family == 4 and spec.size == 100_000 and not spec.worst and not spec.crowded:
-                alt_s = load_alternatives(front.ld, spec, comp)
+            if (spec.size == 100_000 and not spec.worst and not spec.crowded
+                    and (spec.family == 4 or not args.quick)):
+                # IPv4: the alternative classifiers and the lower bounds; IPv6
+                # (not with --quick, to stay within its 3 minutes): the lower
+                # bounds, which say how much of its absolute target parse,
+                # counters and record leave to a lookup.
                 data, l3 = frames[fam_shape]
-                for t, (prog, _desc) in ALT_PROGS.items():
-                    if count_pass(bench, front, spec, len(flows), n_check, t, data, l3) != want:
-                        raise SystemExit(f"{prog}: per-label counts differ from the reference")
+                progs = dict(FLOOR_PROGS)
+                if spec.family == 4:
+                    alt_s = load_alternatives(front.ld, spec, comp)
+                    for t, (prog, _desc) in ALT_PROGS.items():
+                        if count_pass(bench, front, spec, len(flows), n_check, t, data, l3) != want:
+                            raise SystemExit(f"{prog}: per-label counts differ from the reference")
+                    progs = {**ALT_PROGS, **FLOOR_PROGS}
                 # floor_read is no classifier, but it must read the table it is given.
                 floor = fill_floor(front.ld, spec, comp)
                 want_floor: dict[int, int] = {}
                 for _s, d in flows[:n_check]:
-                    want_floor[floor[d >> 16]] = want_floor.get(floor[d >> 16], 0) + 1
+                    lid = floor[d >> (spec.bits - 16)]
+                    want_floor[lid] = want_floor.get(lid, 0) + 1
                 if count_pass(bench, front, spec, len(flows), n_check, T_FLOOR_READ, data, l3) != want_floor:
                     raise SystemExit("floor_read: per-label counts differ from its table's")
+                fam = "" if spec.family == 4 else "_v6"
                 for nfl in (0, len(flows)):
-                    alt_variants: dict[Any, tuple[Any, ...]] = {}
-                    alt_targets: list[tuple[Any, int]] = [("base", T_EMPTY), ("lab", T_LABELER),
-                                                          (T_ALT_LPM, T_ALT_LPM), (T_ALT_DIR, T_ALT_DIR),
-                                                          (T_FLOOR_NONE, T_FLOOR_NONE),
-                                                          (T_FLOOR_READ, T_FLOOR_READ)]
-                    alt_variants["empty"] = (lambda: None, bench.empty_fd, data)
-                    for nm, t in alt_targets:
-                        alt_variants[nm] = ((lambda t=t, nfl=nfl, fr=front, l3=l3: fr.cfg(nfl, l3, 4, t)),
-                                            front.fd["bench_front"], data)
+                    alt_variants: dict[Any, tuple[Any, ...]] = {"empty": (lambda: None, bench.empty_fd, data)}
+                    for nm, t in [("base", T_EMPTY), ("lab", T_LABELER)] + [(t, t) for t in progs]:
+                        alt_variants[nm] = ((lambda t=t, nfl=nfl, fr=front, l3=l3, f=spec.family:
+                                             fr.cfg(nfl, l3, f, t)), front.fd["bench_front"], data)
                     r = bench.interleaved(alt_variants)
                     named: list[tuple[Any, tuple[str, str]]] = [("lab", ("dw_labeler", "dropwatch (this build)"))]
-                    for key, (prog, desc) in named + list(ALT_PROGS.items()) + list(FLOOR_PROGS.items()):
+                    for key, (prog, desc) in named + list(progs.items()):
                         delta = r.d(key, "base")
                         ns = r["empty"] + delta
-                        alt_rows.append([desc, f"{nfl:,}" if nfl else "1", B.fmt(ns), B.fmt(delta),
-                                         f"{ns / r['empty']:.2f}"])
+                        alt_rows.append([f"IPv{spec.family}: {desc}", f"{nfl:,}" if nfl else "1", B.fmt(ns),
+                                         B.fmt(delta), f"{ns / r['empty']:.2f}"])
                         results.setdefault("alternatives", []).append(
-                            {"program": prog, "flows": nfl or 1, "ns_per_pkt": ns, "minus_empty_ns": delta})
+                            {"program": prog, "family": spec.family, "flows": nfl or 1, "ns_per_pkt": ns,
+                             "minus_empty_ns": delta})
                         if prog == "alt_lpm_trie" and nfl:
                             results["xdp_lpm_trie_ns_per_pkt_100k"] = ns
                         if prog in ("floor_none", "floor_read"):
-                            results[f"xdp_{prog}_minus_empty_ns{'_100k_flows' if nfl else '_1_flow'}"] = delta
-                print(f"  alternatives loaded in {alt_s:.1f}s; per-label counts == reference "
-                      "(floor_read: == its table)",
-                      file=sys.stderr)
+                            results[f"xdp{fam}_{prog}_minus_empty_ns{'_100k_flows' if nfl else '_1_flow'}"] = delta
+                if spec.family == 4:
+                    print(f"  alternatives loaded in {alt_s:.1f}s; per-label counts == reference "
+                          "(floor_read: == its table)", file=sys.stderr)
+            if spec.family == 4 and spec.size == 100_000 and not spec.worst and not spec.crowded:
                 # What one dependent random access costs, by working-set size.
                 for kb in (() if args.quick else PROBE_SIZES_KB):
                     lines = kb * 1024 // 64
@@ -898,9 +907,10 @@ def main() -> None:
               "the classifier's cache misses, so only their sum is meaningful there")
     if alt_rows:
         print()
-        print(B.table(alt_rows, ["IPv4 100k prefixes, 64B: classifier", "flows", "ns/pkt", "-empty", "ratio"]))
+        print(B.table(alt_rows, ["100k prefixes, 64B: classifier", "flows", "ns/pkt", "-empty", "ratio"]))
         print("(same parse, counters and record; only the longest-prefix match differs; same labels checked. "
-              "The lower bounds are not classifiers: the least any labeler does, in the same rounds)")
+              "The lower bounds are not classifiers: the least any labeler does, in the same rounds; "
+              "IPv6: the lower bounds only)")
     if probe_rows:
         print()
         print(B.table(probe_rows, ["working set", "ns per dependent random access (XDP, this machine)"]))

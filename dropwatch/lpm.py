@@ -529,9 +529,9 @@ def _small6(rng: array, e: int, key48: int, reads: list[int] | None) -> int:
 def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> int:
     """lpm4()/lpm6() in labeler.bpf.c: the result index for an address (0:
     none). ``reads[0]`` counts dependent table reads: the bitmap, direct
-    entries, a small chunk's line, IPv6 chunk headers, search probes and an
-    IPv4 chunk's answer range (not an IPv6 chunk's final range, which its
-    search already read)."""
+    entries, a small chunk's line, IPv6 chunk headers, search probes, a
+    chunk's answer range (often a line a probe already read), and a tree's
+    nodes and leaf line."""
     dir_ = fd & 1
     v6 = fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST)
     top16 = addr >> (112 if v6 else 16)

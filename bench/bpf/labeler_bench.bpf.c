@@ -322,7 +322,7 @@ static __always_inline void alt_eval(__u32 pid, const struct pkt_info *pi, struc
  * least any table-driven lookup over 10^5 prefixes must do (floor_read):
  * one read, indexed by the destination's top 16 bits, of a 2-byte label
  * from a 128 KB table that bench/xdp_labeler.py fills with the rule set's
- * labels. No source lookup, no bitmap, no priorities.
+ * labels. No source lookup, no bitmap, no priorities. IPv4 and IPv6.
  */
 __u16 floor_tbl[1 << 16] SEC(".bss.floor_tbl");
 
@@ -331,11 +331,11 @@ __u16 floor_tbl[1 << 16] SEC(".bss.floor_tbl");
 static __always_inline void alt_classify(const struct pkt_info *pi, struct dw_result *r, const int dir)
 {
 	r->side = DW_SIDE_EYEBALL;
-	if (pi->family != 4)
-		return;
+	/* daddr[0] holds an IPv6 address's top 32 bits too: the floors run
+	 * for both families, the alternatives for IPv4 only. */
 	if (dir == ALT_FLOOR_READ)
 		r->label_id = floor_tbl[(bpf_ntohl(pi->daddr[0]) >> 16) & 0xffff];
-	if (dir >= ALT_FLOOR_NONE)
+	if (dir >= ALT_FLOOR_NONE || pi->family != 4)
 		return;
 	if (dir) {
 		alt_eval(dir248(&alt_tbl24_src, &alt_tbl8_src, pi->saddr[0]), pi, r);
