@@ -173,7 +173,9 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  *                         than DW_LPM6_TREE_MIN ranges): a tree of n
  *                         ranges (below) at entry off of the range array
  *                         (a multiple of 4: a 64-byte line); w[0]'s high
- *                         half is n, w[1] its index levels. Without: a
+ *                         half is n, w[1] its index levels, and
+ *                         DW_LPM6_SLOT_PACKED in w[3] if its leaf lines
+ *                         are packed (below). Without: a
  *                         chunk header at entry off; w[0]'s high half is
  *                         its n, and w[1], w[2] and w[3] hold in bits
  *                         0-47 DW_LPM6_PIVOTS pivots: pivot j (1..3) is
@@ -194,7 +196,11 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * IPv6 trees (a /16 of more than DW_LPM6_TREE_MIN ranges on the top 64
  * bits): its n ranges, sorted, the first starting at 0, in leaf lines of
  * 4 (16 bytes each: u64 start, bits 16..63 of the address; u64 value, as
- * in a chunk below), after
+ * in a chunk below), or, when no range's value points to a /64's chunk
+ * (DW_LPM6_SLOT_PACKED), packed 8 a line as the small chunks' ranges,
+ * (start << 16) | result, past n copies of the last range (they count but
+ * answer the same); `leaves` below is then ceil(n / 8), else ceil(n / 4);
+ * after
  * `levels` levels of index lines, the top level first: a line is a node
  * of 8 u64 keys, key c of node j of level l the start of the first range
  * below its child j * 8 + c (level l - 1; level 0: the leaf lines). Level l
@@ -230,6 +236,7 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM6_SLOT_PTR (1ull << 63)
 #define DW_LPM6_PIVOTS	3	/* IPv6 chunk: range starts in its direct entry */
 #define DW_LPM6_SLOT_TREE (1ull << 62)
+#define DW_LPM6_SLOT_PACKED (1ull << 61)	/* a tree's leaf lines hold 8 packed ranges */
 #define DW_LPM6_TREE_MIN 64	/* IPv6: a /16 of more ranges is a tree, not a chunk (measured) */
 #define DW_LPM6_TREE_LEVELS 8	/* IPv6 tree: index levels, 8^8 leaf lines >= 2^DW_LPM6_STEPS ranges */
 #define DW_LPM6_SMALL_SHIFT 26

@@ -19,7 +19,8 @@ answer for that /16 or leads to a chunk of it:
   of 16 keys over leaf lines of 16 ranges. IPv6 (keyed
   by the top 64 bits): up to ``TREE_MIN`` ranges binary-searched inside
   the quarter that the pivots in the entry pick, more as a static search
-  tree of 64-byte nodes of 8 keys over leaf lines of 4 ranges; inside a
+  tree of 64-byte nodes of 8 keys over leaf lines of 8 packed ranges (4
+  (key, value) pairs where a value points to a /64's chunk); inside a
   /64 that holds prefixes longer than /64, a second chunk keyed by the
   low 64 bits, binary-searched.
 
@@ -55,6 +56,7 @@ TREE4_PAD = 1 << 16  # an IPv4 tree key above every address's low 16 bits
 LANES6 = abi.DW_LPM6_LANES
 PIVOTS6 = abi.DW_LPM6_PIVOTS
 SLOT6_TREE = abi.DW_LPM6_SLOT_TREE
+SLOT6_PACKED = abi.DW_LPM6_SLOT_PACKED
 TREE_MIN = abi.DW_LPM6_TREE_MIN
 TREE_LEVELS = abi.DW_LPM6_TREE_LEVELS
 TREE_PAD = 1 << 48  # a tree key above every address's bits 16..63
@@ -319,24 +321,32 @@ def _v4_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
     return off, levels
 
 
-def _v6_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int]:
+def _v6_tree(t: LpmTables, rs: list[tuple[int, int]]) -> tuple[int, int, bool]:
     """A /16's ranges (start bits 16..63, value) as a search tree (layout in
     dropwatch.h) starting a 64-byte line of the range array: its entry
-    offset and its number of index levels."""
+    offset, its number of index levels, and whether its leaf lines are
+    packed (8 ranges of one u64 each: possible when no value points to a
+    /64's chunk; half the leaf lines, so often a level less)."""
     n = len(rs)
     if n > MAX_V6_CHUNK:
         raise LpmCapacityError(f"{n} IPv6 ranges under one /16; at most {MAX_V6_CHUNK}")
+    packed = not any(value & CHUNK for _start, value in rs)
+    per_leaf = 8 if packed else 4
     t.v6_rng.extend([0] * (-len(t.v6_rng) % 8))
     off = len(t.v6_rng) // 2
-    keys, levels = _tree_index(-(-n // 4), 8, lambda leaf: rs[4 * leaf][0], TREE_PAD)
+    leaves = -(-n // per_leaf)
+    keys, levels = _tree_index(leaves, 8, lambda leaf: rs[per_leaf * leaf][0], TREE_PAD)
     assert levels <= TREE_LEVELS, "MAX_V6_CHUNK ranges: at most 8^TREE_LEVELS leaf lines"
     t.v6_rng.extend(keys)
-    for i in range(-(-n // 4) * 4):
+    if packed:  # past n, the last range again: counted, same result
+        t.v6_rng.extend(rs[min(i, n - 1)][0] << 16 | rs[min(i, n - 1)][1] for i in range(leaves * 8))
+        return off, levels, True
+    for i in range(leaves * 4):
         start, value = rs[i] if i < n else (TREE_PAD, 0)
         if value & CHUNK:
             t.v6_ptrs.append(len(t.v6_rng) + 1)
         t.v6_rng.extend((start, value))
-    return off, levels
+    return off, levels, False
 
 
 def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _Lines) -> None:
@@ -395,9 +405,9 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
             t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [LANES | (len(rs) - 1) << SMALL6_SHIFT | w, 0, 0,
                                                             SLOT6_PTR])
         elif len(rs) > TREE_MIN:
-            off, levels = _v6_tree(t, rs)
+            off, levels, packed = _v6_tree(t, rs)
             t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [len(rs) << 32 | CHUNK | off, levels, 0,
-                                                            SLOT6_PTR | SLOT6_TREE])
+                                                            SLOT6_PTR | SLOT6_TREE | (SLOT6_PACKED if packed else 0)])
         else:
             # n and the pivots: bits 16..63 of the starts of ranges j * n / 4.
             n = len(rs)
@@ -502,10 +512,13 @@ def _tree4(rng: array, b: int, levels: int, key: int, reads: list[int] | None) -
     return leaf[sum(1 for r in leaf[1:] if r >> 16 <= key)] & 0xFFFF
 
 
-def _tree6(rng: array, w0: int, levels: int, key48: int, reads: list[int] | None) -> int:
+def _tree6(rng: array, w0: int, levels: int, key48: int, packed: bool, reads: list[int] | None) -> int:
     """lpm6_tree(): the value."""
-    at = _tree_leaf(rng, (w0 & 0x7FFFFFFF) >> 2, -(-(w0 >> 32) // 4), levels, 8, key48, reads)
+    per_leaf = 8 if packed else 4
+    at = _tree_leaf(rng, (w0 & 0x7FFFFFFF) >> 2, -(-(w0 >> 32) // per_leaf), levels, 8, key48, reads)
     leaf = rng[at:at + 8]
+    if packed:
+        return leaf[sum(1 for w in leaf[1:] if w >> 16 <= key48)] & 0xFFFF
     return leaf[2 * sum(1 for j in (2, 4, 6) if leaf[j] <= key48) + 1]
 
 
@@ -574,7 +587,7 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
     if not e & CHUNK:
         return e
     if w[3] & SLOT6_TREE:
-        e = _tree6(t.v6_rng, w[0], w[1], hi64 & M48, reads)
+        e = _tree6(t.v6_rng, w[0], w[1], hi64 & M48, bool(w[3] & SLOT6_PACKED), reads)
         if not e & CHUNK:
             return e
         keys: tuple[int, ...] = (addr & ((1 << 64) - 1),)

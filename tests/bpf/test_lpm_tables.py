@@ -5,8 +5,9 @@ tests/unit/test_lpm.py checks dropwatch.lpm's tables through their Python
 walk; here the BPF code walks them: every form of a /16 is reached (a
 direct answer, IPv4 lanes of 1 to 4 prefixes packed at every position of a
 line, IPv4 chunks, IPv4 trees of 1 to 3 levels, IPv6 small chunks of 1 to
-16 ranges, IPv6 chunks, IPv6 trees of 2 to 4 levels and the chunks below a
-/64), on both sides, at every prefix's edges and at random addresses, and
+16 ranges, IPv6 chunks, IPv6 trees of 2 to 4 levels with packed leaf lines
+and of 2 and 3 with (key, value) pairs, and the chunks below a /64), on
+both sides, at every prefix's edges and at random addresses, and
 each record must carry the label and side that
 dropwatch.rules.classify_reference gives.
 """
@@ -35,13 +36,15 @@ N_LABELS = 300
 
 def _prefix_set(rng: random.Random, width: int, blocks: int, lens: list[int],
                 deep: list[int], crowded: tuple[int, ...] = (),
-                crowded_lens: tuple[int, ...] = ()) -> list[tuple[int, int]]:
+                crowded_lens: tuple[int, ...] = (), crowded_deep: tuple[int, ...] = ()) -> list[tuple[int, int]]:
     """(plen, network) in ``blocks`` random /16s: 1 to 12 prefixes each,
     often nested, plus a few covering prefixes of /16 or shorter; ``deep``
     lengths (IPv6 beyond /64) inside a few /64s; and one /16 of each size in
     ``crowded`` (as RIR space and provider blocks crowd real sets: trees of
     several levels), of ``crowded_lens`` (default: ``lens`` but the
-    shortest)."""
+    shortest), and of each size in ``crowded_deep`` with ``deep`` prefixes
+    in five of its /64s too (IPv6 trees whose ranges point to chunks, so
+    their leaves are not packed)."""
     out: set[tuple[int, int]] = set()
 
     def net(plen: int, a: int) -> int:
@@ -65,11 +68,16 @@ def _prefix_set(rng: random.Random, width: int, blocks: int, lens: list[int],
     for _ in range(8):
         plen = rng.randint(1, 16)
         out.add((plen, net(plen, rng.getrandbits(width))))
-    for size in crowded:
+    for size, with_deep in [(s, False) for s in crowded] + [(s, True) for s in crowded_deep]:
         top = rng.randrange(1 << 16) << (width - 16)
         for _ in range(size):
             plen = rng.choice(crowded_lens or lens[1:])
             out.add((plen, net(plen, top | rng.getrandbits(width - 16))))
+        for _ in range(5 if with_deep else 0):
+            q = net(64, top | rng.getrandbits(width - 16))
+            for _ in range(rng.randint(1, 6)):
+                plen = rng.choice(deep)
+                out.add((plen, net(plen, q | rng.getrandbits(64))))
     return sorted(out)
 
 
@@ -96,7 +104,7 @@ def tables() -> Iterator[tuple[Loader, Any, dict[str, int], dict[int, tuple[list
                             crowded_lens=(24, 28, 32)),
                 _prefix_set(rng, 32, 200, list(range(17, 33)), [])),
             6: (_prefix_set(rng, 128, 500, [17, 24, 32, 40, 44, 48, 56, 60, 63, 64], [65, 80, 96, 112, 128],
-                            crowded=(40, 100, 400, 2500)),
+                            crowded=(40, 100, 400, 2500), crowded_deep=(60, 600)),
                 _prefix_set(rng, 128, 150, [20, 32, 48, 64], []))}
     by_label: dict[str, list[str]] = {f"l{i}": [] for i in range(N_LABELS)}
     origin: list[str] = []
@@ -131,13 +139,16 @@ def _v4_form(t: lpm.LpmTables, i: int) -> str:
 
 def _v6_form(t: lpm.LpmTables, i: int) -> str:
     """What IPv6 direct entry i holds: lanesK (K distinct prefixes), a
-    small chunk, a chunk, a tree of K index levels (treeK), the /16's own
-    result only, or nothing."""
+    small chunk, a chunk, a tree of K index levels with packed leaf lines
+    (treeK) or with (key, value) pairs (treeK-pairs), the /16's own result
+    only, or nothing."""
     w = t.v6_slots[i * lpm.SLOT:(i + 1) * lpm.SLOT]
     if w[3] & lpm.SLOT6_PTR:
         if w[0] & lpm.LANES:
             return "small"
-        return "tree%d" % w[1] if w[3] & lpm.SLOT6_TREE else "chunk"
+        if not w[3] & lpm.SLOT6_TREE:
+            return "chunk"
+        return "tree%d" % w[1] + ("" if w[3] & lpm.SLOT6_PACKED else "-pairs")
     shifts = [(w[3] >> (16 + 8 * n)) & 0xFF for n in range(lpm.LANES6)]
     if not any(w):
         return "empty"
@@ -155,7 +166,8 @@ def test_every_table_form_is_reached(tables: Any) -> None:
     v6 = Counter(_v6_form(t, i) for i in range(2 * lpm.L1_SIZE))
     for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "tree1", "tree2", "tree3", "direct"):
         assert v4[form] >= (1 if form.startswith("tree") else 10), v4
-    for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "tree2", "tree3", "tree4", "direct"):
+    for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "tree2", "tree3", "tree4", "tree2-pairs",
+                 "tree3-pairs", "direct"):
         assert v6[form] >= (1 if form.startswith("tree") else 10), v6
     assert t.v6_ptrs, "no chunk below a /64"
 

@@ -304,14 +304,18 @@ def test_v6_small_chunks(n: int) -> None:
             assert reads[0] <= 7
 
 
+@pytest.mark.parametrize("deep", [False, True])
 @pytest.mark.parametrize("n", [20, 30, 31, 32, 33, 40, 100, 500, 2100, 20_000])
-def test_v6_tree(n: int) -> None:
+def test_v6_tree(n: int, deep: bool) -> None:
     """n random /32-/64 prefixes in one /16 (RIR space puts real sets in a
     few dozen /16s): more than lpm.TREE_MIN ranges make a tree, levels =
     the least l with ceil(leaves / 8^l) == 1, every node's keys sorted and
     padded with 2^48, and every lookup (prefix edges, just outside them,
-    random addresses) equal to brute force in exactly 3 + levels reads;
-    fewer make a chunk with pivots."""
+    random addresses) equal to brute force in exactly 3 + levels reads
+    (more inside a /64 that has its own chunk); fewer make a chunk with
+    pivots. The leaf lines hold 8 packed ranges, or, where some /64 holds
+    prefixes longer than /64 (``deep``) and so a range points to its
+    chunk, 4 (key, value) pairs."""
     rng = random.Random(n)
     fd, block, width = abi.DW_FD_V6_DST, 0x2A01, 128
     pfx: dict[tuple[int, int], int] = {}
@@ -319,6 +323,15 @@ def test_v6_tree(n: int) -> None:
         plen = rng.choice((32, 40, 48, 56, 64))
         a = (block << 112 | rng.getrandbits(112)) & ~((1 << (width - plen)) - 1)
         pfx[(plen, a)] = rng.randrange(1, 60_000)
+    deep64s: set[int] = set()
+    if deep:
+        for _ in range(3):
+            q = block << 48 | rng.getrandbits(48)
+            deep64s.add(q)
+            for _ in range(3):
+                plen = rng.choice((72, 96, 128))
+                a = (q << 64 | rng.getrandbits(64)) & ~((1 << (width - plen)) - 1)
+                pfx[(plen, a)] = rng.randrange(1, 60_000)
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
     i = (1 << 16) | block
     w0, levels = t.v6_slots[i * lpm.SLOT], t.v6_slots[i * lpm.SLOT + 1]
@@ -334,7 +347,10 @@ def test_v6_tree(n: int) -> None:
         for addr in addrs:
             assert lpm.lookup(t, fd, addr) == _brute(pfx, width, addr), hex(addr)
         return
-    leaves = -(-n_ranges // 4)
+    packed = bool(t.v6_slots[i * lpm.SLOT + 3] & lpm.SLOT6_PACKED)
+    assert packed == (not deep)
+    per_leaf = 8 if packed else 4
+    leaves = -(-n_ranges // per_leaf)
     assert levels == next(lv for lv in range(9) if -(-leaves // 8 ** lv) == 1)
     # The nodes: sorted keys, the first of each one its parent's key.
     nodes = sum(-(-leaves // 8 ** lv) for lv in range(1, levels + 1))
@@ -342,10 +358,20 @@ def test_v6_tree(n: int) -> None:
     for j in range(nodes):
         node = list(keys[8 * j:8 * j + 8])
         assert node == sorted(node) and node[0] < lpm.TREE_PAD and node[-1] <= lpm.TREE_PAD
-    starts = list(t.v6_rng[8 * (line + nodes):8 * (line + nodes + leaves):2])
+    if packed:  # (start << 16) | result, past n the last range again
+        words = list(t.v6_rng[8 * (line + nodes):8 * (line + nodes + leaves)])
+        starts = [w >> 16 for w in words]
+        assert words[n_ranges:] == [words[n_ranges - 1]] * (8 * leaves - n_ranges)
+        starts = starts[:n_ranges]
+    else:
+        starts = list(t.v6_rng[8 * (line + nodes):8 * (line + nodes + leaves):2])
+        assert starts[n_ranges:] == [lpm.TREE_PAD] * (4 * leaves - n_ranges)
     assert starts[0] == 0 and starts == sorted(starts)
-    assert starts[n_ranges:] == [lpm.TREE_PAD] * (4 * leaves - n_ranges)
+    addrs += [q << 64 | rng.getrandbits(64) for q in deep64s for _ in range(20)]
     for addr in addrs:
         reads = [0]
         assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
-        assert reads[0] == 3 + levels
+        if addr >> 64 in deep64s:
+            assert reads[0] > 3 + levels
+        else:
+            assert reads[0] == 3 + levels
