@@ -4,7 +4,7 @@
     sudo .venv/bin/python bench/compare.py --base REV [--family 4,6] [--sizes 10,100000]
                                            [--rounds 40] [--repeat 200000]
     sudo .venv/bin/python bench/compare.py --tree-min4 64,256,1024 --sizes blocks100000:1000 ...
-    sudo .venv/bin/python bench/compare.py --tree-min6 32,128,512 --sizes rir100000:1000 ...
+    sudo .venv/bin/python bench/compare.py --tree-min6 16,32,64 --sizes rir100000:4500 ...
 
 This machine's speed drifts by 1.5-3x over seconds to minutes (other guests
 share its cores' caches), so two labelers measured minutes apart cannot be
@@ -21,7 +21,9 @@ trees' difference.
 --tree-min4 / --tree-min6 compare variants of this tree instead: the same
 BPF object, with the rule compiler's tree threshold (dropwatch.lpm's
 TREE4_MIN / TREE_MIN: a /16 of more ranges is a static search tree, a
-smaller one a chunk) set to each value in turn. Each difference is then
+smaller one a chunk; IPv6: of a /16 that holds no /64's chunk, whose
+tree's leaves are packed, the sets here) set to each value in turn. Each
+difference is then
 against the first value. Sizes "blocksN:B" and "rirN:B" put the N prefixes
 into B /16s, which sets how many ranges a /16 holds and so which side of a
 threshold it falls on.

@@ -170,7 +170,9 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * empty entry answers 0. Any other /16 has DW_LPM6_SLOT_PTR in w[3] and
  * in w[0]'s low half:
  *   DW_LPM_CHUNK | off    with DW_LPM6_SLOT_TREE in w[3] (a /16 of more
- *                         than DW_LPM6_TREE_MIN ranges): a tree of n
+ *                         than DW_LPM6_TREE_MIN ranges, or of more than
+ *                         DW_LPM6_PAIRS_TREE_MIN if one of them points
+ *                         to a /64's chunk): a tree of n
  *                         ranges (below) at entry off of the range array
  *                         (a multiple of 4: a 64-byte line); w[0]'s high
  *                         half is n, w[1] its index levels, and
@@ -194,7 +196,7 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * longer than /64.
  *
  * IPv6 trees (a /16 of more than DW_LPM6_TREE_MIN ranges on the top 64
- * bits): its n ranges, sorted, the first starting at 0, in leaf lines of
+ * bits, DW_LPM6_PAIRS_TREE_MIN if it holds a /64's chunk): its n ranges, sorted, the first starting at 0, in leaf lines of
  * 4 (16 bytes each: u64 start, bits 16..63 of the address; u64 value, as
  * in a chunk below), or, when no range's value points to a /64's chunk
  * (DW_LPM6_SLOT_PACKED), packed 8 a line as the small chunks' ranges,
@@ -215,7 +217,9 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * starting at or below it. IPv4 ranges (dw_lpm4_rng): (start of the range
  * in the low 16 bits << 16) | result; a chunk of at most 16 starts a
  * 64-byte line rather than cross one. IPv6 chunks (dw_lpm6_rng) are on the
- * top 64 bits of a /16 (up to DW_LPM6_TREE_MIN ranges) or the low 64 bits
+ * top 64 bits of a /16 (one that holds a /64's chunk, up to
+ * DW_LPM6_PAIRS_TREE_MIN ranges; else only when the small chunks' lines
+ * are full, up to DW_LPM6_TREE_MIN) or the low 64 bits
  * of a /64 that holds prefixes longer than /64: a header entry (n, 0),
  * then 16-byte ranges, u64 key, u64 value. A top-64 range's value (a
  * tree's too) is a result, or for such a /64 DW_LPM_CHUNK | off of its
@@ -237,7 +241,8 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM6_PIVOTS	3	/* IPv6 chunk: range starts in its direct entry */
 #define DW_LPM6_SLOT_TREE (1ull << 62)
 #define DW_LPM6_SLOT_PACKED (1ull << 61)	/* a tree's leaf lines hold 8 packed ranges */
-#define DW_LPM6_TREE_MIN 64	/* IPv6: a /16 of more ranges is a tree, not a chunk (measured) */
+#define DW_LPM6_TREE_MIN 16	/* IPv6: a /16 of more ranges is a tree (packed leaves; measured) */
+#define DW_LPM6_PAIRS_TREE_MIN 64	/* ... if it holds a /64's chunk (leaves of pairs; measured) */
 #define DW_LPM6_TREE_LEVELS 8	/* IPv6 tree: index levels, 8^8 leaf lines >= 2^DW_LPM6_STEPS ranges */
 #define DW_LPM6_SMALL_SHIFT 26
 #define DW_LPM6_SMALL_OFF 0x03ffffffu

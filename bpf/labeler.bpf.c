@@ -787,14 +787,16 @@ static __always_inline const __u64 *rng6_line(__u32 line)
  * these chunks hold thousands of ranges: a binary search there read 10-13
  * dependent lines per address, the tree reads levels + 1 (4 + 1 for 10^5
  * prefixes in 55 /16s), its top levels shared by every address of the /16
- * and so mostly cached. Up to DW_LPM6_TREE_MIN ranges the chunk's pivots
- * (lpm6_chunk_top) cost less: a segment of at most 16 ranges in 4 lines,
- * no node to read first. Measured (bench/compare.py --tree-min6): a tree
- * is 20-30 ns faster at 100 ranges, the chunk 6-12 ns faster at 35-45.
- * Unless a range points to a /64's chunk, a leaf line packs 8 ranges of
- * one word (packed != 0): half the leaf lines and half the lowest nodes,
- * the reads that miss the cache (for 10^5 RIR prefixes 1.6 MB of leaves
- * and 200 KB of such nodes), and often a level less.
+ * and so mostly cached. Unless a range points to a /64's chunk, a leaf
+ * line packs 8 ranges of one word (packed != 0): half the leaf lines and
+ * half the lowest nodes, the reads that miss the cache (for 10^5 RIR
+ * prefixes 1.6 MB of leaves and 200 KB of such nodes), and often a level
+ * less: -29 to -32 ns with that set (bench/compare.py). Packed trees then
+ * beat the chunk's pivots (lpm6_chunk_top) from 17 ranges on, where they
+ * take over from the small chunks: -21 to -29 ns at 35-45 ranges, -9 to
+ * -12 at 10^6 random prefixes (--tree-min6). Trees of pairs did not: the
+ * chunk stays up to DW_LPM6_PAIRS_TREE_MIN ranges for a /16 that holds a
+ * /64's chunk (session 8: the chunk 6-12 ns faster at 35-45 ranges).
  */
 static __always_inline __u32 lpm6_tree(__u64 w0, __u64 levels, __u64 key48, __u64 packed)
 {

@@ -17,10 +17,12 @@ answer for that /16 or leads to a chunk of it:
   ``TREE4_MIN`` ranges binary-searched inside the segment that the pivots
   in the direct entry pick, more as a static search tree of 64-byte nodes
   of 16 keys over leaf lines of 16 ranges. IPv6 (keyed
-  by the top 64 bits): up to ``TREE_MIN`` ranges binary-searched inside
-  the quarter that the pivots in the entry pick, more as a static search
-  tree of 64-byte nodes of 8 keys over leaf lines of 8 packed ranges (4
-  (key, value) pairs where a value points to a /64's chunk); inside a
+  by the top 64 bits): more than ``TREE_MIN`` ranges (those a small chunk
+  cannot hold) as a static search tree of 64-byte nodes of 8 keys over
+  leaf lines of 8 packed ranges; where a range points to a /64's chunk, up
+  to ``TREE_PAIRS_MIN`` ranges binary-searched inside the quarter that the
+  pivots in the entry pick, more as a tree whose leaf lines hold 4 (key,
+  value) pairs; inside a
   /64 that holds prefixes longer than /64, a second chunk keyed by the
   low 64 bits, binary-searched.
 
@@ -58,6 +60,7 @@ PIVOTS6 = abi.DW_LPM6_PIVOTS
 SLOT6_TREE = abi.DW_LPM6_SLOT_TREE
 SLOT6_PACKED = abi.DW_LPM6_SLOT_PACKED
 TREE_MIN = abi.DW_LPM6_TREE_MIN
+TREE_PAIRS_MIN = abi.DW_LPM6_PAIRS_TREE_MIN
 TREE_LEVELS = abi.DW_LPM6_TREE_LEVELS
 TREE_PAD = 1 << 48  # a tree key above every address's bits 16..63
 SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
@@ -404,7 +407,7 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
             t.v6_small[w:w + len(rs)] = array("Q", [(start << 16) | res for start, res in rs])
             t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [LANES | (len(rs) - 1) << SMALL6_SHIFT | w, 0, 0,
                                                             SLOT6_PTR])
-        elif len(rs) > TREE_MIN:
+        elif len(rs) > (TREE_PAIRS_MIN if extra else TREE_MIN):
             off, levels, packed = _v6_tree(t, rs)
             t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [len(rs) << 32 | CHUNK | off, levels, 0,
                                                             SLOT6_PTR | SLOT6_TREE | (SLOT6_PACKED if packed else 0)])

@@ -5,7 +5,7 @@ tests/unit/test_lpm.py checks dropwatch.lpm's tables through their Python
 walk; here the BPF code walks them: every form of a /16 is reached (a
 direct answer, IPv4 lanes of 1 to 4 prefixes packed at every position of a
 line, IPv4 chunks, IPv4 trees of 1 to 3 levels, IPv6 small chunks of 1 to
-16 ranges, IPv6 chunks, IPv6 trees of 2 to 4 levels with packed leaf lines
+16 ranges, IPv6 chunks, IPv6 trees of 1 to 4 levels with packed leaf lines
 and of 2 and 3 with (key, value) pairs, and the chunks below a /64), on
 both sides, at every prefix's edges and at random addresses, and
 each record must carry the label and side that
@@ -166,7 +166,7 @@ def test_every_table_form_is_reached(tables: Any) -> None:
     v6 = Counter(_v6_form(t, i) for i in range(2 * lpm.L1_SIZE))
     for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "tree1", "tree2", "tree3", "direct"):
         assert v4[form] >= (1 if form.startswith("tree") else 10), v4
-    for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "tree2", "tree3", "tree4", "tree2-pairs",
+    for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "tree1", "tree2", "tree3", "tree4", "tree2-pairs",
                  "tree3-pairs", "direct"):
         assert v6[form] >= (1 if form.startswith("tree") else 10), v6
     assert t.v6_ptrs, "no chunk below a /64"

@@ -256,59 +256,79 @@ def test_v4_random_blocks() -> None:
     assert all(off // line == (off + n - 1) // line for off, n in spans if n <= line)
 
 
-# The last: the largest chunk on the top 64 bits (2n + 1 <= TREE_MIN ranges).
-@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, (lpm.TREE_MIN - 1) // 2])
-def test_v6_small_chunks(n: int) -> None:
+# The last: the largest chunk on the top 64 bits (2n + 3 <= TREE_PAIRS_MIN
+# ranges, with the /64's own two).
+@pytest.mark.parametrize("deep", [False, True])
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 7, 8, 9, 16, 17, (lpm.TREE_PAIRS_MIN - 3) // 2])
+def test_v6_small_chunks(n: int, deep: bool) -> None:
     """n /48s in one /16: up to lpm.LANES6 of them are lanes of its direct
     entry (answered in 2 reads: bitmap, entry); more give 2n + 1 ranges, of
     which up to lpm.SMALL6_MAX make a small chunk of exactly that many u64
     ranges, inside one line (9 or more: one 128-byte value); more make a
-    chunk. The entry points to either."""
+    tree with packed leaves (3 + levels reads). With a /64 that holds a
+    longer prefix (``deep``: two more ranges, one pointing to the /64's
+    chunk) neither lanes nor a small chunk can hold the /16: up to
+    lpm.TREE_PAIRS_MIN ranges it is a chunk whose entry holds n and the
+    pivots (a quarter of at most 16 ranges: at most 7 reads outside that
+    /64), more a tree of pairs."""
     fd, block, width, plen = abi.DW_FD_V6_DST, 0x2001 << 112, 128, 48
     pfx = {(plen, block | (3 * i + 1) << (width - plen)): 1 + i for i in range(n)}
+    deep64 = block | 5 << 64  # in /48 number 0, which no /48 of the set covers
+    if deep:
+        pfx[(96, deep64 | 7 << 32)] = 999
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
     slot = t.v6_slots[((1 << 16) | 0x2001) * lpm.SLOT:((1 << 16) | 0x2002) * lpm.SLOT]
     e = slot[0] & 0xFFFFFFFF
-    n_ranges = 2 * n + 1
-    if n <= lpm.LANES6:
+    n_ranges = 2 * n + 1 + 2 * deep
+    probes = [addr for (p, a) in pfx for addr in (a, a | ((1 << (width - p)) - 1), a - 1, a + (1 << (width - p)))]
+    if n <= lpm.LANES6 and not deep:
         assert not slot[3] & lpm.SLOT6_PTR
         assert {w >> 16 for w in slot[:3]} == {(3 * i + 1) << 16 for i in range(n)}  # top-64 bits 16..63
         assert {(slot[3] >> (16 + 8 * k)) & 0xFF for k in range(3)} == {64 - plen}
-        for (p, a), _r in pfx.items():
-            for addr in (a, a | ((1 << (width - p)) - 1), a - 1, a + (1 << (width - p))):
-                reads = [0]
-                assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
-                assert reads[0] == 2
+        for addr in probes:
+            reads = [0]
+            assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
+            assert reads[0] == 2
         return
     assert slot[3] & lpm.SLOT6_PTR
-    if n_ranges <= lpm.SMALL6_MAX:
+    assert e & lpm.LANES or slot[0] >> 32 == n_ranges  # a small chunk's n is in e
+    tree = bool(slot[3] & lpm.SLOT6_TREE)
+    max_reads = 7
+    if n_ranges <= lpm.SMALL6_MAX and not deep:
         assert list(slot[1:]) == [0, 0, lpm.SLOT6_PTR]
         assert e & lpm.LANES and not e & lpm.CHUNK
         assert ((e >> lpm.SMALL6_SHIFT) & 15) + 1 == n_ranges
         off = e & lpm.SMALL6_OFF
         line = 8 if n_ranges <= 8 else 16
         assert off // line == (off + n_ranges - 1) // line
+        max_reads = 3
+    elif tree:
+        assert n_ranges > (lpm.TREE_PAIRS_MIN if deep else lpm.TREE_MIN)
+        assert bool(slot[3] & lpm.SLOT6_PACKED) == (not deep)
+        max_reads = 3 + slot[1]
     else:
-        # A chunk (up to lpm.TREE_MIN ranges, no tree): its n and pivots
-        # (bits 16..63 of the starts of ranges j * n // 4: the /48s' ends and
-        # starts alternate) in the entry.
-        assert e & lpm.CHUNK and slot[0] >> 32 == n_ranges and not slot[3] & lpm.SLOT6_TREE
-        starts = [0] + [x for i in range(n) for x in ((3 * i + 1) << 16, (3 * i + 2) << 16)]
+        # A chunk, only with a /64's chunk among its ranges: its n and
+        # pivots (bits 16..63 of the starts of ranges j * n // 4: the /64's
+        # two, then the /48s' starts and ends alternating) in the entry.
+        assert deep and e & lpm.CHUNK and n_ranges <= lpm.TREE_PAIRS_MIN
+        starts = [0, 5, 6] + [x for i in range(n) for x in ((3 * i + 1) << 16, (3 * i + 2) << 16)]
         assert [w & lpm.M48 for w in slot[1:]] == [starts[j * n_ranges // 4] for j in (1, 2, 3)]
-    for (p, a), _r in pfx.items():
-        for addr in (a, a | ((1 << (width - p)) - 1), a - 1, a + (1 << (width - p))):
-            reads = [0]
-            assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
-            # Bitmap, entry, then a small chunk's line, or a quarter of at
-            # most 16 ranges (4 halvings) and the answer's range.
-            assert reads[0] <= 7
+    for addr in probes:
+        reads = [0]
+        assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, width, addr), hex(addr)
+        if addr >> 64 != deep64 >> 64:
+            # Bitmap, entry, then a small chunk's line; or a quarter of at
+            # most 16 ranges (4 halvings) and the answer's range; or a
+            # tree's levels and its leaf line.
+            assert reads[0] <= max_reads
 
 
 @pytest.mark.parametrize("deep", [False, True])
 @pytest.mark.parametrize("n", [20, 30, 31, 32, 33, 40, 100, 500, 2100, 20_000])
 def test_v6_tree(n: int, deep: bool) -> None:
     """n random /32-/64 prefixes in one /16 (RIR space puts real sets in a
-    few dozen /16s): more than lpm.TREE_MIN ranges make a tree, levels =
+    few dozen /16s): more than lpm.TREE_MIN ranges (lpm.TREE_PAIRS_MIN with
+    a /64 that has its own chunk) make a tree, levels =
     the least l with ceil(leaves / 8^l) == 1, every node's keys sorted and
     padded with 2^48, and every lookup (prefix edges, just outside them,
     random addresses) equal to brute force in exactly 3 + levels reads
@@ -338,7 +358,7 @@ def test_v6_tree(n: int, deep: bool) -> None:
     assert t.v6_slots[i * lpm.SLOT + 3] & lpm.SLOT6_PTR and w0 & lpm.CHUNK
     n_ranges, line = w0 >> 32, (w0 & 0x7FFFFFFF) >> 2
     tree = bool(t.v6_slots[i * lpm.SLOT + 3] & lpm.SLOT6_TREE)
-    assert tree == (n_ranges > lpm.TREE_MIN)
+    assert tree == (n_ranges > (lpm.TREE_PAIRS_MIN if deep else lpm.TREE_MIN))
     addrs = [a + d for (p, a) in rng.sample(sorted(pfx), min(n, 300))
              for d in (0, (1 << (width - p)) - 1, -1, 1 << (width - p))]
     addrs += [block << 112 | rng.getrandbits(112) for _ in range(300)] + [block << 112, (block + 1 << 112) - 1]
