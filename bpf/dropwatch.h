@@ -196,19 +196,19 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * longer than /64.
  *
  * IPv6 trees (a /16 of more than DW_LPM6_TREE_MIN ranges on the top 64
- * bits, DW_LPM6_PAIRS_TREE_MIN if it holds a /64's chunk): its n ranges, sorted, the first starting at 0, in leaf lines of
- * 4 (16 bytes each: u64 start, bits 16..63 of the address; u64 value, as
- * in a chunk below), or, when no range's value points to a /64's chunk
- * (DW_LPM6_SLOT_PACKED), packed 8 a line as the small chunks' ranges,
- * (start << 16) | result, past n copies of the last range (they count but
- * answer the same); `leaves` below is then ceil(n / 8), else ceil(n / 4);
- * after
- * `levels` levels of index lines, the top level first: a line is a node
+ * bits, DW_LPM6_PAIRS_TREE_MIN if it holds a /64's chunk): its n ranges,
+ * sorted, the first starting at 0, in leaf lines of 4 (16 bytes each: u64
+ * start, bits 16..63 of the address; u64 value, as in a chunk below), or,
+ * when no range's value points to a /64's chunk (DW_LPM6_SLOT_PACKED),
+ * packed 8 a line as the small chunks' ranges, (start << 16) | result,
+ * past n copies of the last range (they count but answer the same);
+ * `leaves` below is then ceil(n / 8), else ceil(n / 4); after `levels`
+ * levels of index lines, the top level first: a line is a node
  * of 8 u64 keys, key c of node j of level l the start of the first range
  * below its child j * 8 + c (level l - 1; level 0: the leaf lines). Level l
  * has ceil(leaves / 8^l) nodes and levels is the least l with
- * ceil(leaves / 8^l) == 1 (0 for one leaf line). Keys and starts past the
- * end are 2^48, above every address. The search counts the keys <= key in
+ * ceil(leaves / 8^l) == 1 (0 for one leaf line). Keys past the end, and
+ * a leaf of pairs' starts past n, are 2^48, above every address. The search counts the keys <= key in
  * each node it visits (the first always is) and descends; in the leaf,
  * the last range starting <= key is the answer.
  *
