@@ -21,10 +21,9 @@ trees' difference.
 --tree-min4 / --tree-min6 compare variants of this tree instead: the same
 BPF object, with the rule compiler's tree threshold (dropwatch.lpm's
 TREE4_MIN / TREE_MIN: a /16 of more ranges is a static search tree, a
-smaller one a chunk; IPv6: of a /16 that holds no /64's chunk, whose
-tree's leaves are packed, the sets here) set to each value in turn. Each
-difference is then
-against the first value. Sizes "blocksN:B" and "rirN:B" put the N prefixes
+smaller one a chunk; for IPv6 the threshold of /16s that hold no /64's
+chunk, as in every set here) set to each value in turn. Each difference
+is then against the first value. Sizes "blocksN:B" and "rirN:B" put the N prefixes
 into B /16s, which sets how many ranges a /16 holds and so which side of a
 threshold it falls on.
 """

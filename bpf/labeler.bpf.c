@@ -782,11 +782,12 @@ static __always_inline const __u64 *rng6_line(__u32 line)
 /*
  * A /16's IPv6 chunk on the top 64 bits, as a static search tree (layout
  * in dropwatch.h): one 64-byte node per level picks one of its 8
- * children by counting its keys <= key, then a leaf line of 4 ranges gives
- * the answer. RIR space puts real prefix sets in a few dozen /16s, so
- * these chunks hold thousands of ranges: a binary search there read 10-13
- * dependent lines per address, the tree reads levels + 1 (4 + 1 for 10^5
- * prefixes in 55 /16s), its top levels shared by every address of the /16
+ * children by counting its keys <= key, then a leaf line of 8 (packed) or
+ * 4 ranges gives the answer. RIR space puts real prefix sets in a few
+ * dozen /16s, so these chunks hold thousands of ranges: a binary search
+ * there read 10-13 dependent lines per address, the tree reads levels + 1
+ * (3 + 1 for 10^5 prefixes in 55 /16s), its top levels shared by every
+ * address of the /16
  * and so mostly cached. Unless a range points to a /64's chunk, a leaf
  * line packs 8 ranges of one word (packed != 0): half the leaf lines and
  * half the lowest nodes, the reads that miss the cache (for 10^5 RIR
@@ -873,7 +874,7 @@ static __always_inline __u32 lpm6_small(__u32 e, __u64 key48)
 /*
  * IPv6: the direct entry for the top 16 bits, whose lanes hold the answer
  * for a /16 of up to DW_LPM6_LANES prefixes of /64 or shorter (layout in
- * dropwatch.h); else a small chunk or a chunk on the top 64 bits, and,
+ * dropwatch.h); else a small chunk, a tree or a chunk on the top 64 bits, and,
  * only inside a /64 that holds longer prefixes, a chunk on the low 64 bits
  * (whose ranges already fall back to the best prefix of /64 or less).
  */

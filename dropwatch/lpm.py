@@ -28,7 +28,8 @@ answer for that /16 or leads to a chunk of it:
 
 A lookup is one direct-table read (IPv4) or one plus one small search
 (IPv6), or at most one binary search or tree walk (IPv4, levels <= 3),
-one binary search or tree walk (IPv6, levels <= log8 of the /16's ranges / 4) and
+one binary search or tree walk (IPv6, levels <= log8 of the /16's leaf
+lines: its ranges / 8, or / 4 where a range points to a /64's chunk) and
 one binary search (IPv6 inside such a /64), of bounded depth whatever the
 prefix lengths. Small IPv6 chunks are packed into
 64-byte lines (one of more than 8 ranges into one 128-byte value) so that a

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -76,10 +77,11 @@ def _mib(quantity: str) -> float:
     return int(m.group(1)) * (1024 if m.group(2) == "Gi" else 1)
 
 
-def _container() -> dict:  # type: ignore[type-arg]
+def _container() -> dict[str, Any]:
     ds = next(d for d in yaml.safe_load_all(K8S.read_text()) if d and d["kind"] == "DaemonSet")
     (c,) = ds["spec"]["template"]["spec"]["containers"]
-    return c  # type: ignore[no-any-return]
+    c_: dict[str, Any] = c
+    return c_
 
 
 def test_the_maps_split_into_fixed_and_per_cpu(maps: tuple[int, dict[str, dict[str, str]]]) -> None:
