@@ -670,13 +670,32 @@ static __always_inline __u32 lpm4_tree(__u64 b, __u64 levels, __u32 key)
 }
 
 /*
- * IPv4: the /16's direct entry, whose lanes hold the answer (layout in
- * dropwatch.h), or for a crowded /16 a chunk. The lanes are tested at once,
- * ((key ^ a) & m) == 0 per 16-bit lane, and the first lane that matches
- * (the longest prefix) gives the result, with arithmetic only: which lane
+ * An IPv4 entry's lanes (layout in dropwatch.h), tested at once,
+ * ((key ^ a) & m) == 0 per 16-bit lane; the first lane that matches (the
+ * longest prefix) gives the result, with arithmetic only: which lane
  * matches is a coin toss per packet, and a mispredicted branch would cost
- * more than this whole search. One entry is all the memory the common case
- * reads: a second read that depends on it (the lanes used to sit in a
+ * more than this whole search (tests/bpf/test_branch_free.py holds the
+ * compiled code to that).
+ */
+static __always_inline __u32 lpm4_lanes(const struct dw_lpm4_slot *s, __u64 b, __u32 key)
+{
+	__u64 x = ((__u64)key * DW_ONE16 ^ s->a) & s->m;
+	/* Top bit of each lane: lane == 0 (exact: no carry crosses lanes). */
+	__u64 z = ~(((x & DW_L16) + DW_L16) | x) & DW_H16;
+
+	z &= 0 - z;				/* the first match */
+	__u64 r = s->r & ((z >> 15) * 0xffff);	/* its lane of r, the rest 0 */
+
+	r |= r >> 32;
+	r |= r >> 16;
+	/* r lanes hold result ^ b: no match leaves 0, so b. */
+	return ((__u32)r ^ (__u32)b) & 0xffff;
+}
+
+/*
+ * IPv4: the /16's direct entry, whose lanes hold the answer, or for a
+ * crowded /16 a chunk or a tree. One entry is all the memory the common
+ * case reads: a second read that depends on it (the lanes used to sit in a
  * table of their own) cost 8-10 ns more per packet with 10^5 random flows.
  */
 static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
@@ -690,17 +709,7 @@ static __always_inline __u32 lpm4(__u32 gen, __u32 dir, __u32 addr_be)
 
 	if (b & DW_LPM_CHUNK)
 		return b & DW_LPM4_TREE ? lpm4_tree(b, s->a, a & 0xffff) : lpm4_chunk(s, b, a & 0xffff);
-	__u64 x = ((__u64)(a & 0xffff) * DW_ONE16 ^ s->a) & s->m;
-	/* Top bit of each lane: lane == 0 (exact: no carry crosses lanes). */
-	__u64 z = ~(((x & DW_L16) + DW_L16) | x) & DW_H16;
-
-	z &= 0 - z;				/* the first match */
-	__u64 r = s->r & ((z >> 15) * 0xffff);	/* its lane of r, the rest 0 */
-
-	r |= r >> 32;
-	r |= r >> 16;
-	/* r lanes hold result ^ b: no match leaves 0, so b. */
-	return ((__u32)r ^ (__u32)b) & 0xffff;
+	return lpm4_lanes(s, b, a & 0xffff);
 }
 
 /* An IPv6 chunk's search: the value of the last range whose u64 start <=
@@ -754,7 +763,7 @@ static __always_inline __u32 lpm6_chunk(__u32 off, __u64 key)
  * of the difference is key48 < p). */
 static __always_inline __u32 pivot_le(__u64 key48, __u64 p)
 {
-	return 1 - ((key48 - (p & 0xffffffffffffull)) >> 63);
+	return le48(key48, p & 0xffffffffffffull);
 }
 
 /* A /16's IPv6 chunk (keyed by the top 64 bits): its entry holds n and
@@ -861,14 +870,44 @@ static __always_inline __u32 lpm6_small(__u32 e, __u64 key48)
 
 	for (int i = 0; i < DW_LPM6_SMALL_STEPS; i++) {
 		__u32 half = len >> 1;
-		/* Both below 2^48: bit 63 of the difference is key < start. */
-		__u64 below = (key48 - (l->v[(i0 + base + half) & 15] >> 16)) >> 63;
+		/* Both below 2^48: bit 63 of the difference is key < start.
+		 * Hide the difference, or clang, knowing both bounds, makes it
+		 * a compare and a branch (as le48()). */
+		__u64 d = key48 - (l->v[(i0 + base + half) & 15] >> 16);
+
+		barrier_var(d);
+		__u64 below = d >> 63;
 
 		barrier_var(below);
 		base += half & ((__u32)below - 1);
 		len -= half;
 	}
 	return l->v[(i0 + base) & 15] & 0xffff;
+}
+
+/* An IPv6 entry's lanes: the longest of its up to DW_LPM6_LANES prefixes
+ * that matches key48 (address bits 16..63), else the /16's own result. */
+static __always_inline __u32 lpm6_lanes(const struct dw_lpm6_slot *s, __u64 w3, __u64 key48)
+{
+	__u64 res = w3 & 0xffff;
+
+	/* The shortest lane first, so that the longest match writes last;
+	 * which lanes match is a coin toss per packet: no branch. */
+	for (int i = DW_LPM6_LANES - 1; i >= 0; i--) {
+		__u64 w = s->w[i];
+		__u64 x = (key48 ^ (w >> 16)) >> ((w3 >> (16 + 8 * i)) & 63);
+		__u64 nz = x | (0 - x);	/* bit 63 iff x != 0 */
+
+		/* Hide nz, or clang sees x == 0 and tests it with a branch
+		 * (BPF has no conditional move): three coin tosses a lookup,
+		 * 9 ns a packet with 10^5 prefixes and random flows. */
+		barrier_var(nz);
+		__u64 hit = (nz >> 63) - 1;	/* all ones iff x == 0 */
+
+		barrier_var(hit);
+		res ^= (res ^ (w & 0xffff)) & hit;
+	}
+	return res;
 }
 
 /*
@@ -888,21 +927,8 @@ static __always_inline __u32 lpm6(__u32 gen, __u32 dir, const __u32 *addr)
 	const struct dw_lpm6_slot *s = &dw_slot6[(((gen * 2 + dir) << 16) | top16) & (DW_LPM6_SLOTS - 1)];
 	__u64 w3 = s->w[3];
 
-	if (!(w3 & DW_LPM6_SLOT_PTR)) {
-		__u64 key48 = hi64 & 0xffffffffffffull, res = w3 & 0xffff;
-
-		/* The shortest lane first, so that the longest match writes last;
-		 * which lanes match is a coin toss per packet: no branch. */
-		for (int i = DW_LPM6_LANES - 1; i >= 0; i--) {
-			__u64 w = s->w[i];
-			__u64 x = (key48 ^ (w >> 16)) >> ((w3 >> (16 + 8 * i)) & 63);
-			__u64 hit = ((x | (0 - x)) >> 63) - 1;	/* all ones iff x == 0 */
-
-			barrier_var(hit);
-			res ^= (res ^ (w & 0xffff)) & hit;
-		}
-		return res;
-	}
+	if (!(w3 & DW_LPM6_SLOT_PTR))
+		return lpm6_lanes(s, w3, hi64 & 0xffffffffffffull);
 	__u64 w0 = s->w[0];
 	__u32 e = (__u32)w0;
 
@@ -988,6 +1014,8 @@ static __always_inline __u64 key_min(__u64 a, __u64 b)
 {
 	__u64 d = a - b;
 
+	/* Hide d, or clang makes the mask a compare and a branch. */
+	barrier_var(d);
 	return b + (d & (__u64)((__s64)d >> 63));
 }
 
