@@ -564,6 +564,17 @@ static __always_inline __u32 lanes_le(__u64 k, __u64 p)
 	return ((ge >> 15) * DW_ONE16) >> 48;
 }
 
+/* 1 iff key < start, both below 2^16: the difference wraps into bit 31
+ * exactly then. Hidden from clang, which knows both bounds and would test
+ * key < start with a branch. */
+static __always_inline __u32 lt16(__u32 key, __u32 start)
+{
+	__u32 d = key - start;
+
+	barrier_var(d);
+	return d >> 31;
+}
+
 /*
  * An IPv4 chunk (a /16 of more than DW_LPM_LANES_MAX prefixes): n sorted
  * ranges at off of dw_lpm4_rng, n in b's high half. The entry's lanes hold
@@ -590,10 +601,7 @@ static __always_inline __u32 lpm4_chunk(const struct dw_lpm4_slot *s, __u64 b, _
 		if (len <= 1)
 			break;
 		__u32 half = len >> 1;
-		__u32 r = line32_get(&dw_lpm4_rng, off + base + half);
-		/* 1 iff the range starts above key: both are below 2^16, so the
-		 * difference wraps into bit 31 exactly then. */
-		__u32 above = (key - (r >> 16)) >> 31;
+		__u32 above = lt16(key, line32_get(&dw_lpm4_rng, off + base + half) >> 16);
 
 		/* Hide that above is 0 or 1, or clang turns the mask below back
 		 * into a branch (BPF has no conditional move). */
