@@ -119,15 +119,20 @@ def test_a_recycled_slot_counts_its_next_key(tmp_path: Path) -> None:
         ld._drop_ctl.next_fresh = ld.drop_entries  # as if every slot had been handed out
         full0 = ld.read_stats("reader").get(abi.Stat.MAP_FULL, 0)
         e.send(3)
-        assert ld.read_stats("reader").get(abi.Stat.MAP_FULL, 0) - full0 == 3 and e.slot() is None
-        ld.recycle_drop_slots([7])
+        # At least ours: the lab's own IPv6 chatter (MLD, ND at link-up)
+        # can die unlabeled meanwhile, and is map-full too.
+        assert ld.read_stats("reader").get(abi.Stat.MAP_FULL, 0) - full0 >= 3 and e.slot() is None
+        # Three slots, handed out in this order: a chatter drop between the
+        # recycling and our packets takes 7 (a CI run saw it), and ours 8.
+        ld.recycle_drop_slots([7, 8, 9])
         e.send(20)
         e.col.poll()
-        assert e.slot() == 7 and e.total() == 20
-        e.idle_polls(5)  # retired, then recycled: slot 7 is free again
-        assert e.slot() is None and ld.read_drop_slots()[7] == 0
-        # Another key gets a recycled slot: 7, or one a retired background
-        # key (the lab's own IPv6 chatter, dropped early on) gave back.
+        got = e.slot()
+        assert got in (7, 8, 9) and e.total() == 20
+        e.idle_polls(5)  # retired, then recycled: its slot is free again
+        assert e.slot() is None and ld.read_drop_slots()[got] == 0
+        # Another key gets a recycled slot: one of those, or one a retired
+        # background key (the lab's own IPv6 chatter) gave back.
         e.send(4, RX_V4["nolabel"])
         e.col.poll()
         assert e.total() == 20 and e.total("unlabeled") == 4
