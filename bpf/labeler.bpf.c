@@ -564,15 +564,18 @@ static __always_inline __u32 lanes_le(__u64 k, __u64 p)
 	return ((ge >> 15) * DW_ONE16) >> 48;
 }
 
-/* 1 iff key < start, both below 2^16: the difference wraps into bit 31
- * exactly then. Hidden from clang, which knows both bounds and would test
- * key < start with a branch. */
-static __always_inline __u32 lt16(__u32 key, __u32 start)
+/* 1 iff k <= key48: key48 is below 2^48 and k at most 2^48 (a tree's
+ * padding, above every key: 2^48 for IPv6, 2^16 for IPv4), so bit 63 of
+ * the difference is key48 < k. */
+static __always_inline __u32 le48(__u64 key48, __u64 k)
 {
-	__u32 d = key - start;
+	__u64 d = key48 - k;
 
+	/* Hide d: with 32-bit operands (IPv4) clang turns the shift back
+	 * into a compare and a branch, 15 a node, and the verifier walks
+	 * every combination. */
 	barrier_var(d);
-	return d >> 31;
+	return 1 - (d >> 63);
 }
 
 /*
@@ -601,7 +604,8 @@ static __always_inline __u32 lpm4_chunk(const struct dw_lpm4_slot *s, __u64 b, _
 		if (len <= 1)
 			break;
 		__u32 half = len >> 1;
-		__u32 above = lt16(key, line32_get(&dw_lpm4_rng, off + base + half) >> 16);
+		/* 1 iff the range starts above key (le48(): both below 2^16). */
+		__u32 above = 1 - le48(key, line32_get(&dw_lpm4_rng, off + base + half) >> 16);
 
 		/* Hide that above is 0 or 1, or clang turns the mask below back
 		 * into a branch (BPF has no conditional move). */
@@ -610,20 +614,6 @@ static __always_inline __u32 lpm4_chunk(const struct dw_lpm4_slot *s, __u64 b, _
 		len -= half;
 	}
 	return line32_get(&dw_lpm4_rng, off + base) & 0xffff;
-}
-
-/* 1 iff k <= key48: key48 is below 2^48 and k at most 2^48 (a tree's
- * padding, above every key: 2^48 for IPv6, 2^16 for IPv4), so bit 63 of
- * the difference is key48 < k. */
-static __always_inline __u32 le48(__u64 key48, __u64 k)
-{
-	__u64 d = key48 - k;
-
-	/* Hide d: with 32-bit operands (IPv4) clang turns the shift back
-	 * into a compare and a branch, 15 a node, and the verifier walks
-	 * every combination. */
-	barrier_var(d);
-	return 1 - (d >> 63);
 }
 
 /* How many of words 1..15 of line l, shifted right by `shift`, are <= key
@@ -878,13 +868,8 @@ static __always_inline __u32 lpm6_small(__u32 e, __u64 key48)
 
 	for (int i = 0; i < DW_LPM6_SMALL_STEPS; i++) {
 		__u32 half = len >> 1;
-		/* Both below 2^48: bit 63 of the difference is key < start.
-		 * Hide the difference, or clang, knowing both bounds, makes it
-		 * a compare and a branch (as le48()). */
-		__u64 d = key48 - (l->v[(i0 + base + half) & 15] >> 16);
-
-		barrier_var(d);
-		__u64 below = d >> 63;
+		/* 1 iff key < start (le48(): both below 2^48). */
+		__u64 below = 1 - le48(key48, l->v[(i0 + base + half) & 15] >> 16);
 
 		barrier_var(below);
 		base += half & ((__u32)below - 1);
