@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -165,12 +166,23 @@ def compare(trees: dict[str, tuple[Path, str]], family: int, size: str, rounds: 
             p.wait(timeout=60)
 
 
+SIZE_RE = re.compile(r"^(\d+|rir\d+(:\d+)?|blocks\d+(:\d+)?)$")
+
+
+def size_family(size: str) -> int | None:
+    """The only family a set exists in (rir: IPv6, blocks: IPv4), or None
+    for the curve sets, which exist in both."""
+    return 6 if size.startswith("rir") else 4 if size.startswith("blocks") else None
+
+
 def run_all(trees: dict[str, tuple[Path, str]], args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     print(f"-empty ns/packet, median over {args.rounds} rounds (10th percentile), repeat {args.repeat:,}; "
           f"every variant in every round; difference: against {next(iter(trees))}")
     for fam in (int(x) for x in args.family.split(",")):
         for size in args.sizes.split(","):
+            if size_family(size) not in (None, fam):
+                continue  # an IPv6-only set in the IPv4 pass, or the reverse
             r = compare(trees, fam, size, args.rounds, args.repeat)
             results.append(r)
             for fl, v in r["flows"].items():
@@ -200,6 +212,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=200_000, help="BPF_PROG_TEST_RUN repeat per run")
     ap.add_argument("--json", type=Path, default=BENCH / "out" / "compare.json")
     args = ap.parse_args()
+    fams = args.family.split(",") if args.family else ["4"] if args.tree_min4 else ["6"] if args.tree_min6 else []
+    if any(f not in ("4", "6") for f in fams):
+        ap.error(f"--family {args.family}: 4, 6 or 4,6")
+    for size in args.sizes.split(","):
+        if not SIZE_RE.match(size):
+            ap.error(f"--sizes: {size!r} is not N, rirN[:B] or blocksN[:B]")
+        want = size_family(size)
+        if want and fams and str(want) not in fams:
+            ap.error(f"--sizes {size}: an IPv{want} set, but the family compared is IPv{' and IPv'.join(fams)}")
     if os.geteuid() != 0:
         sys.exit(f"{sys.argv[0]}: needs root (BPF)")
     subprocess.run(["make", "-s", "-C", str(ROOT / "bpf")], check=True)
