@@ -212,28 +212,27 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=200_000, help="BPF_PROG_TEST_RUN repeat per run")
     ap.add_argument("--json", type=Path, default=BENCH / "out" / "compare.json")
     args = ap.parse_args()
-    fams = args.family.split(",") if args.family else ["4"] if args.tree_min4 else ["6"] if args.tree_min6 else []
+    sweep = args.tree_min4 or args.tree_min6
+    args.family = args.family or ("4" if args.tree_min4 else "6" if args.tree_min6 else "4,6")
+    fams = args.family.split(",")
     if any(f not in ("4", "6") for f in fams):
         ap.error(f"--family {args.family}: 4, 6 or 4,6")
     for size in args.sizes.split(","):
         if not SIZE_RE.match(size):
             ap.error(f"--sizes: {size!r} is not N, rirN[:B] or blocksN[:B]")
         want = size_family(size)
-        if want and fams and str(want) not in fams:
+        if want and str(want) not in fams:
             ap.error(f"--sizes {size}: an IPv{want} set, but the family compared is IPv{' and IPv'.join(fams)}")
     if os.geteuid() != 0:
         sys.exit(f"{sys.argv[0]}: needs root (BPF)")
     subprocess.run(["make", "-s", "-C", str(ROOT / "bpf")], check=True)
     subprocess.run(["make", "-s", "-C", str(BENCH)], check=True)
-    sweep = args.tree_min4 or args.tree_min6
     if sweep:
         fam = "4" if args.tree_min4 else "6"
-        args.family = args.family or fam
         trees = {f"tree>{n}": (ROOT, f"{fam}:{int(n)}") for n in sweep.split(",")}
         rows = run_all(trees, args)
         meta: dict[str, Any] = {"tree_min_family": int(fam), "tree_min": [int(n) for n in sweep.split(",")]}
     else:
-        args.family = args.family or "4,6"
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], check=True,
                              capture_output=True, text=True).stdout.strip()
         with tempfile.TemporaryDirectory(prefix="dw-compare-") as tmp:
