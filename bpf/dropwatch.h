@@ -289,11 +289,17 @@ struct dw_line128 {
  * skey = side_prio << 32 | side; a kind no candidate sets holds
  * DW_PRIO_NONE << 32 (skey: | the rule set's default side). A result with
  * a candidate that has a proto or port condition has DW_ANS_EVAL in skey:
- * both sides' candidate lists are then evaluated the long way. Keys stay
- * below 2^63, so the smaller one is found by a signed subtraction.
+ * both sides' candidate lists are then evaluated the long way. Other keys
+ * stay below 2^63, so the smaller one is found by a signed subtraction.
+ * DW_ANS_EVAL is bit 63, above every key: until session 11 it was bit 62,
+ * which DW_PRIO_NONE << 32 also sets, so every answer without a side
+ * (the "no match" one included) asked for the long way, and no packet took
+ * the branch-free path.
  */
 #define DW_PRIO_NONE	0x7fffffffu
-#define DW_ANS_EVAL	(1ull << 62)
+#define DW_ANS_EVAL	(1ull << 63)
+_Static_assert(!((((__u64)DW_PRIO_NONE << 32) | 0xffffffffull) & DW_ANS_EVAL),
+	       "DW_ANS_EVAL must be above every answer key");
 struct dw_lpm_ans {
 	__u64 lkey;
 	__u64 skey;
@@ -566,6 +572,8 @@ enum dw_stat {
 	DW_STAT_FLOW_HIT,		/* attributed from dw_flows */
 	DW_STAT_FLOW_STALE,		/* entry found, wrong epoch or too old: not used */
 	DW_STAT_FLOW_MISS,		/* looked up, no entry */
+	/* labeler, added later */
+	DW_STAT_XDP_EVAL,		/* labeled the long way: a candidate has a proto/port condition */
 	DW_STAT__COUNT = 24,
 };
 

@@ -1049,6 +1049,7 @@ static __always_inline void classify(const struct pkt_info *pi, struct dw_result
 	const struct dw_lpm_ans *ad = &dw_lpm_ans[di & (DW_GENS * DW_MAX_RESULTS - 1)];
 
 	if ((as->skey | ad->skey) & DW_ANS_EVAL) {
+		stat_inc(DW_STAT_XDP_EVAL);
 		r->side = rs->default_side;
 		eval_result(si, pi, r);
 		eval_result(di, pi, r);

@@ -422,8 +422,10 @@ def test_packet_counters_exact(loader_factory: Any) -> None:
     ip_runs = sum(n for _, n in plan)
     assert sum(v[0] for v in got.values()) == ip_runs + 2
     stats = ld.read_stats("labeler")
-    # Only failures are counted per packet; packets come from dw_pkt_counts.
-    assert not stats
+    # Only failures and the long way (a candidate with a condition: most of
+    # these rules have one) are counted per packet; packets come from
+    # dw_pkt_counts.
+    assert set(stats) <= {abi.Stat.XDP_EVAL} and stats.get(abi.Stat.XDP_EVAL, 0) <= ip_runs
 
     # Cumulative, also with the kernel repeating the run itself, on every
     # CPU this process may use: each CPU counts into its own stripe.
@@ -444,6 +446,46 @@ def test_packet_counters_exact(loader_factory: Any) -> None:
         assert ld.lib.map_lookup(ld._lmap("dw_pkt_counts"), ctypes.c_uint32(cpu * abi.DW_PKT_CELLS + cell), v)
         assert v.packets >= 1000, f"CPU {cpu}'s stripe"
     assert untunnelled_packets(ld, max(IDS.values()))[key] == (want[key][0] + n, want[key][1] + n * len(pkt.frame))
+
+
+EVAL_RULES = parse_rules({"default_side": "eyeball", "rules": [
+    {"label": "custA", "dst": ["10.40.0.0/16", "2001:db8:40::/48"]},
+    {"label": "custB", "side": "origin", "dst": ["10.40.7.0/24", "2001:db8:40:7::/64"]},
+    {"side": "origin", "src": ["192.0.2.0/24", "2001:db8:ca::/48"]},
+    {"label": "web", "proto": "tcp", "dport": [80], "dst": ["10.50.0.0/16", "2001:db8:50::/48"]},
+]})
+
+
+def test_only_candidates_with_a_condition_are_evaluated_one_by_one(loader_factory: Any) -> None:
+    """A packet whose matching prefixes carry no proto/port condition is
+    labeled from the two answers, without a branch; only one that meets a
+    condition is evaluated candidate by candidate (xdp_eval). Until session
+    11 the "evaluate" bit was also a bit of "no side", and every packet went
+    the long way."""
+    ids = {name: i + 1 for i, name in enumerate(EVAL_RULES.labels())}
+    ld = loader_factory(EVAL_RULES, ids, meta_key=META_KEY)
+    plain = [(4, "203.0.113.5", "10.40.1.1"), (4, "203.0.113.5", "10.40.7.9"), (4, "192.0.2.7", "10.40.1.1"),
+             (4, "192.0.2.7", "8.8.8.8"), (4, "203.0.113.5", "8.8.8.8"),
+             (6, "2001:db8:ffff::5", "2001:db8:40::1"), (6, "2001:db8:ffff::5", "2001:db8:40:7::9"),
+             (6, "2001:db8:ca::7", "2001:db8:40::1"), (6, "2001:db8:ca::7", "2001:4860::8888"),
+             (6, "2001:db8:ffff::5", "2001:4860::8888")]
+    seen = set()
+    for family, src, dst in plain:
+        for l4 in ("tcp", "udp"):
+            pkt = P.build(family, l4, src=src, dst=dst, dport=80)
+            seen.add(check(ld, pkt.frame, pkt.expect(), rs=EVAL_RULES, ids=ids, what=pkt.desc))
+    assert {(ids["custA"], 1), (ids["custB"], 2), (ids["custA"], 2), (0, 2), (0, 1)} <= seen
+    assert abi.Stat.XDP_EVAL not in ld.read_stats("labeler")
+
+    conditional = [(4, "203.0.113.5", "10.50.1.1"), (6, "2001:db8:ca::7", "2001:db8:50::1")]
+    n = 0
+    for family, src, dst in conditional:
+        for l4, dport in (("tcp", 80), ("tcp", 81), ("udp", 80)):
+            pkt = P.build(family, l4, src=src, dst=dst, dport=dport)
+            seen.add(check(ld, pkt.frame, pkt.expect(), rs=EVAL_RULES, ids=ids, what=pkt.desc))
+            n += 1
+    assert (ids["web"], 1) in seen and (ids["web"], 2) in seen
+    assert ld.read_stats("labeler") == {abi.Stat.XDP_EVAL: n}
 
 
 def test_counter_for_highest_label_id(loader_factory: Any) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dropwatch import abi, lpm, rules
+from dropwatch.loader import _answers
 from dropwatch.rules import (
     Candidate,
     CompiledRules,
@@ -110,17 +112,27 @@ def bpf_classify(out: CompiledRules, family: int, saddr: str, daddr: str, proto:
     """classify() in labeler.bpf.c over the compiled map contents: (label_id, side).
     ``dport=None`` is a packet without a port (not TCP/UDP, or a later fragment)."""
     r = {"label_id": 0, "label_prio": U32_MAX, "side": out.default_side, "side_prio": U32_MAX}
-    _eval_list(out.wildcard, proto, dport, r)
     sa, da = ipaddress.ip_address(saddr), ipaddress.ip_address(daddr)
     assert sa.version == da.version == family
     if family == 6:
         src, dst = _match_prefix(out, V6_SRC, sa), _match_prefix(out, V6_DST, da)
     else:
         src, dst = _match_prefix(out, V4_SRC, sa), _match_prefix(out, V4_DST, da)
-    if src is not None:
-        _eval_list(src[1], proto, dport, r)
-    if dst is not None:
-        _eval_list(dst[1], proto, dport, r)
+    # Both sides' answers (struct dw_lpm_ans, as the loader writes them):
+    # without DW_ANS_EVAL, the smaller key of each kind; with it, both
+    # candidate lists the long way.
+    answers = array("Q", _answers([src or (0, []), dst or (0, [])], out.default_side))
+    skeys, lkeys = answers[1::2], answers[0::2]
+    if (skeys[0] | skeys[1]) & abi.DW_ANS_EVAL:
+        if src is not None:
+            _eval_list(src[1], proto, dport, r)
+        if dst is not None:
+            _eval_list(dst[1], proto, dport, r)
+    else:
+        lkey, skey = min(lkeys), min(skeys)
+        assert lkey < 1 << 63 and skey < 1 << 63  # key_min()'s signed subtraction
+        r = {"label_id": lkey & U32_MAX, "label_prio": lkey >> 32, "side": skey & U32_MAX, "side_prio": skey >> 32}
+    _eval_list(out.wildcard, proto, dport, r)
     if out.pairs and src is not None and dst is not None and src[0] and dst[0]:  # rs->has_pairs, prefix ids
         pair = out.pairs.get((src[0], dst[0]))
         if pair is not None:
