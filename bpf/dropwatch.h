@@ -293,8 +293,9 @@ struct dw_line128 {
  * stay below 2^63, so the smaller one is found by a signed subtraction.
  * DW_ANS_EVAL is bit 63, above every key: until session 11 it was bit 62,
  * which DW_PRIO_NONE << 32 also sets, so every answer without a side
- * (the "no match" one included) asked for the long way, and no packet took
- * the branch-free path.
+ * (the "no match" one included) asked for the long way, and only a packet
+ * whose source and destination prefixes both set a side took the
+ * branch-free path.
  */
 #define DW_PRIO_NONE	0x7fffffffu
 #define DW_ANS_EVAL	(1ull << 63)

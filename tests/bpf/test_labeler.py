@@ -460,8 +460,8 @@ def test_only_candidates_with_a_condition_are_evaluated_one_by_one(loader_factor
     """A packet whose matching prefixes carry no proto/port condition is
     labeled from the two answers, without a branch; only one that meets a
     condition is evaluated candidate by candidate (xdp_eval). Until session
-    11 the "evaluate" bit was also a bit of "no side", and every packet went
-    the long way."""
+    11 the "evaluate" bit was also a bit of "no side", and every packet
+    whose source or destination sets no side went the long way."""
     ids = {name: i + 1 for i, name in enumerate(EVAL_RULES.labels())}
     ld = loader_factory(EVAL_RULES, ids, meta_key=META_KEY)
     plain = [(4, "203.0.113.5", "10.40.1.1"), (4, "203.0.113.5", "10.40.7.9"), (4, "192.0.2.7", "10.40.1.1"),
