@@ -896,7 +896,7 @@ def main() -> None:
           "reads/pkt = dependent table reads per "
           "packet (src + dst: bitmap, direct entry, an IPv6 small chunk's line, chunk header, search probes; "
           "dropwatch.lpm.lookup's walk over the flows), results not counted; B/prefix = one generation's tables "
-          "(bitmaps, direct tables: 2 x 2 MB per family, ranges, results and answers in use) / "
+          "(bitmaps, direct tables: 2 x 1 MB for IPv4, 2 x 2 MB for IPv6, ranges, results and answers in use) / "
           "prefixes; worst-case sets: repeat "
           f"{max(100_000, args.repeat // (10 if args.quick else 5)):,}")
     if parts_rows:

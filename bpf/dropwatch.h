@@ -134,25 +134,44 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  * costs no read of the direct table. Line ((gen * 2 + v6) * 2 + dir) *
  * 128 + top16 / 512, word (top16 / 64) % 8, bit top16 % 64.
  *
- * IPv4 direct table (dw_slot4): one struct dw_lpm4_slot (32 bytes, half a
- * cache line) per (gen, direction, top 16 address bits), index ((gen * 2 +
- * dir) << 16) | top16. It holds the /16's prefixes longer than /16
- * themselves, up to DW_LPM_LANES_MAX of them, longest first, as four
- * 16-bit lanes: a = the prefix's low 16 address bits, m = its mask within
- * the /16, r = its result ^ b, where b (the low 16 bits of b) is the /16's
- * own result (from prefixes of /16 or shorter; 0: none). Lane i matches
- * iff ((key ^ a_i) & m_i) == 0; the four are tested at once (SWAR) and the
- * first match, the longest prefix, is extracted with arithmetic; no match
- * gives b. Lanes past the /16's k prefixes repeat lane 0 (a lane that does
- * not match when lane 0 does not). So an empty slot answers 0, and a /16
- * covered only by a shorter prefix has lanes of mask 0 (match, r = 0):
- * b. A /16 of more than four prefixes has n << 32 | DW_LPM_CHUNK | off in
- * b: its n ranges at entry off of dw_lpm4_rng (no header), and in a, m
- * and r, lanes 0-3 each, DW_LPM4_PIVOTS pivots: pivot j (1..12) is the
- * start of range j * n / 13 (rounded down), so the pivots <= key, c of
- * them, put the answer in ranges [c * n / 13, (c + 1) * n / 13). A /16 of
- * more than DW_LPM4_TREE_MIN ranges has DW_LPM4_TREE in b too, and a = its
- * index levels (m = r = 0): a tree at entry off (a multiple of 16, a
+ * IPv4 direct table (dw_slot4): one struct dw_lpm4_slot (16 bytes, a
+ * quarter of a cache line) per (gen, direction, top 16 address bits),
+ * index ((gen * 2 + dir) << 16) | top16. 16 bytes, not 32 (until session
+ * 12: a mask lane per address lane, and the /16's own result apart),
+ * because one direction's entries then take 1 MB of a core's 2 MB L2, not
+ * all of it: -1.6 to -2.2 ns a packet with 10^5 random prefixes and flows,
+ * -3.6 to -6.2 at 10^6 (bench/compare.py, same rounds). It holds the
+ * /16's prefixes longer than /16 themselves, and its own result, up to
+ * DW_LPM_LANES_MAX of them, longest first, as four 16-bit lanes: a_i in
+ * w0, r_i in w1.
+ *
+ *   a prefix of k = plen - 16 bits, 1..15: a_i = its low 16 address bits
+ *     with a length marker, bit 15 - k set (the bits below it are 0);
+ *     r_i = its result. Lane i's mask is ~(a_i ^ (a_i - 1)), the bits
+ *     above the marker.
+ *   a /32: a_i = its low 16 address bits, r_i = its result | 0x8000
+ *     (mask 0xffff).
+ *   the /16's own result (from a prefix of /16 or shorter), if any: the
+ *     last lane, a_i = 0x8000 (mask 0: it always matches), r_i = the
+ *     result.
+ *
+ * Lane i matches iff ((key ^ a_i) & m_i) == 0; the four are tested at
+ * once (SWAR) and the first match, the longest prefix, is extracted with
+ * arithmetic; no match gives 0. Lanes past the /16's k lanes repeat lane
+ * 0 (a lane that does not match when lane 0 does not). Results in lanes
+ * are below 0x8000; a /16 whose lanes would need a larger one is a chunk.
+ *
+ * A chunk's or tree's entry has lane 0 of w0 = 0 and lane 0 of w1 =
+ * 0x8000 (DW_LPM4_SLOT_CHUNK: a /32 of .0 with result 0, which is no
+ * lane), off in w0's bits 16-47, n - 1 in its bits 48-63: its n sorted
+ * ranges at entry off of dw_lpm4_rng (no header; a chunk of up to 16
+ * starts a 64-byte line if it would cross one). A chunk (a /16 of more
+ * lanes, or whose lanes cannot hold it) has in lanes 1-3 of w1
+ * DW_LPM4_PIVOTS pivots: pivot j (1..3) is the start of range j * n / 4
+ * (rounded down), so the pivots <= key, c of them, put the answer in
+ * ranges [c * n / 4, (c + 1) * n / 4). A /16 of more than
+ * DW_LPM4_TREE_MIN ranges has DW_LPM4_TREE in off too, and its index
+ * levels in w1's bits 16-31: a tree at entry off (a multiple of 16, a
  * 64-byte line) as the IPv6 trees below, with 16 u32 keys a node (pad
  * 2^16) and leaf lines of 16 ranges (past n, copies of the last), levels
  * the least l with ceil(leaves / 16^l) == 1.
@@ -231,9 +250,11 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
  */
 #define DW_LPM_CHUNK	0x80000000u
 #define DW_LPM_LANES	0x40000000u
-#define DW_LPM_LANES_MAX 4	/* IPv4 prefixes of one /16 in its direct entry */
-#define DW_LPM4_PIVOTS	12	/* IPv4 chunk: range starts in its direct entry */
-#define DW_LPM4_TREE	0x40000000u	/* IPv4 entry's b: the chunk is a tree */
+#define DW_LPM_LANES_MAX 4	/* IPv4 lanes of one /16 in its direct entry */
+#define DW_LPM4_PIVOTS	3	/* IPv4 chunk: range starts in its direct entry */
+#define DW_LPM4_SLOT_CHUNK 0x8000u	/* IPv4 entry's lanes 0 (w0 << 16 | w1): a chunk */
+#define DW_LPM4_TREE	0x80000000u	/* IPv4 entry's off: the chunk is a tree */
+#define DW_BMP_SKIP_MIN	49152	/* IPv4 /16s in use from which a direction's bitmap is skipped */
 #define DW_LPM4_TREE_MIN 64	/* IPv4: a /16 of more ranges is a tree, not a chunk (measured) */
 #define DW_LPM4_TREE_LEVELS 3	/* IPv4 tree: index levels, 16^3 leaf lines of 16 >= 2^16 ranges */
 #define DW_LPM6_LANES	3	/* IPv6 prefixes of one /16 in its direct entry */
@@ -262,12 +283,10 @@ struct dw_line32 {
 	__u32 v[16];
 };
 
-/* An IPv4 direct entry (above): four u16 lanes in each of a, m and r. */
+/* An IPv4 direct entry (above): four u16 lanes a in w0, r in w1. */
 struct dw_lpm4_slot {
-	__u64 a;
-	__u64 m;
-	__u64 r;
-	__u64 b;
+	__u64 w0;
+	__u64 w1;
 };
 
 /* An IPv6 direct entry (above): three lanes and their shifts. */
@@ -450,6 +469,11 @@ struct dw_ruleset {
 	__u32 has_pops;		/* dw_pops holds entries for this gen */
 	__u32 flow_max_age_ms;	/* two PoPs writing one flow within this: PoP unknown */
 	__u32 n_udp_encaps;
+	/* Bit dir (IPv4): that direction's bitmap is not read. Its /16s are
+	 * nearly all non-empty (DW_BMP_SKIP_MIN or more of 65,536), so the bit
+	 * would answer "read the entry" for nearly every packet, and an empty
+	 * entry answers 0 anyway. */
+	__u32 bmp_skip;
 	struct dw_udp_encap udp_encaps[DW_MAX_UDP_ENCAPS];
 	struct dw_cand_list wildcard;
 };

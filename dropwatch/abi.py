@@ -27,8 +27,10 @@ DW_NO_SLOT = 0xFFFFFFFF
 DW_LPM_CHUNK = 0x80000000
 DW_LPM_LANES = 0x40000000
 DW_LPM_LANES_MAX = 4
-DW_LPM4_PIVOTS = 12
-DW_LPM4_TREE = 0x40000000
+DW_LPM4_PIVOTS = 3
+DW_LPM4_SLOT_CHUNK = 0x8000
+DW_LPM4_TREE = 0x80000000
+DW_BMP_SKIP_MIN = 49152
 DW_LPM4_TREE_MIN = 64
 DW_LPM4_TREE_LEVELS = 3
 DW_LPM6_LANES = 3
@@ -143,7 +145,7 @@ class Line32(ctypes.Structure):
 
 
 class Lpm4Slot(ctypes.Structure):
-    _fields_ = [("a", u64), ("m", u64), ("r", u64), ("b", u64)]
+    _fields_ = [("w0", u64), ("w1", u64)]
 
 
 class Lpm6Slot(ctypes.Structure):
@@ -206,7 +208,7 @@ class FlowCfg(ctypes.Structure):
 class Ruleset(ctypes.Structure):
     _fields_ = [
         ("has_pairs", u32), ("default_side", u32), ("epoch", u32), ("flow_mode", u32),
-        ("has_pops", u32), ("flow_max_age_ms", u32), ("n_udp_encaps", u32),
+        ("has_pops", u32), ("flow_max_age_ms", u32), ("n_udp_encaps", u32), ("bmp_skip", u32),
         ("udp_encaps", UdpEncapEntry * DW_MAX_UDP_ENCAPS),
         ("wildcard", CandList),
     ]

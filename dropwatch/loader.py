@@ -557,6 +557,7 @@ class Loader:
         gs.rs.has_pops = 1 if c.pop_prefixes else 0
         gs.rs.flow_max_age_ms = c.flow_max_age_ms
         gs.rs.n_udp_encaps = len(c.udp_encaps)
+        gs.rs.bmp_skip = c.lpm.bmp_skip
         for i, (port, etype, ipproto) in enumerate(c.udp_encaps):
             gs.rs.udp_encaps[i] = abi.UdpEncapEntry(port=port, type=etype, ipproto=ipproto)
         gs.rs.wildcard = _cand_list(c.wildcard, 0)
@@ -588,19 +589,18 @@ class Loader:
         if base4 and t.v4_chunks:
             slots = array("Q", slots)
             for i in t.v4_chunks:
-                slots[i * lpm.SLOT + 3] += base4
-        slot_bytes = len(t.v4_slots) * 8
+                slots[i * lpm.SLOT4] += base4 << 16  # off, w0's bits 16-47
         slots6 = t.v6_slots
         if (base6 or small6) and t.v6_ptr_slots:
             slots6 = array("Q", slots6)
             for i in t.v6_ptr_slots:
-                e = slots6[i * lpm.SLOT]
-                slots6[i * lpm.SLOT] = e + base6 + small6 if e & CHUNK else e + 2 * base6
+                e = slots6[i * lpm.SLOT6]
+                slots6[i * lpm.SLOT6] = e + base6 + small6 if e & CHUNK else e + 2 * base6
         return [
             ("dw_lpm_ans", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmAns), _answers(c.results, c.default_side)),
-            ("dw_slot4", gen * slot_bytes, slots.tobytes()),
+            ("dw_slot4", gen * len(t.v4_slots) * 8, slots.tobytes()),
             ("dw_lpm4_rng", base4 * 4, t.v4_rng.tobytes()),
-            ("dw_slot6", gen * slot_bytes, slots6.tobytes()),
+            ("dw_slot6", gen * len(t.v6_slots) * 8, slots6.tobytes()),
             ("dw_lpm6_rng", base6 * 16, t.v6_small.tobytes() + v6_rng.tobytes()),
             ("dw_lpm_bmp", gen * len(t.bmp) * 8, t.bmp.tobytes()),
             ("dw_lpm_res", gen * abi.DW_MAX_RESULTS * ctypes.sizeof(abi.LpmRes), res),
@@ -664,9 +664,9 @@ class Loader:
                     region = mm[d:d + half * width]
                 # Whole 64-byte lines, as the builder lays them out.
                 out["dw_lpm_ranges"] += -(-len(region.rstrip(b"\0")) // 64) * 64 // width
-        for name in ("dw_slot4", "dw_slot6"):
+        for name, words in (("dw_slot4", lpm.SLOT4), ("dw_slot6", lpm.SLOT6)):
             with self._lpm_window(name, 0, self._lpm_sizes[name]) as (mm, _d):
-                slots = np.frombuffer(mm[:], dtype=np.uint64).reshape(-1, lpm.SLOT)
+                slots = np.frombuffer(mm[:], dtype=np.uint64).reshape(-1, words)
             out[name] = int(slots.any(axis=1).sum())
         fd = self._lmap("dw_pairs")
         k, nk = abi.PairKey(), abi.PairKey()

@@ -5,11 +5,11 @@ bpf/dropwatch.h, "rule maps").
 DXR-style: a direct table on the top 16 address bits, whose entry is the
 answer for that /16 or leads to a chunk of it:
 
-* IPv4: a 32-byte entry per /16 holding its prefixes longer than /16
-  themselves, up to ``LANES_MAX`` of them (most /16s), longest first, as
-  16-bit (address, mask, result) lanes that the labeler tests all at once,
-  without a branch, plus the /16's own result. A lookup reads that one
-  entry.
+* IPv4: a 16-byte entry per /16 holding its prefixes longer than /16
+  themselves and its own result, up to ``LANES_MAX`` of them (most /16s),
+  longest first, as 16-bit (address with a length marker, result) lanes
+  that the labeler tests all at once, without a branch. A lookup reads
+  that one entry.
 * IPv6 small chunks: at most ``SMALL6_MAX`` sorted ranges keyed by the top
   64 bits, one u64 each, searched in a fixed number of branch-free steps.
 * Chunks: sorted, non-overlapping ranges covering the /16, each already
@@ -53,6 +53,8 @@ LANES = abi.DW_LPM_LANES
 LANES_MAX = abi.DW_LPM_LANES_MAX
 PIVOTS = abi.DW_LPM4_PIVOTS
 TREE4 = abi.DW_LPM4_TREE
+SLOT4_CHUNK = abi.DW_LPM4_SLOT_CHUNK
+EXACT4 = 0x8000  # a lane's result: the lane is a /32
 TREE4_MIN = abi.DW_LPM4_TREE_MIN
 TREE4_LEVELS = abi.DW_LPM4_TREE_LEVELS
 TREE4_PAD = 1 << 16  # an IPv4 tree key above every address's low 16 bits
@@ -66,6 +68,7 @@ TREE_LEVELS = abi.DW_LPM6_TREE_LEVELS
 TREE_PAD = 1 << 48  # a tree key above every address's bits 16..63
 SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
 M48 = (1 << 48) - 1
+ONE16 = 0x0001000100010001  # a u16 in each lane
 SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
 SMALL6_OFF = abi.DW_LPM6_SMALL_OFF
 SMALL6_MAX = abi.DW_LPM6_SMALL_MAX
@@ -73,7 +76,8 @@ SMALL6_STEPS = SMALL6_MAX.bit_length() - 1  # the BPF search's fixed trip count
 L1_SIZE = 1 << 16
 MAX_V6_CHUNK = 1 << abi.DW_LPM6_STEPS
 LINE = 64  # bytes
-SLOT = 4  # u64 words of a direct entry (struct dw_lpm4_slot: a, m, r, b; struct dw_lpm6_slot: w[4])
+SLOT4 = 2  # u64 words of an IPv4 direct entry (struct dw_lpm4_slot: w0, w1)
+SLOT6 = 4  # u64 words of an IPv6 direct entry (struct dw_lpm6_slot: w[4])
 
 
 class LpmCapacityError(ValueError):
@@ -85,12 +89,12 @@ class LpmTables:
     """One generation's tables, with chunk offsets relative to the start of
     this generation's part of each table (the loader relocates)."""
 
-    # IPv4 direct entries, SLOT words each, at (dir << 16 | top16) * SLOT.
-    v4_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT * 2 * L1_SIZE)))
+    # IPv4 direct entries, SLOT4 words each, at (dir << 16 | top16) * SLOT4.
+    v4_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT4 * 2 * L1_SIZE)))
     v4_chunks: list[int] = field(default_factory=list)  # indexes of the entries that point to a chunk
     v4_rng: array = field(default_factory=lambda: array("I"))  # chunks: their ranges (n is in the direct entry)
-    # IPv6 direct entries, SLOT words each, at (dir << 16 | top16) * SLOT.
-    v6_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT * 2 * L1_SIZE)))
+    # IPv6 direct entries, SLOT6 words each, at (dir << 16 | top16) * SLOT6.
+    v6_slots: array = field(default_factory=lambda: array("Q", bytes(8 * SLOT6 * 2 * L1_SIZE)))
     v6_ptr_slots: list[int] = field(default_factory=list)  # entries holding a small chunk or chunk pointer
     # 64-byte lines of small chunks (u64 ranges): the loader puts them at the
     # start of the gen's part of the IPv6 range array, its chunks after them.
@@ -99,6 +103,8 @@ class LpmTables:
     v6_ptrs: list[int] = field(default_factory=list)  # u64 indexes of values that point to a chunk
     # Bit per /16 with a non-zero direct entry: word ((v6 * 2 + dir) << 10) | top16 >> 6.
     bmp: array = field(default_factory=lambda: array("Q", bytes(8 * 4 * 1024)))
+    # Bit dir: that IPv4 direction's bitmap is not read (struct dw_ruleset's bmp_skip).
+    bmp_skip: int = 0
 
     def nbytes(self) -> int:
         """Memory the set needs in one generation (direct tables included)."""
@@ -107,19 +113,19 @@ class LpmTables:
 
     def v4_used(self) -> int:
         """IPv4 direct entries that are not empty."""
-        return _used(self.v4_slots)
+        return _used(self.v4_slots, SLOT4)
 
     def v6_used(self) -> int:
         """IPv6 direct entries that are not empty."""
-        return _used(self.v6_slots)
+        return _used(self.v6_slots, SLOT6)
 
     def v6_entries(self) -> int:
         """16-byte entries of the IPv6 range array: small chunks and chunks."""
         return (len(self.v6_small) + len(self.v6_rng)) // 2
 
 
-def _used(slots: array) -> int:
-    return sum(1 for i in range(0, len(slots), SLOT) if slots[i] | slots[i + 1] | slots[i + 2] | slots[i + 3])
+def _used(slots: array, words: int) -> int:
+    return sum(1 for i in range(0, len(slots), words) if any(slots[i:i + words]))
 
 
 class _Lines:
@@ -234,11 +240,15 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
     own = array("I", bytes(4 * L1_SIZE))  # each /16's result from prefixes of /16 or shorter
     _paint_l1(own, 0, [x for x in pfx if x[0] <= 16], 32)
     slots = t.v4_slots
-    for block, b in enumerate(own):
-        if b:
-            slots[((dir_ << 16) | block) * SLOT + 3] = b
-            _bmp_set(t, 0, dir_, block)
     blocks: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for block, b in enumerate(own):
+        if b >= EXACT4:
+            blocks[block] = []  # too large for a lane: a chunk of one range
+        elif b:
+            # One lane of length 0 (always matches), repeated.
+            i = (dir_ << 16) | block
+            slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", [0x8000 * ONE16, b * ONE16])
+            _bmp_set(t, 0, dir_, block)
     for plen, addr, res in pfx:
         if plen > 16:
             blocks[addr >> 16].append((plen, addr & 0xFFFF, res))
@@ -246,36 +256,43 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
         i = (dir_ << 16) | block
         base = own[block]
         lanes = _lanes(blocks[block], base)
-        if not lanes:
+        if not lanes and base < EXACT4:
             continue  # the /16's own result already is the answer
         _bmp_set(t, 0, dir_, block)
-        if len(lanes) <= LANES_MAX:
+        # The /16's own result is a lane of length 0 (it always matches).
+        lanes4 = lanes + [(16, 0, base)] if base else lanes
+        if (len(lanes4) <= LANES_MAX and all(res < EXACT4 for _p, _low, res in lanes4)
+                and lanes4[0] != (32, 0, 0)):  # that one would read as a chunk's entry
             # Lanes past k repeat lane 0: they match only where it does.
-            lanes += [lanes[0]] * (LANES_MAX - len(lanes))
-            words = [0, 0, 0]
-            for n, (plen, low, res) in enumerate(lanes):
-                words[0] |= low << (16 * n)
-                words[1] |= (0xFFFF ^ ((1 << (32 - plen)) - 1)) << (16 * n)
-                words[2] |= (res ^ base) << (16 * n)
-            slots[i * SLOT:i * SLOT + 3] = array("Q", words)
+            lanes4 += [lanes4[0]] * (LANES_MAX - len(lanes4))
+            w0 = w1 = 0
+            for n, (plen, low, res) in enumerate(lanes4):
+                if plen == 32:
+                    w0 |= low << (16 * n)
+                    w1 |= (res | EXACT4) << (16 * n)
+                else:
+                    w0 |= (low | 1 << (31 - plen)) << (16 * n)  # the length marker
+                    w1 |= res << (16 * n)
+            slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", [w0, w1])
             continue
         rs = ranges([(low, low + (1 << (32 - p)) - 1, r) for p, low, r in blocks[block]], base, 16)
         n = len(rs)
         if n > TREE4_MIN:
             off, levels = _v4_tree(t, rs)
-            slots[i * SLOT:(i + 1) * SLOT] = array("Q", [levels, 0, 0, n << 32 | CHUNK | TREE4 | off])
+            slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", [(n - 1) << 48 | (TREE4 | off) << 16,
+                                                           levels << 16 | SLOT4_CHUNK])
             t.v4_chunks.append(i)
             continue
         # A chunk that fits a 64-byte line starts one if it would cross one:
         # then its search misses the cache once.
         if n <= LINE // 4 and len(t.v4_rng) % (LINE // 4) + n > LINE // 4:
             t.v4_rng.extend([0] * (-len(t.v4_rng) % (LINE // 4)))
-        # The pivots, lanes 0-3 of a, m and r: the starts of the ranges that
-        # cut the chunk into PIVOTS + 1 segments.
-        words = [0, 0, 0]
+        # The pivots, lanes 1-3 of w1: the starts of the ranges that cut the
+        # chunk into PIVOTS + 1 segments.
+        w1 = SLOT4_CHUNK
         for j in range(1, PIVOTS + 1):
-            words[(j - 1) // 4] |= rs[j * n // (PIVOTS + 1)][0] << (16 * ((j - 1) % 4))
-        slots[i * SLOT:(i + 1) * SLOT] = array("Q", words + [n << 32 | CHUNK | len(t.v4_rng)])
+            w1 |= rs[j * n // (PIVOTS + 1)][0] << (16 * j)
+        slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", [(n - 1) << 48 | len(t.v4_rng) << 16, w1])
         t.v4_chunks.append(i)
         t.v4_rng.extend((start << 16) | res for start, res in rs)
 
@@ -406,18 +423,18 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
             if len(t.v6_small) < w + len(rs):
                 t.v6_small.extend([0] * (-(-(w + len(rs)) // 8) * 8 - len(t.v6_small)))
             t.v6_small[w:w + len(rs)] = array("Q", [(start << 16) | res for start, res in rs])
-            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [LANES | (len(rs) - 1) << SMALL6_SHIFT | w, 0, 0,
+            t.v6_slots[i * SLOT6:(i + 1) * SLOT6] = array("Q", [LANES | (len(rs) - 1) << SMALL6_SHIFT | w, 0, 0,
                                                             SLOT6_PTR])
         elif len(rs) > (TREE_PAIRS_MIN if extra else TREE_MIN):
             off, levels, packed = _v6_tree(t, rs)
-            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [len(rs) << 32 | CHUNK | off, levels, 0,
+            t.v6_slots[i * SLOT6:(i + 1) * SLOT6] = array("Q", [len(rs) << 32 | CHUNK | off, levels, 0,
                                                             SLOT6_PTR | SLOT6_TREE | (SLOT6_PACKED if packed else 0)])
         else:
             # n and the pivots: bits 16..63 of the starts of ranges j * n / 4.
             n = len(rs)
             e = _v6_chunk(t, [((block << 48) | s, r) for s, r in rs])
             p1, p2, p3 = (rs[j * n // (PIVOTS6 + 1)][0] for j in range(1, PIVOTS6 + 1))
-            t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", [n << 32 | e, p1, p2, SLOT6_PTR | p3])
+            t.v6_slots[i * SLOT6:(i + 1) * SLOT6] = array("Q", [n << 32 | e, p1, p2, SLOT6_PTR | p3])
         t.v6_ptr_slots.append(i)
 
 
@@ -436,7 +453,7 @@ def _slot6_lanes(t: LpmTables, i: int, lanes: list[tuple[int, int, int]], base: 
     w3 = base
     for n, sh in enumerate(shifts):
         w3 |= sh << (16 + 8 * n)
-    t.v6_slots[i * SLOT:(i + 1) * SLOT] = array("Q", words + [w3])
+    t.v6_slots[i * SLOT6:(i + 1) * SLOT6] = array("Q", words + [w3])
 
 
 def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
@@ -455,6 +472,10 @@ def build(prefixes: Iterable[tuple[int, int, int, int]]) -> LpmTables:
     for fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST):
         if by_fd.get(fd):
             _build_v6(t, fd & 1, by_fd[fd], lines)
+    for dir_ in (0, 1):
+        used = sum(w.bit_count() for w in t.bmp[dir_ << 10:(dir_ + 1) << 10])
+        if used >= abi.DW_BMP_SKIP_MIN:
+            t.bmp_skip |= 1 << dir_
     # Whole lines: what the loader writes and counts (rule_map_entries).
     t.v4_rng.extend([0] * (-len(t.v4_rng) % (LINE // 4)))
     t.v6_rng.extend([0] * (-len(t.v6_rng) % (LINE // 8)))
@@ -481,14 +502,15 @@ def _search(n: int, start_of: object, key: int, steps: int, reads: list[int] | N
 
 
 def _slot4(t: LpmTables, i: int, key: int) -> int:
-    """lpm4()'s lanes: the first lane (longest prefix) whose masked address
-    equals the key's, else the /16's own result."""
-    a, m, r, b = t.v4_slots[i * SLOT:(i + 1) * SLOT]
+    """lpm4()'s lanes: the first lane (longest prefix) whose address equals
+    the key's above its length marker (a /32's: all of it), else 0."""
+    w0, w1 = t.v4_slots[i * SLOT4:(i + 1) * SLOT4]
     for n in range(LANES_MAX):
-        sh = 16 * n
-        if ((key ^ (a >> sh)) & (m >> sh)) & 0xFFFF == 0:
-            return ((r >> sh) ^ b) & 0xFFFF
-    return b & 0xFFFF
+        a, r = (w0 >> (16 * n)) & 0xFFFF, (w1 >> (16 * n)) & 0xFFFF
+        mask = 0xFFFF if r & EXACT4 else ~(a ^ (a - 1)) & 0xFFFF
+        if (key ^ a) & mask == 0:
+            return r & ~EXACT4
+    return 0
 
 
 def _tree_leaf(rng: array, line: int, leaves: int, levels: int, fanout: int, key: int,
@@ -509,9 +531,9 @@ def _tree_leaf(rng: array, line: int, leaves: int, levels: int, fanout: int, key
     return fanout * (line + idx)
 
 
-def _tree4(rng: array, b: int, levels: int, key: int, reads: list[int] | None) -> int:
+def _tree4(rng: array, off: int, n: int, levels: int, key: int, reads: list[int] | None) -> int:
     """lpm4_tree(): the result."""
-    at = _tree_leaf(rng, (b & ~(CHUNK | TREE4) & 0xFFFFFFFF) >> 4, -(-(b >> 32) // 16), levels, 16, key, reads)
+    at = _tree_leaf(rng, off >> 4, -(-n // 16), levels, 16, key, reads)
     leaf = rng[at:at + 16]
     return leaf[sum(1 for r in leaf[1:] if r >> 16 <= key)] & 0xFFFF
 
@@ -553,22 +575,23 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
     v6 = fd in (abi.DW_FD_V6_SRC, abi.DW_FD_V6_DST)
     top16 = addr >> (112 if v6 else 16)
     i = (((v6 << 1) | dir_) << 16) | top16
-    if reads is not None:
-        reads[0] += 1
-    if not (t.bmp[i >> 6] >> (i & 63)) & 1:
-        return 0
+    if v6 or not (t.bmp_skip >> dir_) & 1:
+        if reads is not None:
+            reads[0] += 1
+        if not (t.bmp[i >> 6] >> (i & 63)) & 1:
+            return 0
     if reads is not None:
         reads[0] += 1
     if not v6:
         slot = (dir_ << 16) | (addr >> 16)
         key = addr & 0xFFFF
-        e = t.v4_slots[slot * SLOT + 3]
-        if not e & CHUNK:
+        w0, w1 = t.v4_slots[slot * SLOT4:(slot + 1) * SLOT4]
+        if (w0 & 0xFFFF) << 16 | (w1 & 0xFFFF) != SLOT4_CHUNK:
             return _slot4(t, slot, key)
-        if e & TREE4:
-            return _tree4(t.v4_rng, e, t.v4_slots[slot * SLOT], key, reads)
-        off, n = e & 0x7FFFFFFF, e >> 32
-        pivots = [(w >> (16 * j)) & 0xFFFF for w in t.v4_slots[slot * SLOT:slot * SLOT + 3] for j in range(4)]
+        off, n = (w0 >> 16) & 0xFFFFFFFF, (w0 >> 48) + 1
+        if off & TREE4:
+            return _tree4(t.v4_rng, off & ~TREE4, n, w1 >> 16, key, reads)
+        pivots = [(w1 >> (16 * j)) & 0xFFFF for j in range(1, PIVOTS + 1)]
         c = sum(1 for p in pivots if p <= key)
         lo, hi = c * n // (PIVOTS + 1), (c + 1) * n // (PIVOTS + 1)
         rng = t.v4_rng
@@ -578,7 +601,7 @@ def lookup(t: LpmTables, fd: int, addr: int, reads: list[int] | None = None) -> 
         return rng[off + i] & 0xFFFF
     hi64 = addr >> 64
     slot = (dir_ << 16) | (hi64 >> 48)
-    w = t.v6_slots[slot * SLOT:(slot + 1) * SLOT]
+    w = t.v6_slots[slot * SLOT6:(slot + 1) * SLOT6]
     if not w[3] & SLOT6_PTR:
         res = w[3] & 0xFFFF
         for n in range(LANES6 - 1, -1, -1):  # the shortest first: the longest match writes last

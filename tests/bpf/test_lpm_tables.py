@@ -125,16 +125,18 @@ def tables() -> Iterator[tuple[Loader, Any, dict[str, int], dict[int, tuple[list
 
 
 def _v4_form(t: lpm.LpmTables, i: int) -> str:
-    """What IPv4 direct entry i holds: lanesK (K distinct prefixes; lanes
-    past them repeat lane 0), a chunk, a tree of K index levels (treeK),
-    the /16's own result only, or nothing."""
-    a, m, r, b = t.v4_slots[i * lpm.SLOT:(i + 1) * lpm.SLOT]
-    if b & lpm.CHUNK:
-        return "tree%d" % a if b & lpm.TREE4 else "chunk"
-    lanes = {((a >> s) & 0xFFFF, (m >> s) & 0xFFFF, (r >> s) & 0xFFFF) for s in range(0, 64, 16)}
-    if not m:
-        return "direct" if b else "empty"
-    return "lanes%d" % len(lanes)
+    """What IPv4 direct entry i holds: lanesK (K distinct prefixes longer
+    than /16, besides the /16's own result's lane; lanes past them repeat
+    lane 0), a chunk, a tree of K index levels (treeK), the /16's own
+    result only, or nothing."""
+    w0, w1 = t.v4_slots[i * lpm.SLOT4:(i + 1) * lpm.SLOT4]
+    if not w0 | w1:
+        return "empty"
+    if (w0 & 0xFFFF) << 16 | (w1 & 0xFFFF) == lpm.SLOT4_CHUNK:
+        return "tree%d" % (w1 >> 16) if (w0 >> 16) & lpm.TREE4 else "chunk"
+    lanes = {((w0 >> s) & 0xFFFF, (w1 >> s) & 0xFFFF) for s in range(0, 64, 16)}
+    prefixes = {(a, r) for a, r in lanes if a != 0x8000 or r & lpm.EXACT4}  # else length 0: the own result
+    return "lanes%d" % len(prefixes) if prefixes else "direct"
 
 
 def _v6_form(t: lpm.LpmTables, i: int) -> str:
@@ -142,7 +144,7 @@ def _v6_form(t: lpm.LpmTables, i: int) -> str:
     small chunk, a chunk, a tree of K index levels with packed leaf lines
     (treeK) or with (key, value) pairs (treeK-pairs), the /16's own result
     only, or nothing."""
-    w = t.v6_slots[i * lpm.SLOT:(i + 1) * lpm.SLOT]
+    w = t.v6_slots[i * lpm.SLOT6:(i + 1) * lpm.SLOT6]
     if w[3] & lpm.SLOT6_PTR:
         if w[0] & lpm.LANES:
             return "small"
@@ -166,6 +168,10 @@ def test_every_table_form_is_reached(tables: Any) -> None:
     v6 = Counter(_v6_form(t, i) for i in range(2 * lpm.L1_SIZE))
     for form in ("lanes1", "lanes2", "lanes3", "lanes4", "chunk", "tree1", "tree2", "tree3", "direct"):
         assert v4[form] >= (1 if form.startswith("tree") else 10), v4
+    # Lanes that hold a /32 (no length marker: the result's lpm.EXACT4 bit).
+    hosts = sum(1 for i in range(2 * lpm.L1_SIZE) if _v4_form(t, i).startswith("lanes")
+                and any((t.v4_slots[i * lpm.SLOT4 + 1] >> s) & lpm.EXACT4 for s in range(0, 64, 16)))
+    assert hosts >= 10, hosts
     for form in ("lanes1", "lanes2", "lanes3", "small", "chunk", "tree1", "tree2", "tree3", "tree4", "tree2-pairs",
                  "tree3-pairs", "direct"):
         assert v6[form] >= (1 if form.startswith("tree") else 10), v6
@@ -214,3 +220,50 @@ def test_kernel_walk_matches_the_rules(tables: Any, family: int) -> None:
         origin += want[1] == abi.Side.ORIGIN
     # Both sides' lookups took their matching paths often.
     assert labeled > len(dsts) // 3 and origin > len(dsts) // 10, (labeled, origin, len(dsts))
+
+
+def test_dense_directions_skip_their_bitmap() -> None:
+    """A direction whose prefixes cover abi.DW_BMP_SKIP_MIN or more /16s is
+    looked up without its bitmap (lpm.LpmTables.bmp_skip, struct
+    dw_ruleset's bmp_skip): the empty /16s between them then answer through
+    their zero entries. Destinations and sources each in 50,000 of the
+    65,536 /16s; every prefix's edges and addresses in the empty /16s get
+    the brute-force label and side in the kernel."""
+    rng = random.Random(50_000)
+    dst_blocks = rng.sample(range(1 << 16), 50_000)
+    src_blocks = rng.sample(range(1 << 16), 50_000)
+    dst = [(rng.choice((20, 24, 28, 32)), b << 16 | rng.getrandbits(16)) for b in dst_blocks]
+    dst = [(p, a & ~((1 << (32 - p)) - 1)) for p, a in dst]
+    # One crowded /16 under a /16 of its own: a chunk, whose first range
+    # (the /16's own result) an empty entry must not be mistaken for.
+    crowded = dst_blocks[0] << 16
+    dst += [(16, crowded)] + [(28, crowded | i << 8) for i in range(1, 12)]
+    src = [(24, (b << 16 | rng.getrandbits(16)) & ~0xFF) for b in src_blocks]
+    label_of = {p: i % 8 + 1 for i, p in enumerate(dst)}
+    rules = [{"label": f"l{k}", "dst": [_cidr(32, p, a) for (p, a), lab in label_of.items() if lab == k]}
+             for k in range(1, 9)]
+    rules.append({"side": "origin", "src": [_cidr(32, p, a) for p, a in src]})
+    rs = parse_rules({"default_side": "eyeball", "rules": rules})
+    ids = {f"l{k}": k for k in range(1, 9)}
+    compiled = compile_rules(rs, ids)
+    assert compiled.lpm.bmp_skip == 0b11
+    empty_dst = sorted(set(range(1 << 16)) - set(dst_blocks))
+    empty_src = sorted(set(range(1 << 16)) - set(src_blocks))
+    dsts = _edges(32, rng.sample(dst, 300), rng, 100) + [b << 16 | rng.getrandbits(16) for b in rng.sample(empty_dst, 200)]
+    srcs = _edges(32, rng.sample(src, 100), rng, 50) + [b << 16 | rng.getrandbits(16) for b in rng.sample(empty_src, 100)]
+    src_of = {p: True for p in src}
+    id_of = {(p, a): ids[f"l{lab}"] for (p, a), lab in label_of.items()}
+    fmt = ipaddress.IPv4Address
+    with Loader(meta_key=META_KEY) as ld:
+        ld.load()
+        ld.apply_rules(compiled)
+        assert ld._state.gen[ld._state.active_gen].rs.bmp_skip == 0b11
+        for i, d in enumerate(dsts):
+            s = srcs[i % len(srcs)]
+            pkt = P.build(4, "udp", src=str(fmt(s)), dst=str(fmt(d)), dport=443)
+            _verdict, meta, _out, _ = xdp_test_run(ld, pkt.frame)
+            _source, rec = abi.decode_meta(meta, META_KEY)
+            assert rec is not None
+            want = (_longest(id_of, 32, d) or 0,
+                    int(abi.Side.ORIGIN if _longest(src_of, 32, s) else abi.Side.EYEBALL))
+            assert (rec.label_id, rec.side) == want, f"src {fmt(s)} dst {fmt(d)}"

@@ -105,8 +105,8 @@ def test_probes_tell_a_from_b() -> None:
     assert len(b.prefixes) > 20 and len(b.pairs) > 3 and a.pairs
     # Both rule sets fill IPv4 and IPv6 lanes, B chunks of ranges too.
     for c in (a, b):
-        assert any(c.lpm.v4_slots[i] for i in range(0, len(c.lpm.v4_slots), lpm.SLOT))
-        assert any(c.lpm.v6_slots[i] >> 16 for i in range(0, len(c.lpm.v6_slots), lpm.SLOT))
+        assert any(c.lpm.v4_slots[i] for i in range(0, len(c.lpm.v4_slots), lpm.SLOT4))
+        assert any(c.lpm.v6_slots[i] >> 16 for i in range(0, len(c.lpm.v6_slots), lpm.SLOT6))
     assert len(b.lpm.v4_rng) and b.lpm.v6_entries()
 
 

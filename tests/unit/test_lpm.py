@@ -78,8 +78,8 @@ def test_full_chunk_is_a_three_level_tree() -> None:
     4,096 leaf lines under 3 levels of 16-key nodes, so every lookup reads
     exactly bitmap + direct entry + 3 nodes + the leaf line."""
     t = lpm.build((abi.DW_FD_V4_DST, 32, (10 << 24) | i, 1) for i in range(0, 1 << 16, 2))
-    b = _slot(t, 1, 10 << 8)
-    assert b[3] & lpm.TREE4 and b[3] >> 32 == 1 << 16 and b[0] == abi.DW_LPM4_TREE_LEVELS == 3
+    off, n, levels = _chunk(_slot(t, 1, 10 << 8))
+    assert off & lpm.TREE4 and n == 1 << 16 and levels == abi.DW_LPM4_TREE_LEVELS == 3
     for low in (0, 1, 2, 15, 16, 255, 256, 4095, 4096, 0x7FFF, 0xFFFE, 0xFFFF):
         reads = [0]
         assert lpm.lookup(t, abi.DW_FD_V4_DST, (10 << 24) | low, reads) == (0 if low & 1 else 1)
@@ -102,9 +102,9 @@ def test_v4_tree(n: int) -> None:
         a = (block | rng.getrandbits(16)) & ~((1 << (32 - plen)) - 1)
         pfx[(plen, a)] = rng.randrange(1, 60_000)
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    levels, _m, _r, b = _slot(t, 1, block >> 16)
-    n_ranges, line = b >> 32, (b & 0x3FFFFFFF) >> 4
-    assert b & lpm.CHUNK and b & lpm.TREE4 and n_ranges > lpm.TREE4_MIN
+    off, n_ranges, levels = _chunk(_slot(t, 1, block >> 16))
+    line = (off & ~lpm.TREE4) >> 4
+    assert off & lpm.TREE4 and n_ranges > lpm.TREE4_MIN
     leaves = -(-n_ranges // 16)
     assert levels == next(lv for lv in range(4) if -(-leaves // 16 ** lv) == 1)
     nodes = sum(-(-leaves // 16 ** lv) for lv in range(1, levels + 1))
@@ -127,48 +127,64 @@ def test_v4_tree(n: int) -> None:
 @pytest.mark.parametrize("n", [5, 12, 13, 14, 20, 26, (lpm.TREE4_MIN - 1) // 2])
 def test_v4_chunk_pivots(n: int) -> None:
     """A chunk of n ranges (up to lpm.TREE4_MIN: a larger one is a tree):
-    its direct entry holds n and the 12 pivots, the starts of ranges
-    j * n // 13; every range's first and last address
-    finds its result through the segment the pivots pick, in at most 6
-    reads (bitmap, entry, 3 halvings of a segment of at most 5, answer:
-    the IPv4 worst case, as a 3-level tree's)."""
+    its direct entry holds n and the 3 pivots, the starts of ranges
+    j * n // 4; every range's first and last address finds its result
+    through the quarter the pivots pick, in at most 7 reads (bitmap,
+    entry, 4 halvings of a quarter of at most 16, answer; a 3-level tree
+    reads 6)."""
     fd, block = abi.DW_FD_V4_DST, 10 << 24
     pfx = {(32, block | (7 * i + 3)): 1 + i % 50 for i in range(n)}
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
     slot = _slot(t, 1, block >> 16)
-    n_ranges = slot[3] >> 32
-    assert slot[3] & lpm.CHUNK and not slot[3] & lpm.TREE4 and n_ranges == 2 * n + 1
-    off = slot[3] & 0x7FFFFFFF
+    off, n_ranges, _levels = _chunk(slot)
+    assert not off & lpm.TREE4 and n_ranges == 2 * n + 1
     starts = [t.v4_rng[off + i] >> 16 for i in range(n_ranges)]
-    pivots = [(w >> (16 * j)) & 0xFFFF for w in slot[:3] for j in range(4)]
-    assert pivots == [starts[j * n_ranges // 13] for j in range(1, 13)]
+    pivots = [(slot[1] >> (16 * j)) & 0xFFFF for j in range(1, 4)]
+    assert pivots == [starts[j * n_ranges // 4] for j in range(1, 4)]
     for i, st in enumerate(starts):
         last = starts[i + 1] - 1 if i + 1 < len(starts) else 0xFFFF
         for addr in (st, last):
             reads = [0]
             assert lpm.lookup(t, fd, block | addr, reads) == _brute(pfx, 32, block | addr), hex(addr)
-            assert reads[0] <= 6
+            assert reads[0] <= 7
 
 
 def test_ranges_merge_equal_neighbours() -> None:
     # /25 + /25 with the /24's result: one range, so the /16 is a leaf.
     t = lpm.build([(abi.DW_FD_V4_DST, 24, 0x0A000100, 7), (abi.DW_FD_V4_DST, 25, 0x0A000100, 7),
                    (abi.DW_FD_V4_DST, 25, 0x0A000180, 7), (abi.DW_FD_V4_DST, 16, 0x0A000000, 7)])
-    assert _slot(t, 1, 0x0A00) == (0, 0, 0, 7) and len(t.v4_rng) == 0
+    assert _lanes(_slot(t, 1, 0x0A00)) == [(0, 0, 7)] and len(t.v4_rng) == 0
 
 
 def _slot(t: lpm.LpmTables, dir_: int, top16: int) -> tuple[int, ...]:
-    """The IPv4 direct entry (a, m, r, b) of a /16."""
-    i = ((dir_ << 16) | top16) * lpm.SLOT
-    return tuple(t.v4_slots[i:i + lpm.SLOT])
+    """The IPv4 direct entry (w0, w1) of a /16."""
+    i = ((dir_ << 16) | top16) * lpm.SLOT4
+    return tuple(t.v4_slots[i:i + lpm.SLOT4])
+
+
+def _chunk(slot: tuple[int, ...]) -> tuple[int, int, int]:
+    """A chunk's or tree's direct entry: (off with lpm.TREE4, n, w1: a
+    tree's levels)."""
+    w0, w1 = slot
+    assert (w0 & 0xFFFF) << 16 | (w1 & 0xFFFF) == lpm.SLOT4_CHUNK, "not a chunk's entry"
+    return (w0 >> 16) & 0xFFFFFFFF, (w0 >> 48) + 1, w1 >> 16
 
 
 def _lanes(slot: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """A direct entry's distinct (a, m, r) lanes, in order (lanes past the
-    /16's prefixes repeat lane 0)."""
+    """A direct entry's distinct lanes, in order (lanes past the /16's
+    prefixes repeat lane 0), as (address bits, mask, result), decoded as
+    lpm4_lanes() does: the mask from the length marker, or all 16 bits
+    for a /32."""
+    w0, w1 = slot
     out: list[tuple[int, ...]] = []
     for n in range(lpm.LANES_MAX):
-        lane = tuple((w >> (16 * n)) & 0xFFFF for w in slot[:3])
+        a, r = (w0 >> (16 * n)) & 0xFFFF, (w1 >> (16 * n)) & 0xFFFF
+        if r & lpm.EXACT4:
+            mask = 0xFFFF
+        else:
+            assert a, "a lane without its length marker"
+            mask = ~(a ^ (a - 1)) & 0xFFFF
+        lane = (a & mask, mask, r & ~lpm.EXACT4)
         if lane not in out:
             out.append(lane)
     return out
@@ -176,25 +192,49 @@ def _lanes(slot: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 30])
 def test_v4_lanes(n: int) -> None:
-    """n /32s in one /16: up to lpm.LANES_MAX of them are lanes of its direct
+    """n /31s (a length marker in bit 0) in one /16: up to lpm.LANES_MAX of them are lanes of its direct
     entry (the prefixes themselves), more make a chunk of ranges; every
     address still finds its prefix, in 2 reads (bitmap, direct entry) with
     lanes."""
     fd, block = abi.DW_FD_V4_DST, 10 << 24
-    pfx = {(32, block | (3 * i + 1)): 1 + i for i in range(n)}
+    pfx = {(31, block | (6 * i + 2)): 1 + i for i in range(n)}
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
     slot = _slot(t, 1, block >> 16)
     if n <= lpm.LANES_MAX:
-        assert slot[3] == 0  # no chunk, no result of its own
-        assert sorted(a for a, _m, _r in _lanes(slot)) == sorted(3 * i + 1 for i in range(n))
-        assert all(m == 0xFFFF for _a, m, _r in _lanes(slot))
+        assert sorted(a for a, _m, _r in _lanes(slot)) == sorted(6 * i + 2 for i in range(n))
+        assert all(m == 0xFFFE for _a, m, _r in _lanes(slot))  # no lane of length 0: no own result
     else:
-        assert slot[3] & lpm.CHUNK and slot[3] >> 32 == 2 * n + 1
+        assert _chunk(slot)[1] == 2 * n + 1
     for (_p, a), _r in pfx.items():
         for addr in (a, a - 1, a + 1):
             reads = [0]
             assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 32, addr), hex(addr)
             assert reads[0] <= (2 if n <= lpm.LANES_MAX else 3 + abi.DW_LPM4_STEPS)
+
+
+@pytest.mark.parametrize("case", ["host", "host0", "host0-none", "big-result", "big-own"])
+def test_v4_lane_edges(case: str) -> None:
+    """The edges of the lane encoding: a /32 (no room for a length marker:
+    its result carries lpm.EXACT4) is a lane, at .0 too (address bits 0);
+    a /32 of .0 with result 0 would read as a chunk's entry, and a result
+    of 0x8000 or more has no room in a lane: those /16s are chunks. Every
+    address at and around the prefixes answers as brute force says."""
+    fd, block = abi.DW_FD_V4_DST, 10 << 24
+    pfx = {"host": {(32, block | 0x0101): 5, (24, block | 0x0100): 6, (16, block): 7},
+           "host0": {(32, block): 5, (24, block): 6},
+           "host0-none": {(32, block): 0, (24, block): 6},
+           "big-result": {(24, block | 0x0100): 0x8000, (20, block): 4},
+           "big-own": {(16, block): 0xFFFF}}[case]
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    slot = _slot(t, 1, block >> 16)
+    if case in ("host", "host0"):
+        lanes = _lanes(slot)
+        assert lanes[0] == (0x0101 if case == "host" else 0, 0xFFFF, 5) and len(lanes) == len(pfx)
+    else:
+        assert _chunk(slot)[1] == {"host0-none": 3, "big-result": 4, "big-own": 1}[case]
+    for (p, a) in pfx:
+        for addr in (a, a | ((1 << (32 - p)) - 1), a - 1, a + 1, a + (1 << (32 - p))):
+            assert lpm.lookup(t, fd, addr) == _brute(pfx, 32, addr), hex(addr)
 
 
 def test_v4_lanes_keep_the_longest_and_drop_the_idle() -> None:
@@ -206,14 +246,13 @@ def test_v4_lanes_keep_the_longest_and_drop_the_idle() -> None:
            (30, 0x0A001000): 3}  # /30 in the /16 only, same result: idle
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
     slot = _slot(t, 1, 0x0A00)
-    # Longest first: /28, /24, /20; r holds result ^ the /16's own (3).
-    assert _lanes(slot) == [(0x0110, 0xFFF0, 5 ^ 3), (0x0100, 0xFF00, 7 ^ 3), (0x0000, 0xF000, 5 ^ 3)]
-    assert slot[3] == 3
+    # Longest first: /28, /24, /20, then the /16's own (3) as a lane of length 0.
+    assert _lanes(slot) == [(0x0110, 0xFFF0, 5), (0x0100, 0xFF00, 7), (0x0000, 0xF000, 5), (0, 0, 3)]
     for addr in (0x0A000000, 0x0A0000FF, 0x0A000100, 0x0A00010F, 0x0A000110, 0x0A00011F, 0x0A000120,
                  0x0A000800, 0x0A000FFF, 0x0A001000, 0x0A001003, 0x0A001004, 0x0A00FFFF):
         assert lpm.lookup(t, fd, addr) == _brute(pfx, 32, addr), hex(addr)
     idle = lpm.build([(fd, 16, 0x0B000000, 4), (fd, 24, 0x0B000100, 4)])
-    assert _slot(idle, 1, 0x0B00) == (0, 0, 0, 4) and len(idle.v4_rng) == 0
+    assert _lanes(_slot(idle, 1, 0x0B00)) == [(0, 0, 4)] and len(idle.v4_rng) == 0
 
 
 def _v4_blocks(rng: random.Random, blocks: int, most: int) -> dict[tuple[int, int], int]:
@@ -243,15 +282,15 @@ def test_v4_random_blocks() -> None:
     kinds = {"lanes": 0, "chunk": 0}
     for i in range(1 << 16):
         slot = _slot(t, 0, i)
-        if slot[3] & lpm.CHUNK:
+        if slot[0] and not slot[0] & 0xFFFF:
             kinds["chunk"] += 1
-        elif any(slot[:3]):
+        elif slot[0] and any(m for _a, m, _r in _lanes(slot)):
             kinds["lanes"] += 1
-    assert kinds["lanes"] > 2000 and kinds["chunk"] > 100
+    assert kinds["lanes"] > 1500 and kinds["chunk"] > 100
     assert len(t.v4_chunks) == kinds["chunk"]
     # A chunk of up to 16 entries (header + ranges) stays in one 64-byte line.
     line = lpm.LINE // 4
-    spans = [(b & 0x7FFFFFFF, b >> 32) for b in (t.v4_slots[i * lpm.SLOT + 3] for i in t.v4_chunks)]
+    spans = [_chunk(tuple(t.v4_slots[i * lpm.SLOT4:(i + 1) * lpm.SLOT4]))[:2] for i in t.v4_chunks]
     assert sum(1 for _off, n in spans if n <= line) > 100
     assert all(off // line == (off + n - 1) // line for off, n in spans if n <= line)
 
@@ -277,7 +316,7 @@ def test_v6_small_chunks(n: int, deep: bool) -> None:
     if deep:
         pfx[(96, deep64 | 7 << 32)] = 999
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
-    slot = t.v6_slots[((1 << 16) | 0x2001) * lpm.SLOT:((1 << 16) | 0x2002) * lpm.SLOT]
+    slot = t.v6_slots[((1 << 16) | 0x2001) * lpm.SLOT6:((1 << 16) | 0x2002) * lpm.SLOT6]
     e = slot[0] & 0xFFFFFFFF
     n_ranges = 2 * n + 1 + 2 * deep
     probes = [addr for (p, a) in pfx for addr in (a, a | ((1 << (width - p)) - 1), a - 1, a + (1 << (width - p)))]
@@ -354,10 +393,10 @@ def test_v6_tree(n: int, deep: bool) -> None:
                 pfx[(plen, a)] = rng.randrange(1, 60_000)
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
     i = (1 << 16) | block
-    w0, levels = t.v6_slots[i * lpm.SLOT], t.v6_slots[i * lpm.SLOT + 1]
-    assert t.v6_slots[i * lpm.SLOT + 3] & lpm.SLOT6_PTR and w0 & lpm.CHUNK
+    w0, levels = t.v6_slots[i * lpm.SLOT6], t.v6_slots[i * lpm.SLOT6 + 1]
+    assert t.v6_slots[i * lpm.SLOT6 + 3] & lpm.SLOT6_PTR and w0 & lpm.CHUNK
     n_ranges, line = w0 >> 32, (w0 & 0x7FFFFFFF) >> 2
-    tree = bool(t.v6_slots[i * lpm.SLOT + 3] & lpm.SLOT6_TREE)
+    tree = bool(t.v6_slots[i * lpm.SLOT6 + 3] & lpm.SLOT6_TREE)
     assert tree == (n_ranges > (lpm.TREE_PAIRS_MIN if deep else lpm.TREE_MIN))
     addrs = [a + d for (p, a) in rng.sample(sorted(pfx), min(n, 300))
              for d in (0, (1 << (width - p)) - 1, -1, 1 << (width - p))]
@@ -367,7 +406,7 @@ def test_v6_tree(n: int, deep: bool) -> None:
         for addr in addrs:
             assert lpm.lookup(t, fd, addr) == _brute(pfx, width, addr), hex(addr)
         return
-    packed = bool(t.v6_slots[i * lpm.SLOT + 3] & lpm.SLOT6_PACKED)
+    packed = bool(t.v6_slots[i * lpm.SLOT6 + 3] & lpm.SLOT6_PACKED)
     assert packed == (not deep)
     per_leaf = 8 if packed else 4
     leaves = -(-n_ranges // per_leaf)
@@ -395,3 +434,27 @@ def test_v6_tree(n: int, deep: bool) -> None:
             assert reads[0] > 3 + levels
         else:
             assert reads[0] == 3 + levels
+
+
+@pytest.mark.parametrize("blocks", [abi.DW_BMP_SKIP_MIN - 1, abi.DW_BMP_SKIP_MIN])
+def test_v4_bitmap_skipped_when_dense(blocks: int) -> None:
+    """A direction with prefixes in lpm's DW_BMP_SKIP_MIN /16s or more is
+    walked without its bitmap: an address in an empty /16 then reads its
+    zero entry (one read), which answers 0, as the bitmap would have."""
+    rng = random.Random(blocks)
+    fd = abi.DW_FD_V4_DST
+    used = rng.sample(range(1 << 16), blocks)
+    pfx = {(24, b << 16 | rng.getrandbits(8) << 8): 1 + b % 7 for b in used}
+    t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
+    dense = blocks >= abi.DW_BMP_SKIP_MIN
+    assert t.bmp_skip == (0b10 if dense else 0)
+    empty = sorted(set(range(1 << 16)) - set(used))
+    for b in rng.sample(empty, 50):
+        reads = [0]
+        assert lpm.lookup(t, fd, b << 16 | rng.getrandbits(16), reads) == 0
+        assert reads[0] == 1  # the entry (dense) or the bitmap (sparse)
+    for (p, a) in rng.sample(sorted(pfx), 200):
+        for addr in (a, a | 0xFF, a - 1, a + 0x100):
+            reads = [0]
+            assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 32, addr), hex(addr)
+            assert reads[0] <= 2
