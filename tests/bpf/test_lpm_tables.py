@@ -249,8 +249,10 @@ def test_dense_directions_skip_their_bitmap() -> None:
     assert compiled.lpm.bmp_skip == 0b11
     empty_dst = sorted(set(range(1 << 16)) - set(dst_blocks))
     empty_src = sorted(set(range(1 << 16)) - set(src_blocks))
-    dsts = _edges(32, rng.sample(dst, 300), rng, 100) + [b << 16 | rng.getrandbits(16) for b in rng.sample(empty_dst, 200)]
-    srcs = _edges(32, rng.sample(src, 100), rng, 50) + [b << 16 | rng.getrandbits(16) for b in rng.sample(empty_src, 100)]
+    dsts = _edges(32, rng.sample(dst, 300), rng, 100)
+    dsts += [b << 16 | rng.getrandbits(16) for b in rng.sample(empty_dst, 200)]
+    srcs = _edges(32, rng.sample(src, 100), rng, 50)
+    srcs += [b << 16 | rng.getrandbits(16) for b in rng.sample(empty_src, 100)]
     src_of = {p: True for p in src}
     id_of = {(p, a): ids[f"l{lab}"] for (p, a), lab in label_of.items()}
     fmt = ipaddress.IPv4Address

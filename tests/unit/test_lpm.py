@@ -453,7 +453,7 @@ def test_v4_bitmap_skipped_when_dense(blocks: int) -> None:
         reads = [0]
         assert lpm.lookup(t, fd, b << 16 | rng.getrandbits(16), reads) == 0
         assert reads[0] == 1  # the entry (dense) or the bitmap (sparse)
-    for (p, a) in rng.sample(sorted(pfx), 200):
+    for (_p, a) in rng.sample(sorted(pfx), 200):
         for addr in (a, a | 0xFF, a - 1, a + 0x100):
             reads = [0]
             assert lpm.lookup(t, fd, addr, reads) == _brute(pfx, 32, addr), hex(addr)
