@@ -579,8 +579,8 @@ static __always_inline __u32 le48(__u64 key48, __u64 k)
 }
 
 /*
- * An IPv4 chunk (a /16 of more than DW_LPM_LANES_MAX prefixes, or with a
- * /32 lanes cannot hold): n sorted ranges at entry off of dw_lpm4_rng.
+ * An IPv4 chunk (a /16 whose prefixes its entry's lanes cannot hold:
+ * layout in dropwatch.h): n sorted ranges at entry off of dw_lpm4_rng.
  * Lanes 1-3 of the entry's w1 hold DW_LPM4_PIVOTS range starts that cut
  * the ranges into quarters, so counting those <= key picks the quarter
  * without a read, and the binary search (at most 2^16 ranges:
