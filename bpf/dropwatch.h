@@ -253,6 +253,7 @@ static __inline __u16 dw_meta_mix(__u32 w0, __u32 w1, __u32 w2, __u32 key)
 #define DW_LPM_LANES_MAX 4	/* IPv4 lanes of one /16 in its direct entry */
 #define DW_LPM4_PIVOTS	3	/* IPv4 chunk: range starts in its direct entry */
 #define DW_LPM4_SLOT_CHUNK 0x8000u	/* IPv4 entry's lanes 0 (w0 << 16 | w1): a chunk */
+#define DW_LPM4_EXACT	0x8000u	/* IPv4 lane's result: the lane is a /32 */
 #define DW_LPM4_TREE	0x80000000u	/* IPv4 entry's off: the chunk is a tree */
 #define DW_BMP_SKIP_MIN	49152	/* IPv4 /16s in use from which a direction's bitmap is skipped */
 #define DW_LPM4_TREE_MIN 64	/* IPv4: a /16 of more ranges is a tree, not a chunk (measured) */

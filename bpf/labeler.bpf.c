@@ -681,6 +681,7 @@ static __always_inline __u32 lpm4_lanes(__u64 w0, __u64 w1, __u32 key)
 	/* a - 1 lane by lane, no borrow crossing lanes (Hacker's Delight
 	 * 2-18): a /32's a may be 0. */
 	__u64 d = ((w0 | DW_H16) - DW_ONE16) ^ (~w0 & DW_H16);
+	_Static_assert(DW_LPM4_EXACT == 1u << 15, "a /32's flag is its result's top bit");
 	__u64 m = ~(w0 ^ d) | ((w1 >> 15) & DW_ONE16) * 0xffff;
 	__u64 x = ((__u64)key * DW_ONE16 ^ w0) & m;
 	/* Top bit of each lane: lane == 0 (exact: no carry crosses lanes). */
@@ -691,7 +692,7 @@ static __always_inline __u32 lpm4_lanes(__u64 w0, __u64 w1, __u32 key)
 
 	r |= r >> 32;
 	r |= r >> 16;
-	return r & 0x7fff;
+	return r & (DW_LPM4_EXACT - 1);
 }
 
 /*

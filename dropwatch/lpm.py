@@ -54,7 +54,7 @@ LANES_MAX = abi.DW_LPM_LANES_MAX
 PIVOTS = abi.DW_LPM4_PIVOTS
 TREE4 = abi.DW_LPM4_TREE
 SLOT4_CHUNK = abi.DW_LPM4_SLOT_CHUNK
-EXACT4 = 0x8000  # a lane's result: the lane is a /32
+EXACT4 = abi.DW_LPM4_EXACT  # a lane's result: the lane is a /32
 TREE4_MIN = abi.DW_LPM4_TREE_MIN
 TREE4_LEVELS = abi.DW_LPM4_TREE_LEVELS
 TREE4_PAD = 1 << 16  # an IPv4 tree key above every address's low 16 bits
@@ -424,11 +424,11 @@ def _build_v6(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]], lines: _
                 t.v6_small.extend([0] * (-(-(w + len(rs)) // 8) * 8 - len(t.v6_small)))
             t.v6_small[w:w + len(rs)] = array("Q", [(start << 16) | res for start, res in rs])
             t.v6_slots[i * SLOT6:(i + 1) * SLOT6] = array("Q", [LANES | (len(rs) - 1) << SMALL6_SHIFT | w, 0, 0,
-                                                            SLOT6_PTR])
+                                                              SLOT6_PTR])
         elif len(rs) > (TREE_PAIRS_MIN if extra else TREE_MIN):
             off, levels, packed = _v6_tree(t, rs)
             t.v6_slots[i * SLOT6:(i + 1) * SLOT6] = array("Q", [len(rs) << 32 | CHUNK | off, levels, 0,
-                                                            SLOT6_PTR | SLOT6_TREE | (SLOT6_PACKED if packed else 0)])
+                                                              SLOT6_PTR | SLOT6_TREE | (SLOT6_PACKED if packed else 0)])
         else:
             # n and the pivots: bits 16..63 of the starts of ranges j * n / 4.
             n = len(rs)
