@@ -68,7 +68,6 @@ TREE_LEVELS = abi.DW_LPM6_TREE_LEVELS
 TREE_PAD = 1 << 48  # a tree key above every address's bits 16..63
 SLOT6_PTR = abi.DW_LPM6_SLOT_PTR
 M48 = (1 << 48) - 1
-ONE16 = 0x0001000100010001  # a u16 in each lane
 SMALL6_SHIFT = abi.DW_LPM6_SMALL_SHIFT
 SMALL6_OFF = abi.DW_LPM6_SMALL_OFF
 SMALL6_MAX = abi.DW_LPM6_SMALL_MAX
@@ -242,12 +241,14 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
     slots = t.v4_slots
     blocks: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
     for block, b in enumerate(own):
-        if b >= EXACT4:
+        if not b:
+            continue
+        entry = _lanes4([(16, 0, b)])  # one lane of length 0: it always matches
+        if entry is None:
             blocks[block] = []  # too large for a lane: a chunk of one range
-        elif b:
-            # One lane of length 0 (always matches), repeated.
+        else:
             i = (dir_ << 16) | block
-            slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", [0x8000 * ONE16, b * ONE16])
+            slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", entry)
             _bmp_set(t, 0, dir_, block)
     for plen, addr, res in pfx:
         if plen > 16:
@@ -260,20 +261,9 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
             continue  # the /16's own result already is the answer
         _bmp_set(t, 0, dir_, block)
         # The /16's own result is a lane of length 0 (it always matches).
-        lanes4 = lanes + [(16, 0, base)] if base else lanes
-        if (len(lanes4) <= LANES_MAX and all(res < EXACT4 for _p, _low, res in lanes4)
-                and lanes4[0] != (32, 0, 0)):  # that one would read as a chunk's entry
-            # Lanes past k repeat lane 0: they match only where it does.
-            lanes4 += [lanes4[0]] * (LANES_MAX - len(lanes4))
-            w0 = w1 = 0
-            for n, (plen, low, res) in enumerate(lanes4):
-                if plen == 32:
-                    w0 |= low << (16 * n)
-                    w1 |= (res | EXACT4) << (16 * n)
-                else:
-                    w0 |= (low | 1 << (31 - plen)) << (16 * n)  # the length marker
-                    w1 |= res << (16 * n)
-            slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", [w0, w1])
+        entry = _lanes4(lanes + [(16, 0, base)] if base else lanes)
+        if entry is not None:
+            slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", entry)
             continue
         rs = ranges([(low, low + (1 << (32 - p)) - 1, r) for p, low, r in blocks[block]], base, 16)
         n = len(rs)
@@ -295,6 +285,27 @@ def _build_v4(t: LpmTables, dir_: int, pfx: list[tuple[int, int, int]]) -> None:
         slots[i * SLOT4:(i + 1) * SLOT4] = array("Q", [(n - 1) << 48 | len(t.v4_rng) << 16, w1])
         t.v4_chunks.append(i)
         t.v4_rng.extend((start << 16) | res for start, res in rs)
+
+
+def _lanes4(lanes: list[tuple[int, int, int]]) -> list[int] | None:
+    """(plen, address bits below the /16's 16, result) lanes, longest first
+    -> an IPv4 direct entry's words [w0, w1] (layout in dropwatch.h), or
+    None if they do not fit: more than LANES_MAX, a result of EXACT4 or
+    more, or a /32 of .0 with result 0 in lane 0 (a chunk's entry)."""
+    if (len(lanes) > LANES_MAX or any(res >= EXACT4 for _p, _low, res in lanes)
+            or lanes[0] == (32, 0, 0)):
+        return None
+    # Lanes past k repeat lane 0: they match only where it does.
+    lanes = lanes + [lanes[0]] * (LANES_MAX - len(lanes))
+    w0 = w1 = 0
+    for n, (plen, low, res) in enumerate(lanes):
+        if plen == 32:  # no room for a length marker: the result says so
+            w0 |= low << (16 * n)
+            w1 |= (res | EXACT4) << (16 * n)
+        else:
+            w0 |= (low | 1 << (31 - plen)) << (16 * n)  # the length marker
+            w1 |= res << (16 * n)
+    return [w0, w1]
 
 
 def _v6_chunk(t: LpmTables, rs: list[tuple[int, int]]) -> int:

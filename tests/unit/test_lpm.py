@@ -192,10 +192,10 @@ def _lanes(slot: tuple[int, ...]) -> list[tuple[int, ...]]:
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 8, 30])
 def test_v4_lanes(n: int) -> None:
-    """n /31s (a length marker in bit 0) in one /16: up to lpm.LANES_MAX of them are lanes of its direct
-    entry (the prefixes themselves), more make a chunk of ranges; every
-    address still finds its prefix, in 2 reads (bitmap, direct entry) with
-    lanes."""
+    """n /31s (their length marker in bit 0) in one /16: up to
+    lpm.LANES_MAX of them are lanes of its direct entry (the prefixes
+    themselves), more make a chunk of ranges; every address still finds its
+    prefix, in 2 reads (bitmap, direct entry) with lanes."""
     fd, block = abi.DW_FD_V4_DST, 10 << 24
     pfx = {(31, block | (6 * i + 2)): 1 + i for i in range(n)}
     t = lpm.build((fd, p, a, r) for (p, a), r in pfx.items())
