@@ -678,21 +678,28 @@ static __always_inline __u32 lpm4_tree(__u32 off, __u32 n, __u64 levels, __u32 k
  */
 static __always_inline __u32 lpm4_lanes(__u64 w0, __u64 w1, __u32 key)
 {
-	/* a - 1 lane by lane, no borrow crossing lanes (Hacker's Delight
-	 * 2-18): a /32's a may be 0. */
-	__u64 d = ((w0 | DW_H16) - DW_ONE16) ^ (~w0 & DW_H16);
+	/* -a lane by lane, no borrow crossing lanes (Hacker's Delight 2-18,
+	 * x - y with x = 0), xored with a: the bits above a's marker, in
+	 * three steps after the load (a ^ (a - 1) took five). */
+	__u64 m = (DW_H16 - (w0 & DW_L16)) ^ (w0 | DW_H16);
+	/* A /32 compares all 16 bits: 0xffff in each lane whose result has
+	 * DW_LPM4_EXACT, as (2^(16i+16) - 2^(16i)); lane 3's 2^64 wraps. */
 	_Static_assert(DW_LPM4_EXACT == 1u << 15, "a /32's flag is its result's top bit");
-	__u64 m = ~(w0 ^ d) | ((w1 >> 15) & DW_ONE16) * 0xffff;
+	__u64 e = w1 & DW_H16;
+
+	m |= (e << 1) - (e >> 15);
 	__u64 x = ((__u64)key * DW_ONE16 ^ w0) & m;
-	/* Top bit of each lane: lane == 0 (exact: no carry crosses lanes). */
-	__u64 z = ~(((x & DW_L16) + DW_L16) | x) & DW_H16;
+	/*
+	 * Lanes that are 0: flagged by their top bit. A zero lane's borrow may
+	 * flag lanes above it too, but none below, so the lowest flag is exact
+	 * (Hacker's Delight 6-1), and it is the one kept: the first match, the
+	 * longest prefix.
+	 */
+	__u64 z = (x - DW_ONE16) & ~x & DW_H16;
 
-	z &= 0 - z;				/* the first match */
-	__u64 r = w1 & DW_L16 & ((z >> 15) * 0xffff);	/* its result, the rest 0 */
-
-	r |= r >> 32;
-	r |= r >> 16;
-	return r & (DW_LPM4_EXACT - 1);
+	z &= 0 - z;
+	/* Its result, 15 bits, the other lanes 0; summed into the top lane. */
+	return ((w1 & (z - (z >> 15))) * DW_ONE16) >> 48;
 }
 
 /*
