@@ -192,7 +192,7 @@ int part_classify(struct xdp_md *ctx)
 
 	dw_parse_frame(ctx, &pi);
 	if (pi.family)
-		classify(&pi, &r);
+		classify(&pi, &r, dw_state.active_gen & 1);
 	sink(r.label_id + r.side);
 	return XDP_PASS;
 }
@@ -210,7 +210,7 @@ int part_count(struct xdp_md *ctx)
 	if (pi.truncated)
 		stat_inc(DW_STAT_XDP_PARSE_STOP);
 	if (pi.family)
-		classify(&pi, &r);
+		classify(&pi, &r, dw_state.active_gen & 1);
 	if (r.label_id >= DW_MAX_LABELS)
 		r.label_id = 0;
 	count_packet(r.label_id, r.side, DW_POP_NONE, end - data);
