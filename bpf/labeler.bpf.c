@@ -1302,13 +1302,8 @@ static __always_inline int finish_packet(struct xdp_md *ctx, void *data, void *e
 #define DW_BENCH_HOOK(ctx) do { } while (0)
 #endif
 
-/*
- * Classification, counting and the record, as a global (not inlined)
- * function: the verifier checks it once, with the parsed fields unknown,
- * instead of once for every path through the parse (VLAN tags, IPv4/IPv6,
- * extension headers, tunnels), which multiplied the states past the
- * verifier's limit. The call costs about 2 ns.
- */
+/* One generation's classification, count and record: gen is a constant in
+ * each of dw_label_packet()'s two copies. */
 static __always_inline int label_packet(struct xdp_md *ctx, struct pkt_info *pi, const __u32 gen)
 {
 	void *data = (void *)(long)ctx->data;
@@ -1320,6 +1315,13 @@ static __always_inline int label_packet(struct xdp_md *ctx, struct pkt_info *pi,
 	return finish_packet(ctx, data, end, pi, &r);
 }
 
+/*
+ * Classification, counting and the record, as a global (not inlined)
+ * function: the verifier checks it once, with the parsed fields unknown,
+ * instead of once for every path through the parse (VLAN tags, IPv4/IPv6,
+ * extension headers, tunnels), which multiplied the states past the
+ * verifier's limit. The call costs about 2 ns.
+ */
 __attribute__((noinline)) int dw_label_packet(struct xdp_md *ctx, struct pkt_info *pi)
 {
 	if (!pi)
