@@ -1308,7 +1308,7 @@ static __always_inline int label_packet(struct xdp_md *ctx, struct pkt_info *pi,
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff, .gen = gen };
+	struct dw_result r = { .label_prio = 0xffffffff, .side_prio = 0xffffffff };
 
 	if (pi->family)
 		classify(pi, &r, gen);
